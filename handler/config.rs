@@ -1,0 +1,633 @@
+//! Every setting of the handler: its environment variable, its default and its validation, in
+//! one place. Read once at start-up (`Settings::from_env`); an invalid value stops start-up with
+//! a message that names the variable. Tests build settings from a `HashMap` (no `set_var`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use url::Url;
+
+/// Where a setting's raw value comes from: the process environment, or a map in tests.
+pub trait SettingSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl SettingSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl SettingSource for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl SettingSource for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name)
+            .map(|v| v.to_string())
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// A setting that could not be used, with the variable it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("setting {name}={value:?} is invalid: {reason}")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+pub const ENV_STORAGE_CONNECTION_STRING: &str = "FHIRBULK_STORAGE_CONNECTION_STRING";
+pub const ENV_STORAGE_ACCOUNT: &str = "FHIRBULK_STORAGE_ACCOUNT";
+pub const ENV_MANAGED_IDENTITY_CLIENT_ID: &str = "FHIRBULK_MANAGED_IDENTITY_CLIENT_ID";
+
+pub const ENV_FHIR_URL: &str = "FHIRBULK_FHIR_URL";
+pub const ENV_FHIR_AUTH: &str = "FHIRBULK_FHIR_AUTH";
+pub const ENV_FHIR_AUDIENCE: &str = "FHIRBULK_FHIR_AUDIENCE";
+pub const ENV_FHIR_TENANT_ID: &str = "FHIRBULK_FHIR_TENANT_ID";
+pub const ENV_FHIR_CLIENT_ID: &str = "FHIRBULK_FHIR_CLIENT_ID";
+pub const ENV_FHIR_CLIENT_SECRET: &str = "FHIRBULK_FHIR_CLIENT_SECRET";
+pub const ENV_FHIR_TIMEOUT_SECS: &str = "FHIRBULK_FHIR_TIMEOUT_SECS";
+pub const DEFAULT_FHIR_TIMEOUT_SECS: u64 = 100;
+pub const ENV_FHIR_MAX_RETRIES: &str = "FHIRBULK_FHIR_MAX_RETRIES";
+pub const DEFAULT_FHIR_MAX_RETRIES: u32 = 6;
+pub const ENV_FHIR_RETRY_BASE_MS: &str = "FHIRBULK_FHIR_RETRY_BASE_MS";
+pub const DEFAULT_FHIR_RETRY_BASE_MS: u64 = 500;
+pub const ENV_FHIR_RETRY_MAX_MS: &str = "FHIRBULK_FHIR_RETRY_MAX_MS";
+pub const DEFAULT_FHIR_RETRY_MAX_MS: u64 = 60_000;
+pub const ENV_FHIR_RETRY_BUDGET_PERCENT: &str = "FHIRBULK_FHIR_RETRY_BUDGET_PERCENT";
+pub const DEFAULT_FHIR_RETRY_BUDGET_PERCENT: u32 = 20;
+pub const ENV_FHIR_MIN_CONCURRENCY: &str = "FHIRBULK_FHIR_MIN_CONCURRENCY";
+pub const DEFAULT_FHIR_MIN_CONCURRENCY: usize = 1;
+pub const ENV_FHIR_MAX_CONCURRENCY: &str = "FHIRBULK_FHIR_MAX_CONCURRENCY";
+pub const DEFAULT_FHIR_MAX_CONCURRENCY: usize = 16;
+pub const ENV_FHIR_BUNDLE_PROCESSING_LOGIC: &str = "FHIRBULK_FHIR_BUNDLE_PROCESSING_LOGIC";
+
+pub const ENV_CONTAINER_BUNDLES: &str = "FHIRBULK_CONTAINER_BUNDLES";
+pub const ENV_CONTAINER_NDJSON: &str = "FHIRBULK_CONTAINER_NDJSON";
+pub const ENV_CONTAINER_ZIP: &str = "FHIRBULK_CONTAINER_ZIP";
+pub const ENV_IMPORT_QUEUE: &str = "FHIRBULK_IMPORT_QUEUE";
+pub const DEFAULT_IMPORT_QUEUE: &str = "import-work";
+pub const ENV_IMPORTS_TABLE: &str = "FHIRBULK_IMPORTS_TABLE";
+pub const DEFAULT_IMPORTS_TABLE: &str = "imports";
+
+pub const ENV_TRANSACTION_MODE: &str = "FHIRBULK_TRANSACTION_MODE";
+pub const ENV_MAX_BUNDLE_ENTRIES: &str = "FHIRBULK_MAX_BUNDLE_ENTRIES";
+pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 500;
+pub const ENV_MAX_BUNDLE_FILE_MIB: &str = "FHIRBULK_MAX_BUNDLE_FILE_MIB";
+pub const DEFAULT_MAX_BUNDLE_FILE_MIB: u64 = 64;
+pub const ENV_NDJSON_RESOURCES_PER_BUNDLE: &str = "FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE";
+pub const DEFAULT_NDJSON_RESOURCES_PER_BUNDLE: usize = 200;
+pub const ENV_NDJSON_RANGE_MIB: &str = "FHIRBULK_NDJSON_RANGE_MIB";
+pub const DEFAULT_NDJSON_RANGE_MIB: u64 = 32;
+pub const ENV_ZIP_MAX_UNCOMPRESSED_MIB: &str = "FHIRBULK_ZIP_MAX_UNCOMPRESSED_MIB";
+pub const DEFAULT_ZIP_MAX_UNCOMPRESSED_MIB: u64 = 20 * 1024;
+pub const ENV_ZIP_MAX_RATIO: &str = "FHIRBULK_ZIP_MAX_RATIO";
+pub const DEFAULT_ZIP_MAX_RATIO: u64 = 200;
+pub const ENV_ZIP_MAX_ENTRIES: &str = "FHIRBULK_ZIP_MAX_ENTRIES";
+pub const DEFAULT_ZIP_MAX_ENTRIES: usize = 10_000;
+
+pub const ENV_WORK_VISIBILITY_SECS: &str = "FHIRBULK_WORK_VISIBILITY_SECS";
+pub const DEFAULT_WORK_VISIBILITY_SECS: u64 = 120;
+pub const ENV_MAX_WORK_ATTEMPTS: &str = "FHIRBULK_MAX_WORK_ATTEMPTS";
+pub const DEFAULT_MAX_WORK_ATTEMPTS: u32 = 8;
+pub const ENV_WORKERS: &str = "FHIRBULK_WORKERS";
+pub const DEFAULT_WORKERS: usize = 4;
+pub const ENV_WATCH_INTERVAL_MS: &str = "FHIRBULK_WATCH_INTERVAL_MS";
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
+pub const ENV_PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+pub const DEFAULT_PORT: u16 = 7071;
+
+/// The Azurite development account, used when the connection string says `UseDevelopmentStorage=true`.
+pub const AZURITE_CONNECTION_STRING: &str = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;";
+
+/// How the handler reaches its storage account.
+#[derive(Clone, Debug)]
+pub enum StorageSettings {
+    /// Azurite or a development account: shared-key signing over explicit endpoints.
+    SharedKey {
+        account: String,
+        key: String,
+        blob: Url,
+        queue: Url,
+        table: Url,
+    },
+    /// Azure: managed identity against `https://<account>.<service>.core.windows.net`.
+    ManagedIdentity {
+        account: String,
+        client_id: Option<String>,
+    },
+}
+
+/// How the handler authenticates to the FHIR server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FhirAuth {
+    None,
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: String,
+    },
+}
+
+/// What happens to a `transaction` Bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransactionMode {
+    /// Rewrite to a `batch` of `PUT Type/id` entries (works on every server, splittable).
+    Batch,
+    /// Post it unchanged, for servers that support transactions of that size.
+    Transaction,
+}
+
+#[derive(Clone, Debug)]
+pub struct FhirSettings {
+    pub base_url: Url,
+    pub auth: FhirAuth,
+    /// Token audience (resource); defaults to the FHIR base URL's origin.
+    pub audience: String,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub retry_budget_percent: u32,
+    pub min_concurrency: usize,
+    pub max_concurrency: usize,
+    pub bundle_processing_logic: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImportSettings {
+    pub bundles_container: String,
+    pub ndjson_container: String,
+    pub zip_container: String,
+    pub queue: String,
+    pub table: String,
+    pub transaction_mode: TransactionMode,
+    pub max_bundle_entries: usize,
+    pub max_bundle_file_bytes: u64,
+    pub ndjson_resources_per_bundle: usize,
+    pub ndjson_range_bytes: u64,
+    pub zip_max_uncompressed_bytes: u64,
+    pub zip_max_ratio: u64,
+    pub zip_max_entries: usize,
+    pub work_visibility: Duration,
+    pub max_work_attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    pub port: u16,
+    pub workers: usize,
+    pub watch_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub storage: StorageSettings,
+    pub fhir: FhirSettings,
+    pub import: ImportSettings,
+    pub serve: ServeSettings,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(src: &dyn SettingSource) -> Result<Self, SettingError> {
+        let r = Reader(src);
+        let fhir = FhirSettings::read(&r)?;
+        let import = ImportSettings::read(&r)?;
+        let serve = ServeSettings {
+            port: r.number(ENV_PORT, DEFAULT_PORT, 1)?,
+            workers: r.number(ENV_WORKERS, DEFAULT_WORKERS, 1)?,
+            watch_interval: Duration::from_millis(r.number(
+                ENV_WATCH_INTERVAL_MS,
+                DEFAULT_WATCH_INTERVAL_MS,
+                50,
+            )?),
+        };
+        Ok(Settings {
+            storage: StorageSettings::read(&r)?,
+            fhir,
+            import,
+            serve,
+        })
+    }
+}
+
+impl StorageSettings {
+    fn read(r: &Reader) -> Result<Self, SettingError> {
+        if let Some(cs) = r.0.get(ENV_STORAGE_CONNECTION_STRING) {
+            return parse_connection_string(&cs).map_err(|reason| SettingError {
+                name: ENV_STORAGE_CONNECTION_STRING,
+                value: "<redacted>".into(),
+                reason,
+            });
+        }
+        match r.0.get(ENV_STORAGE_ACCOUNT) {
+            Some(account) if valid_account_name(&account) => Ok(StorageSettings::ManagedIdentity {
+                account,
+                client_id: r.0.get(ENV_MANAGED_IDENTITY_CLIENT_ID),
+            }),
+            Some(account) => Err(SettingError {
+                name: ENV_STORAGE_ACCOUNT,
+                value: account,
+                reason: "a storage account name is 3-24 lowercase letters and digits".into(),
+            }),
+            None => Err(SettingError {
+                name: ENV_STORAGE_ACCOUNT,
+                value: String::new(),
+                reason: format!(
+                    "set {ENV_STORAGE_ACCOUNT} (Azure, managed identity) or \
+                     {ENV_STORAGE_CONNECTION_STRING} (Azurite: UseDevelopmentStorage=true)"
+                ),
+            }),
+        }
+    }
+
+    pub fn account(&self) -> &str {
+        match self {
+            StorageSettings::SharedKey { account, .. } => account,
+            StorageSettings::ManagedIdentity { account, .. } => account,
+        }
+    }
+
+    /// Service endpoint for `service` (`blob`, `queue` or `table`), without a trailing slash.
+    pub fn endpoint(&self, service: &str) -> Url {
+        match self {
+            StorageSettings::SharedKey {
+                blob, queue, table, ..
+            } => match service {
+                "blob" => blob.clone(),
+                "queue" => queue.clone(),
+                _ => table.clone(),
+            },
+            StorageSettings::ManagedIdentity { account, .. } => {
+                Url::parse(&format!("https://{account}.{service}.core.windows.net"))
+                    .expect("account name was validated")
+            }
+        }
+    }
+}
+
+fn valid_account_name(s: &str) -> bool {
+    (3..=24).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// Parses an Azure Storage connection string (`AccountName=..;AccountKey=..;BlobEndpoint=..`)
+/// or `UseDevelopmentStorage=true`. Endpoints lose any trailing slash: Azurite rejects `//`.
+pub fn parse_connection_string(cs: &str) -> Result<StorageSettings, String> {
+    let cs = if cs.trim().eq_ignore_ascii_case("UseDevelopmentStorage=true") {
+        AZURITE_CONNECTION_STRING
+    } else {
+        cs
+    };
+    let parts: HashMap<String, String> = cs
+        .split(';')
+        .filter(|p| !p.trim().is_empty())
+        .filter_map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let account = parts
+        .get("accountname")
+        .ok_or("the connection string has no AccountName")?
+        .clone();
+    let key = parts
+        .get("accountkey")
+        .ok_or("the connection string has no AccountKey")?
+        .clone();
+    let protocol = parts
+        .get("defaultendpointsprotocol")
+        .map(String::as_str)
+        .unwrap_or("https");
+    let suffix = parts
+        .get("endpointsuffix")
+        .map(String::as_str)
+        .unwrap_or("core.windows.net");
+    let endpoint = |service: &str| -> Result<Url, String> {
+        let raw = parts
+            .get(&format!("{service}endpoint"))
+            .cloned()
+            .unwrap_or_else(|| format!("{protocol}://{account}.{service}.{suffix}"));
+        let trimmed = raw.trim_end_matches('/');
+        Url::parse(trimmed).map_err(|e| format!("{service} endpoint {trimmed:?}: {e}"))
+    };
+    Ok(StorageSettings::SharedKey {
+        blob: endpoint("blob")?,
+        queue: endpoint("queue")?,
+        table: endpoint("table")?,
+        account,
+        key,
+    })
+}
+
+impl FhirSettings {
+    fn read(r: &Reader) -> Result<Self, SettingError> {
+        let raw_url = r.0.get(ENV_FHIR_URL).ok_or_else(|| SettingError {
+            name: ENV_FHIR_URL,
+            value: String::new(),
+            reason: "the FHIR server base URL is required, e.g. http://127.0.0.1:8090/fhir".into(),
+        })?;
+        let base_url = parse_base_url(&raw_url).map_err(|reason| SettingError {
+            name: ENV_FHIR_URL,
+            value: raw_url.clone(),
+            reason,
+        })?;
+        let auth = match r
+            .0
+            .get(ENV_FHIR_AUTH)
+            .unwrap_or_else(|| "none".into())
+            .as_str()
+        {
+            "none" => FhirAuth::None,
+            "managed-identity" => FhirAuth::ManagedIdentity {
+                client_id: r.0.get(ENV_MANAGED_IDENTITY_CLIENT_ID),
+            },
+            "client-secret" => FhirAuth::ClientSecret {
+                tenant_id: r.required(ENV_FHIR_TENANT_ID, "client-secret auth needs the tenant")?,
+                client_id: r.required(ENV_FHIR_CLIENT_ID, "client-secret auth needs the app id")?,
+                secret: r.required(ENV_FHIR_CLIENT_SECRET, "client-secret auth needs a secret")?,
+            },
+            other => {
+                return Err(SettingError {
+                    name: ENV_FHIR_AUTH,
+                    value: other.into(),
+                    reason: "use none, managed-identity or client-secret".into(),
+                });
+            }
+        };
+        let audience =
+            r.0.get(ENV_FHIR_AUDIENCE)
+                .unwrap_or_else(|| base_url.origin().ascii_serialization());
+        let min_concurrency =
+            r.number(ENV_FHIR_MIN_CONCURRENCY, DEFAULT_FHIR_MIN_CONCURRENCY, 1)?;
+        let max_concurrency =
+            r.number(ENV_FHIR_MAX_CONCURRENCY, DEFAULT_FHIR_MAX_CONCURRENCY, 1)?;
+        if min_concurrency > max_concurrency {
+            return Err(SettingError {
+                name: ENV_FHIR_MIN_CONCURRENCY,
+                value: min_concurrency.to_string(),
+                reason: format!("must not exceed {ENV_FHIR_MAX_CONCURRENCY}={max_concurrency}"),
+            });
+        }
+        let retry_base = r.number(ENV_FHIR_RETRY_BASE_MS, DEFAULT_FHIR_RETRY_BASE_MS, 1)?;
+        let retry_max = r.number(ENV_FHIR_RETRY_MAX_MS, DEFAULT_FHIR_RETRY_MAX_MS, retry_base)?;
+        Ok(FhirSettings {
+            base_url,
+            auth,
+            audience,
+            timeout: Duration::from_secs(r.number(
+                ENV_FHIR_TIMEOUT_SECS,
+                DEFAULT_FHIR_TIMEOUT_SECS,
+                1,
+            )?),
+            max_retries: r.number(ENV_FHIR_MAX_RETRIES, DEFAULT_FHIR_MAX_RETRIES, 0)?,
+            retry_base: Duration::from_millis(retry_base),
+            retry_max: Duration::from_millis(retry_max),
+            retry_budget_percent: r.number(
+                ENV_FHIR_RETRY_BUDGET_PERCENT,
+                DEFAULT_FHIR_RETRY_BUDGET_PERCENT,
+                1,
+            )?,
+            min_concurrency,
+            max_concurrency,
+            bundle_processing_logic: r.0.get(ENV_FHIR_BUNDLE_PROCESSING_LOGIC),
+        })
+    }
+}
+
+/// A FHIR base URL must be absolute http(s); it is kept without a trailing slash.
+pub fn parse_base_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim().trim_end_matches('/')).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an absolute http(s) URL".into());
+    }
+    Ok(url)
+}
+
+impl ImportSettings {
+    fn read(r: &Reader) -> Result<Self, SettingError> {
+        let transaction_mode = match r
+            .0
+            .get(ENV_TRANSACTION_MODE)
+            .unwrap_or_else(|| "batch".into())
+            .as_str()
+        {
+            "batch" => TransactionMode::Batch,
+            "transaction" => TransactionMode::Transaction,
+            other => {
+                return Err(SettingError {
+                    name: ENV_TRANSACTION_MODE,
+                    value: other.into(),
+                    reason: "use batch (convert transactions) or transaction (post unchanged)"
+                        .into(),
+                });
+            }
+        };
+        const MIB: u64 = 1024 * 1024;
+        Ok(ImportSettings {
+            bundles_container: r.container(ENV_CONTAINER_BUNDLES, "bundles")?,
+            ndjson_container: r.container(ENV_CONTAINER_NDJSON, "ndjson")?,
+            zip_container: r.container(ENV_CONTAINER_ZIP, "zip")?,
+            queue: r
+                .0
+                .get(ENV_IMPORT_QUEUE)
+                .unwrap_or(DEFAULT_IMPORT_QUEUE.into()),
+            table: r
+                .0
+                .get(ENV_IMPORTS_TABLE)
+                .unwrap_or(DEFAULT_IMPORTS_TABLE.into()),
+            transaction_mode,
+            max_bundle_entries: r.number(ENV_MAX_BUNDLE_ENTRIES, DEFAULT_MAX_BUNDLE_ENTRIES, 1)?,
+            max_bundle_file_bytes: MIB
+                * r.number(ENV_MAX_BUNDLE_FILE_MIB, DEFAULT_MAX_BUNDLE_FILE_MIB, 1)?,
+            ndjson_resources_per_bundle: r.number(
+                ENV_NDJSON_RESOURCES_PER_BUNDLE,
+                DEFAULT_NDJSON_RESOURCES_PER_BUNDLE,
+                1,
+            )?,
+            ndjson_range_bytes: MIB
+                * r.number(ENV_NDJSON_RANGE_MIB, DEFAULT_NDJSON_RANGE_MIB, 1)?,
+            zip_max_uncompressed_bytes: MIB
+                * r.number(
+                    ENV_ZIP_MAX_UNCOMPRESSED_MIB,
+                    DEFAULT_ZIP_MAX_UNCOMPRESSED_MIB,
+                    1,
+                )?,
+            zip_max_ratio: r.number(ENV_ZIP_MAX_RATIO, DEFAULT_ZIP_MAX_RATIO, 1)?,
+            zip_max_entries: r.number(ENV_ZIP_MAX_ENTRIES, DEFAULT_ZIP_MAX_ENTRIES, 1)?,
+            work_visibility: Duration::from_secs(r.number(
+                ENV_WORK_VISIBILITY_SECS,
+                DEFAULT_WORK_VISIBILITY_SECS,
+                10,
+            )?),
+            max_work_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+        })
+    }
+
+    /// The container that holds fully loaded files of `input`.
+    pub fn processed_container(input: &str) -> String {
+        format!("{input}processed")
+    }
+
+    /// The container that holds rejected or partly failed files of `input`.
+    pub fn err_container(input: &str) -> String {
+        format!("{input}err")
+    }
+
+    pub fn input_containers(&self) -> [&str; 3] {
+        [
+            &self.bundles_container,
+            &self.ndjson_container,
+            &self.zip_container,
+        ]
+    }
+}
+
+struct Reader<'a>(&'a dyn SettingSource);
+
+impl Reader<'_> {
+    fn number<T>(&self, name: &'static str, default: T, min: T) -> Result<T, SettingError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.0.get(name) else {
+            return Ok(default);
+        };
+        let value: T = raw.trim().parse().map_err(|_| SettingError {
+            name,
+            value: raw.clone(),
+            reason: "not a whole number".into(),
+        })?;
+        if value < min {
+            return Err(SettingError {
+                name,
+                value: raw,
+                reason: format!("must be at least {min}"),
+            });
+        }
+        Ok(value)
+    }
+
+    fn required(&self, name: &'static str, why: &str) -> Result<String, SettingError> {
+        self.0.get(name).ok_or_else(|| SettingError {
+            name,
+            value: String::new(),
+            reason: why.into(),
+        })
+    }
+
+    /// Container names: 3-63 chars of lowercase letters, digits and single hyphens.
+    fn container(&self, name: &'static str, default: &str) -> Result<String, SettingError> {
+        let value = self.0.get(name).unwrap_or_else(|| default.into());
+        let ok = (3..=63).contains(&value.len())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !value.starts_with('-')
+            && !value.contains("--");
+        if ok {
+            Ok(value)
+        } else {
+            Err(SettingError {
+                name,
+                value,
+                reason: "a container name is 3-63 lowercase letters, digits and single hyphens"
+                    .into(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&'static str, &'static str)]) -> Result<Settings, SettingError> {
+        let mut map: HashMap<&str, &str> = HashMap::from([
+            (ENV_FHIR_URL, "http://127.0.0.1:8090/fhir/"),
+            (ENV_STORAGE_CONNECTION_STRING, "UseDevelopmentStorage=true"),
+        ]);
+        map.extend(pairs.iter().copied());
+        Settings::from_source(&map)
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.fhir.base_url.as_str(), "http://127.0.0.1:8090/fhir");
+        assert_eq!(s.import.max_bundle_entries, 500);
+        assert_eq!(s.import.transaction_mode, TransactionMode::Batch);
+        assert_eq!(s.fhir.auth, FhirAuth::None);
+        assert_eq!(s.fhir.audience, "http://127.0.0.1:8090");
+        match &s.storage {
+            StorageSettings::SharedKey { account, blob, .. } => {
+                assert_eq!(account, "devstoreaccount1");
+                assert_eq!(blob.as_str(), "http://127.0.0.1:10000/devstoreaccount1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let err = settings(&[(ENV_MAX_BUNDLE_ENTRIES, "lots")]).unwrap_err();
+        assert_eq!(err.name, ENV_MAX_BUNDLE_ENTRIES);
+        let err = settings(&[(ENV_MAX_BUNDLE_ENTRIES, "0")]).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+        let err = settings(&[(ENV_FHIR_AUTH, "kerberos")]).unwrap_err();
+        assert_eq!(err.name, ENV_FHIR_AUTH);
+        let err = settings(&[(ENV_FHIR_AUTH, "client-secret")]).unwrap_err();
+        assert_eq!(err.name, ENV_FHIR_TENANT_ID);
+        let err = settings(&[(ENV_CONTAINER_NDJSON, "Bad_Name")]).unwrap_err();
+        assert_eq!(err.name, ENV_CONTAINER_NDJSON);
+        let err = settings(&[(ENV_FHIR_URL, "fhir.example.org")]).unwrap_err();
+        assert_eq!(err.name, ENV_FHIR_URL);
+    }
+
+    #[test]
+    fn storage_account_requires_a_valid_name_without_connection_string() {
+        let map: HashMap<&str, &str> = HashMap::from([
+            (ENV_FHIR_URL, "https://fhir.example.org"),
+            (ENV_STORAGE_ACCOUNT, "My_Account"),
+        ]);
+        let err = Settings::from_source(&map).unwrap_err();
+        assert_eq!(err.name, ENV_STORAGE_ACCOUNT);
+        let map: HashMap<&str, &str> = HashMap::from([
+            (ENV_FHIR_URL, "https://fhir.example.org"),
+            (ENV_STORAGE_ACCOUNT, "bulkstore01"),
+        ]);
+        let s = Settings::from_source(&map).unwrap();
+        assert_eq!(
+            s.storage.endpoint("table").as_str(),
+            "https://bulkstore01.table.core.windows.net/"
+        );
+    }
+
+    #[test]
+    fn connection_string_trailing_slashes_are_dropped() {
+        let s = parse_connection_string(
+            "AccountName=a;AccountKey=a2V5;BlobEndpoint=http://h:1/a/;QueueEndpoint=http://h:2/a/;TableEndpoint=http://h:3/a",
+        )
+        .unwrap();
+        assert_eq!(s.endpoint("blob").as_str(), "http://h:1/a");
+        assert_eq!(s.endpoint("queue").as_str(), "http://h:2/a");
+    }
+}

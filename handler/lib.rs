@@ -1,0 +1,5 @@
+//! FHIR bulk loader & exporter: an Azure Functions custom handler that loads bundles, NDJSON
+//! and zip files from Blob Storage into a FHIR R4 server, and exports patient-centric data.
+
+pub mod config;
+pub mod storage;

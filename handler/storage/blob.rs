@@ -1,0 +1,294 @@
+//! Blob Storage through the official `azure_storage_blob` 1.x client: the few operations the
+//! loader needs (ranged reads, uploads, listings, verified moves), each error carrying the
+//! container and blob it concerns.
+
+use std::num::NonZero;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::http::{ClientOptions, RequestContent, StatusCode};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlockLookupList, CopyStatus, HttpRange,
+};
+use azure_storage_blob::{BlobClient, BlobServiceClient, BlobServiceClientOptions};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use super::{StorageError, StorageResult, credentials::StorageCredentials};
+
+/// Azurite 3.35 accepts service versions up to this one; newer SDK defaults are refused unless
+/// Azurite runs with `--skipApiVersionCheck`. Pinning keeps both working.
+const AZURITE_SERVICE_VERSION: &str = "2025-11-05";
+
+/// A blob as listed: name, size and entity tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub name: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+#[derive(Clone)]
+pub struct BlobStore {
+    service: Arc<BlobServiceClient>,
+}
+
+impl BlobStore {
+    pub fn new(credentials: &StorageCredentials) -> StorageResult<Self> {
+        let mut client_options = ClientOptions::default();
+        let mut version = None;
+        if let Some(policy) = credentials.signing_policy() {
+            client_options.per_try_policies.push(policy);
+            version = Some(AZURITE_SERVICE_VERSION.to_string());
+        }
+        let mut options = BlobServiceClientOptions {
+            client_options,
+            ..Default::default()
+        };
+        if let Some(v) = version {
+            options.version = v;
+        }
+        let service = BlobServiceClient::new(
+            credentials.endpoint("blob"),
+            credentials.token_credential(),
+            Some(options),
+        )
+        .map_err(|e| StorageError::sdk("create blob client", "", e))?;
+        Ok(BlobStore {
+            service: Arc::new(service),
+        })
+    }
+
+    fn blob(&self, container: &str, name: &str) -> BlobClient {
+        self.service.blob_client(container, name)
+    }
+
+    /// The blob's URL as the service knows it (used for server-side copies and manifests).
+    pub fn url(&self, container: &str, name: &str) -> String {
+        self.blob(container, name).url().to_string()
+    }
+
+    /// Creates the container unless it exists.
+    pub async fn ensure_container(&self, container: &str) -> StorageResult<()> {
+        match self
+            .service
+            .blob_container_client(container)
+            .create(None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.http_status() == Some(StatusCode::Conflict) => Ok(()),
+            Err(e) => Err(StorageError::sdk("create container", container, e)),
+        }
+    }
+
+    /// Size and ETag, or `None` when the blob does not exist.
+    pub async fn properties(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> StorageResult<Option<BlobEntry>> {
+        match self.blob(container, name).get_properties(None).await {
+            Ok(p) => Ok(Some(BlobEntry {
+                name: name.to_string(),
+                size: p.content_length().ok().flatten().unwrap_or(0),
+                etag: p
+                    .etag()
+                    .ok()
+                    .flatten()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+            })),
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(None),
+            Err(e) => Err(StorageError::sdk(
+                "get blob properties",
+                &where_(container, name),
+                e,
+            )),
+        }
+    }
+
+    /// Reads `len` bytes from `offset` (fewer at the end of the blob).
+    pub async fn read_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> StorageResult<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(offset, len)),
+            parallel: Some(NonZero::new(1).expect("one")),
+            ..Default::default()
+        };
+        let context = || where_(container, name);
+        let result = self
+            .blob(container, name)
+            .download(Some(options))
+            .await
+            .map_err(|e| StorageError::sdk("read blob range", &context(), e))?;
+        result
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::sdk("read blob range", &context(), e))
+    }
+
+    /// Uploads small content in one request, replacing any blob of that name.
+    pub async fn upload(&self, container: &str, name: &str, content: Bytes) -> StorageResult<()> {
+        self.blob(container, name)
+            .upload(RequestContent::from(content.to_vec()), None)
+            .await
+            .map_err(|e| StorageError::sdk("upload blob", &where_(container, name), e))?;
+        Ok(())
+    }
+
+    /// Uploads a stream of chunks as staged blocks and commits them: memory stays at one chunk.
+    pub async fn upload_blocks<S>(
+        &self,
+        container: &str,
+        name: &str,
+        chunks: S,
+    ) -> StorageResult<u64>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>>,
+    {
+        let block_blob = self.blob(container, name).block_blob_client();
+        let context = || where_(container, name);
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.try_next().await.map_err(|e| StorageError::Io {
+            operation: "read upload source",
+            target: context(),
+            source: e,
+        })? {
+            let id = format!("block-{:08}", ids.len()).into_bytes();
+            total += chunk.len() as u64;
+            block_blob
+                .stage_block(
+                    &id,
+                    chunk.len() as u64,
+                    RequestContent::from(chunk.to_vec()),
+                    None,
+                )
+                .await
+                .map_err(|e| StorageError::sdk("stage block", &context(), e))?;
+            ids.push(id);
+        }
+        let list = BlockLookupList {
+            committed: Some(Vec::new()),
+            latest: Some(ids),
+            uncommitted: Some(Vec::new()),
+        };
+        let content = list
+            .try_into()
+            .map_err(|e| StorageError::sdk("commit block list", &context(), e))?;
+        block_blob
+            .commit_block_list(content, None)
+            .await
+            .map_err(|e| StorageError::sdk("commit block list", &context(), e))?;
+        Ok(total)
+    }
+
+    /// Every blob in the container whose name starts with `prefix`.
+    pub async fn list(
+        &self,
+        container: &str,
+        prefix: Option<&str>,
+    ) -> StorageResult<Vec<BlobEntry>> {
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: prefix.map(str::to_string),
+            ..Default::default()
+        };
+        let mut pager = self
+            .service
+            .blob_container_client(container)
+            .list_blobs(Some(options))
+            .map_err(|e| StorageError::sdk("list blobs", container, e))?;
+        let mut out = Vec::new();
+        loop {
+            match pager.try_next().await {
+                Ok(Some(item)) => {
+                    let props = item.properties.unwrap_or_default();
+                    out.push(BlobEntry {
+                        name: item.name.unwrap_or_default(),
+                        size: props.content_length.unwrap_or(0),
+                        etag: props.etag.map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
+                Ok(None) => break,
+                Err(e) if e.http_status() == Some(StatusCode::NotFound) => break,
+                Err(e) => return Err(StorageError::sdk("list blobs", container, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a blob; a blob that is already gone counts as deleted.
+    pub async fn delete(&self, container: &str, name: &str) -> StorageResult<()> {
+        match self.blob(container, name).delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(()),
+            Err(e) => Err(StorageError::sdk(
+                "delete blob",
+                &where_(container, name),
+                e,
+            )),
+        }
+    }
+
+    /// Moves a blob: server-side copy, wait for the copy to succeed (status compared without
+    /// regard to case, unlike fhir-loader), delete the source, then check the source is gone.
+    pub async fn move_blob(
+        &self,
+        src_container: &str,
+        name: &str,
+        dst_container: &str,
+        dst_name: &str,
+    ) -> StorageResult<()> {
+        self.ensure_container(dst_container).await?;
+        let source_url = self.url(src_container, name);
+        let dst = self.blob(dst_container, dst_name);
+        let target = where_(dst_container, dst_name);
+        dst.start_copy_from_url(source_url, None)
+            .await
+            .map_err(|e| StorageError::sdk("copy blob", &target, e))?;
+        for attempt in 0.. {
+            let props = dst
+                .get_properties(None)
+                .await
+                .map_err(|e| StorageError::sdk("check copy", &target, e))?;
+            match props.copy_status().ok().flatten() {
+                Some(CopyStatus::Success) | None => break,
+                Some(CopyStatus::Pending) if attempt < 600 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                other => {
+                    return Err(StorageError::Invalid {
+                        operation: "copy blob",
+                        target,
+                        reason: format!("copy ended as {other:?}; the source was left in place"),
+                    });
+                }
+            }
+        }
+        self.delete(src_container, name).await?;
+        if self.properties(src_container, name).await?.is_some() {
+            return Err(StorageError::Invalid {
+                operation: "move blob",
+                target: where_(src_container, name),
+                reason: "the source still exists after delete".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn where_(container: &str, name: &str) -> String {
+    format!("{container}/{name}")
+}
