@@ -2,4 +2,6 @@
 //! and zip files from Blob Storage into a FHIR R4 server, and exports patient-centric data.
 
 pub mod config;
+pub mod fhir;
+pub mod import;
 pub mod storage;

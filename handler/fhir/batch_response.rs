@@ -1,0 +1,137 @@
+//! Reading a `batch-response` Bundle: one outcome per request entry, in order. HTTP 200 for the
+//! batch says nothing about its entries; each entry carries its own status (`"201"` from
+//! Microsoft's server, `"201 Created"` from HAPI and others — both are read).
+
+use serde_json::Value;
+
+/// What the server answered for one entry of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryOutcome {
+    pub status: u16,
+    /// `response.location`, e.g. `Patient/123/_history/1`.
+    pub location: Option<String>,
+    /// `response.outcome` (an OperationOutcome) when the server gave one.
+    pub outcome: Option<Value>,
+}
+
+impl EntryOutcome {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// The numeric part of an entry status: `"201"`, `"201 Created"`, `"HTTP/1.1 201 Created"`.
+pub fn parse_status(raw: &str) -> Option<u16> {
+    let raw = raw.trim();
+    let raw = raw
+        .strip_prefix("HTTP/")
+        .map(|rest| rest.split_once(' ').map(|(_, s)| s).unwrap_or(""))
+        .unwrap_or(raw);
+    let digits: String = raw.chars().take_while(char::is_ascii_digit).collect();
+    match digits.parse::<u16>() {
+        Ok(code) if (100..600).contains(&code) && digits.len() == 3 => Some(code),
+        _ => None,
+    }
+}
+
+/// One outcome per request entry. A response with a different number of entries, or an entry
+/// without a readable status, is reported as an error for that entry (status 0), never as success.
+pub fn read_batch_response(response: &Value, expected: usize) -> Vec<EntryOutcome> {
+    let entries = response
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    (0..expected)
+        .map(|i| {
+            let Some(resp) = entries.get(i).and_then(|e| e.get("response")) else {
+                return unreadable("the batch-response has no entry for this request");
+            };
+            match resp
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(parse_status)
+            {
+                Some(status) => EntryOutcome {
+                    status,
+                    location: resp
+                        .get("location")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    outcome: resp.get("outcome").cloned(),
+                },
+                None => unreadable("the batch-response entry has no readable status"),
+            }
+        })
+        .collect()
+}
+
+fn unreadable(reason: &str) -> EntryOutcome {
+    EntryOutcome {
+        status: 0,
+        location: None,
+        outcome: Some(operation_outcome("error", "exception", reason)),
+    }
+}
+
+/// An OperationOutcome with a single issue.
+pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> Value {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{ "severity": severity, "code": code, "diagnostics": diagnostics }]
+    })
+}
+
+/// The human-readable text of an OperationOutcome's issues, joined.
+pub fn diagnostics(outcome: &Value) -> String {
+    outcome
+        .get("issue")
+        .and_then(Value::as_array)
+        .map(|issues| {
+            issues
+                .iter()
+                .filter_map(|i| {
+                    i.get("diagnostics")
+                        .and_then(Value::as_str)
+                        .or_else(|| i.pointer("/details/text").and_then(Value::as_str))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn statuses_in_every_style() {
+        assert_eq!(parse_status("201"), Some(201));
+        assert_eq!(parse_status("201 Created"), Some(201));
+        assert_eq!(parse_status("HTTP/1.1 429 Too Many Requests"), Some(429));
+        assert_eq!(parse_status(" 400 "), Some(400));
+        assert_eq!(parse_status("Created"), None);
+        assert_eq!(parse_status("2010"), None);
+        assert_eq!(parse_status(""), None);
+    }
+
+    #[test]
+    fn outcomes_follow_request_order_and_missing_entries_fail() {
+        let resp = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "201 Created", "location": "Patient/a/_history/1"}},
+            {"response": {"status": "429", "outcome": operation_outcome("error", "throttled", "slow down")}},
+            {"response": {}}
+        ]});
+        let out = read_batch_response(&resp, 4);
+        assert_eq!(out.len(), 4);
+        assert!(out[0].is_success());
+        assert_eq!(out[0].location.as_deref(), Some("Patient/a/_history/1"));
+        assert_eq!(out[1].status, 429);
+        assert_eq!(diagnostics(out[1].outcome.as_ref().unwrap()), "slow down");
+        assert_eq!(out[2].status, 0);
+        assert_eq!(out[3].status, 0);
+        assert!(!out[3].is_success());
+    }
+}

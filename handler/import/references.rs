@@ -1,0 +1,199 @@
+//! FHIR references inside resources: finding every `reference` string at any depth, and
+//! classifying its form (local `urn:uuid:`, relative `Type/id`, absolute URL, conditional
+//! `Type?query`, contained `#id`).
+
+use serde_json::Value;
+
+/// The form of one `Reference.reference` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReferenceForm<'a> {
+    /// `urn:uuid:...` or `urn:oid:...`: points at a `fullUrl` inside the same Bundle.
+    Urn(&'a str),
+    /// `Patient/123` (optionally `/_history/2`).
+    Relative {
+        resource_type: &'a str,
+        id: &'a str,
+    },
+    /// `http(s)://.../Patient/123`.
+    Absolute(&'a str),
+    /// `Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999`.
+    Conditional {
+        resource_type: &'a str,
+        query: &'a str,
+    },
+    /// `#contained-id`.
+    Contained,
+    Other,
+}
+
+pub fn classify(reference: &str) -> ReferenceForm<'_> {
+    if reference.starts_with("urn:") {
+        return ReferenceForm::Urn(reference);
+    }
+    if reference.starts_with('#') {
+        return ReferenceForm::Contained;
+    }
+    if reference.starts_with("http://") || reference.starts_with("https://") {
+        return ReferenceForm::Absolute(reference);
+    }
+    if let Some((ty, query)) = reference.split_once('?')
+        && is_resource_type(ty)
+    {
+        return ReferenceForm::Conditional {
+            resource_type: ty,
+            query,
+        };
+    }
+    let mut parts = reference.split('/');
+    if let (Some(ty), Some(id)) = (parts.next(), parts.next())
+        && is_resource_type(ty)
+        && is_fhir_id(id)
+    {
+        return ReferenceForm::Relative {
+            resource_type: ty,
+            id,
+        };
+    }
+    ReferenceForm::Other
+}
+
+/// Resource type names are capitalised ASCII words (`Patient`, `MedicationRequest`).
+pub fn is_resource_type(s: &str) -> bool {
+    s.len() > 1
+        && s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && s.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// A FHIR logical id: 1-64 of `A-Za-z0-9-.`.
+pub fn is_fhir_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// `Type/id` from the tail of an absolute URL (`http://x/fhir/Patient/1/_history/2` → `Patient/1`).
+pub fn relative_from_url(url: &str) -> Option<(String, String)> {
+    let path = url.split(['?', '#']).next()?;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let n = segments.len();
+    let (ty, id) = if n >= 4 && segments[n - 2] == "_history" {
+        (segments[n - 4], segments[n - 3])
+    } else if n >= 2 {
+        (segments[n - 2], segments[n - 1])
+    } else {
+        return None;
+    };
+    (is_resource_type(ty) && is_fhir_id(id)).then(|| (ty.to_string(), id.to_string()))
+}
+
+/// Calls `f` on every string under a key named `reference`, at any depth.
+pub fn for_each_reference_mut(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if key == "reference" => f(s),
+                    other => for_each_reference_mut(other, f),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                for_each_reference_mut(v, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every reference string in a resource, read-only.
+pub fn references(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut copy = value.clone();
+    for_each_reference_mut(&mut copy, &mut |s| out.push(s.clone()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_reference_form_is_recognised() {
+        assert_eq!(
+            classify("urn:uuid:1f2e"),
+            ReferenceForm::Urn("urn:uuid:1f2e")
+        );
+        assert_eq!(
+            classify("Patient/123"),
+            ReferenceForm::Relative {
+                resource_type: "Patient",
+                id: "123"
+            }
+        );
+        assert_eq!(
+            classify("Patient/123/_history/4"),
+            ReferenceForm::Relative {
+                resource_type: "Patient",
+                id: "123"
+            }
+        );
+        assert_eq!(
+            classify("https://x.org/fhir/Patient/1"),
+            ReferenceForm::Absolute("https://x.org/fhir/Patient/1")
+        );
+        assert_eq!(
+            classify("Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999"),
+            ReferenceForm::Conditional {
+                resource_type: "Practitioner",
+                query: "identifier=http://hl7.org/fhir/sid/us-npi|999"
+            }
+        );
+        assert_eq!(classify("#med1"), ReferenceForm::Contained);
+        assert_eq!(classify("not a reference"), ReferenceForm::Other);
+    }
+
+    #[test]
+    fn absolute_urls_give_type_and_id() {
+        assert_eq!(
+            relative_from_url("http://x/fhir/Patient/1/_history/2"),
+            Some(("Patient".into(), "1".into()))
+        );
+        assert_eq!(
+            relative_from_url("https://x/Observation/a-b.c"),
+            Some(("Observation".into(), "a-b.c".into()))
+        );
+        assert_eq!(relative_from_url("https://x/"), None);
+    }
+
+    #[test]
+    fn references_are_found_at_any_depth_including_extensions_and_arrays() {
+        let mut r = json!({
+            "resourceType": "ExplanationOfBenefit",
+            "patient": {"reference": "urn:uuid:p"},
+            "careTeam": [{"provider": {"reference": "Practitioner?identifier=x|1"}}],
+            "extension": [{"url": "u", "valueReference": {"reference": "urn:uuid:e"}}],
+            "contained": [{"resourceType": "Medication", "id": "m"}],
+            "medicationReference": {"reference": "#m", "display": "reference"},
+            "note": [{"text": "reference"}]
+        });
+        let mut seen = Vec::new();
+        for_each_reference_mut(&mut r, &mut |s| {
+            seen.push(s.clone());
+            s.insert_str(0, ">");
+        });
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                "#m",
+                "Practitioner?identifier=x|1",
+                "urn:uuid:e",
+                "urn:uuid:p"
+            ]
+        );
+        assert_eq!(r["patient"]["reference"], ">urn:uuid:p");
+        assert_eq!(r["note"][0]["text"], "reference");
+    }
+}

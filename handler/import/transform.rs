@@ -1,0 +1,609 @@
+//! Turning an uploaded `transaction` or `batch` Bundle into idempotent batch entries.
+//!
+//! Every entry that creates a resource becomes `PUT Type/id` with an id fixed by its content:
+//! the `urn:uuid` of its fullUrl, the id of an absolute fullUrl, the id the server already has
+//! for its `ifNoneExist` criteria, or a name-based UUID. Loading the same file twice therefore
+//! writes the same resources twice and creates no duplicates. Every reference anywhere is then
+//! rewritten to `Type/id`; conditional references (`Practitioner?identifier=...`) are resolved
+//! by search, and one that matches nothing is an entry error, not a dangling reference.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::references::{
+    ReferenceForm, classify, for_each_reference_mut, is_fhir_id, is_resource_type,
+    relative_from_url,
+};
+
+/// Namespace for ids this loader derives (UUID v5), so they are stable across runs.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b1e_8a3d_4c55_9e0f_4b7d_1a2c_3e4f);
+
+/// Finds the ids of resources matching `Type?query` on the server.
+#[async_trait]
+pub trait SearchResolver: Send + Sync {
+    async fn find_ids(&self, resource_type: &str, query: &str) -> Result<Vec<String>, String>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleKind {
+    Transaction,
+    Batch,
+}
+
+/// Why a file is not a loadable Bundle.
+pub fn bundle_kind(bundle: &Value) -> Result<BundleKind, String> {
+    match bundle.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => {}
+        Some(other) => return Err(format!("the file holds a {other}, not a Bundle")),
+        None => return Err("the file is JSON without a resourceType, not a FHIR Bundle".into()),
+    }
+    match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => Ok(BundleKind::Transaction),
+        Some("batch") => Ok(BundleKind::Batch),
+        Some(other) => Err(format!(
+            "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
+        )),
+        None => {
+            Err("the Bundle has no type; only transaction and batch Bundles can be loaded".into())
+        }
+    }
+}
+
+/// One entry ready to send in a batch.
+#[derive(Clone, Debug)]
+pub struct PreparedEntry {
+    /// Position in the uploaded Bundle (for error records).
+    pub index: usize,
+    /// `Type/id` when the entry writes a resource.
+    pub target: Option<String>,
+    /// The batch entry: `{resource, request}`.
+    pub entry: Value,
+    /// `Type/id` of other entries of this Bundle that this one references.
+    pub depends_on: Vec<String>,
+}
+
+/// An entry that was not loaded, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryFailure {
+    pub index: usize,
+    pub target: Option<String>,
+    /// HTTP status from the server, or 0 when the entry was refused before sending.
+    pub status: u16,
+    pub diagnostics: String,
+}
+
+#[derive(Debug, Default)]
+pub struct PreparedBundle {
+    pub entries: Vec<PreparedEntry>,
+    pub failures: Vec<EntryFailure>,
+    /// Entries whose `ifNoneExist` matched a resource the server already has.
+    pub already_present: usize,
+}
+
+/// How one entry writes, decided in the first pass.
+enum Plan {
+    /// Write `Type/id`.
+    Write {
+        resource_type: String,
+        id: String,
+    },
+    /// `ifNoneExist` matched: the server has it as `Type/id`; nothing to send.
+    Present {
+        resource_type: String,
+        id: String,
+    },
+    /// Send unchanged (DELETE, GET, PATCH ...).
+    AsIs,
+    Failed(String),
+}
+
+pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedBundle {
+    let empty = Vec::new();
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let mut out = PreparedBundle::default();
+
+    // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    let mut criteria_ids: HashMap<String, String> = HashMap::new();
+    let mut plans = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let plan = plan_entry(index, entry, resolver, &mut criteria_ids).await;
+        if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
+            let target = format!("{resource_type}/{id}");
+            if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+                aliases.insert(full_url.to_string(), target.clone());
+            }
+            if let Some(old_id) = entry.pointer("/resource/id").and_then(Value::as_str) {
+                aliases
+                    .entry(format!("{resource_type}/{old_id}"))
+                    .or_insert(target.clone());
+            }
+        }
+        plans.push(plan);
+    }
+    let written: HashSet<String> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Plan::Write { resource_type, id } => Some(format!("{resource_type}/{id}")),
+            _ => None,
+        })
+        .collect();
+
+    // Pass 2: rewrite references and build the batch entries.
+    let mut conditional_cache: HashMap<String, Result<String, String>> = HashMap::new();
+    for (index, (entry, plan)) in entries.iter().zip(plans).enumerate() {
+        match plan {
+            Plan::Failed(reason) => out.failures.push(EntryFailure {
+                index,
+                target: None,
+                status: 0,
+                diagnostics: reason,
+            }),
+            Plan::Present { .. } => out.already_present += 1,
+            Plan::AsIs => out.entries.push(PreparedEntry {
+                index,
+                target: None,
+                entry: strip_full_url(entry),
+                depends_on: Vec::new(),
+            }),
+            Plan::Write { resource_type, id } => {
+                let target = format!("{resource_type}/{id}");
+                let mut resource = entry["resource"].clone();
+                let mut problems = Vec::new();
+                let mut pending_conditionals = Vec::new();
+                for_each_reference_mut(&mut resource, &mut |r| match classify(r) {
+                    ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
+                        if let Some(t) = aliases.get(r.as_str()) {
+                            *r = t.clone();
+                        } else if r.starts_with("urn:uuid:") {
+                            problems
+                                .push(format!("reference {r} points to no entry of this Bundle"));
+                        }
+                    }
+                    ReferenceForm::Relative { .. } => {
+                        if let Some(t) = aliases.get(r.as_str()) {
+                            *r = t.clone();
+                        }
+                    }
+                    ReferenceForm::Conditional { .. } => pending_conditionals.push(r.clone()),
+                    ReferenceForm::Contained | ReferenceForm::Other => {}
+                });
+                // Conditional references need a search; resolve them outside the visitor.
+                let mut resolved = HashMap::new();
+                for reference in pending_conditionals {
+                    let result = match conditional_cache.get(&reference) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = resolve_conditional(&reference, &criteria_ids, resolver).await;
+                            conditional_cache.insert(reference.clone(), r.clone());
+                            r
+                        }
+                    };
+                    match result {
+                        Ok(t) => {
+                            resolved.insert(reference, t);
+                        }
+                        Err(e) => problems.push(e),
+                    }
+                }
+                if !resolved.is_empty() {
+                    for_each_reference_mut(&mut resource, &mut |r| {
+                        if let Some(t) = resolved.get(r.as_str()) {
+                            *r = t.clone();
+                        }
+                    });
+                }
+                if !problems.is_empty() {
+                    out.failures.push(EntryFailure {
+                        index,
+                        target: Some(target),
+                        status: 0,
+                        diagnostics: problems.join("; "),
+                    });
+                    continue;
+                }
+                let mut depends_on = Vec::new();
+                for_each_reference_mut(&mut resource, &mut |r| {
+                    if r != &target && written.contains(r.as_str()) && !depends_on.contains(r) {
+                        depends_on.push(r.clone());
+                    }
+                });
+                if let Value::Object(map) = &mut resource {
+                    map.insert("id".into(), Value::String(id.clone()));
+                }
+                out.entries.push(PreparedEntry {
+                    index,
+                    entry: put_entry(&target, resource),
+                    target: Some(target),
+                    depends_on,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `{resource, request: PUT Type/id}` — the batch entry for one resource.
+pub fn put_entry(target: &str, resource: Value) -> Value {
+    json!({ "resource": resource, "request": { "method": "PUT", "url": target } })
+}
+
+fn strip_full_url(entry: &Value) -> Value {
+    let mut e = entry.clone();
+    if let Value::Object(map) = &mut e {
+        map.remove("fullUrl");
+    }
+    e
+}
+
+async fn plan_entry(
+    index: usize,
+    entry: &Value,
+    resolver: &dyn SearchResolver,
+    criteria_ids: &mut HashMap<String, String>,
+) -> Plan {
+    let Some(request) = entry.get("request").and_then(Value::as_object) else {
+        return Plan::Failed(format!(
+            "entry {index} has no request (method and url are required)"
+        ));
+    };
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    if !matches!(method.as_str(), "POST" | "PUT") {
+        return Plan::AsIs;
+    }
+    let Some(resource) = entry.get("resource").and_then(Value::as_object) else {
+        return Plan::Failed(format!("entry {index} is a {method} without a resource"));
+    };
+    let Some(resource_type) = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|t| is_resource_type(t))
+        .map(str::to_string)
+    else {
+        return Plan::Failed(format!(
+            "entry {index} has a resource without a valid resourceType"
+        ));
+    };
+    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+
+    // Conditional create and conditional update: the server's match decides the id.
+    let criteria = if method == "POST" {
+        request
+            .get("ifNoneExist")
+            .and_then(Value::as_str)
+            .map(|q| q.trim_start_matches('?').to_string())
+    } else {
+        url.split_once('?').map(|(_, q)| q.to_string())
+    };
+    if let Some(query) = criteria.filter(|q| !q.is_empty()) {
+        let key = format!("{resource_type}?{query}");
+        if let Some(id) = criteria_ids.get(&key) {
+            // The same criteria earlier in this Bundle: one resource, not two.
+            return Plan::Present {
+                resource_type,
+                id: id.clone(),
+            };
+        }
+        return match resolver.find_ids(&resource_type, &query).await {
+            Ok(ids) if ids.len() == 1 => {
+                criteria_ids.insert(key, ids[0].clone());
+                if method == "POST" {
+                    Plan::Present {
+                        resource_type,
+                        id: ids[0].clone(),
+                    }
+                } else {
+                    Plan::Write {
+                        resource_type,
+                        id: ids[0].clone(),
+                    }
+                }
+            }
+            Ok(ids) if ids.is_empty() => {
+                let id = derived_id(&key);
+                criteria_ids.insert(key, id.clone());
+                Plan::Write { resource_type, id }
+            }
+            Ok(ids) => Plan::Failed(format!(
+                "{key} matches {} resources on the server; the criteria must select one (412)",
+                ids.len()
+            )),
+            Err(e) => Plan::Failed(format!("cannot search {key}: {e}")),
+        };
+    }
+
+    let full_url = entry.get("fullUrl").and_then(Value::as_str).unwrap_or("");
+    let id = if let Some(uuid) = full_url.strip_prefix("urn:uuid:").filter(|u| is_fhir_id(u)) {
+        uuid.to_string()
+    } else if let Some((_, id)) = relative_from_url(full_url).filter(|(ty, _)| *ty == resource_type)
+    {
+        id
+    } else if method == "PUT"
+        && let Some(id) = url
+            .strip_prefix(&format!("{resource_type}/"))
+            .filter(|id| is_fhir_id(id))
+    {
+        id.to_string()
+    } else if let Some(id) = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|i| is_fhir_id(i))
+    {
+        id.to_string()
+    } else {
+        content_id(&resource_type, resource, index)
+    };
+    Plan::Write { resource_type, id }
+}
+
+async fn resolve_conditional(
+    reference: &str,
+    criteria_ids: &HashMap<String, String>,
+    resolver: &dyn SearchResolver,
+) -> Result<String, String> {
+    let (resource_type, query) = reference
+        .split_once('?')
+        .expect("classified as conditional");
+    if let Some(id) = criteria_ids.get(reference) {
+        return Ok(format!("{resource_type}/{id}"));
+    }
+    match resolver.find_ids(resource_type, query).await {
+        Ok(ids) if ids.len() == 1 => Ok(format!("{resource_type}/{}", ids[0])),
+        Ok(ids) if ids.is_empty() => Err(format!(
+            "conditional reference {reference} matches no resource on the server (load the Bundle that creates it first)"
+        )),
+        Ok(ids) => Err(format!(
+            "conditional reference {reference} matches {} resources; it must match one",
+            ids.len()
+        )),
+        Err(e) => Err(format!(
+            "cannot resolve conditional reference {reference}: {e}"
+        )),
+    }
+}
+
+/// A stable id for a name (criteria or content), as a UUID v5.
+pub fn derived_id(name: &str) -> String {
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// The id of a resource that came without one: derived from its content and position, so a
+/// re-upload of the same file maps to the same resource.
+fn content_id(resource_type: &str, resource: &Map<String, Value>, index: usize) -> String {
+    let body = serde_json::to_string(resource).unwrap_or_default();
+    derived_id(&format!("{resource_type}#{index}#{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers searches from a fixed table and counts them.
+    #[derive(Default)]
+    struct FakeServer {
+        matches: HashMap<String, Vec<String>>,
+        searches: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl SearchResolver for FakeServer {
+        async fn find_ids(&self, ty: &str, query: &str) -> Result<Vec<String>, String> {
+            let key = format!("{ty}?{query}");
+            self.searches.lock().unwrap().push(key.clone());
+            Ok(self.matches.get(&key).cloned().unwrap_or_default())
+        }
+    }
+
+    fn server(pairs: &[(&str, &[&str])]) -> FakeServer {
+        FakeServer {
+            matches: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn txn(entries: Value) -> Value {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    }
+
+    #[test]
+    fn only_transaction_and_batch_bundles_are_accepted() {
+        assert_eq!(bundle_kind(&txn(json!([]))), Ok(BundleKind::Transaction));
+        assert_eq!(
+            bundle_kind(&json!({"resourceType": "Bundle", "type": "batch"})),
+            Ok(BundleKind::Batch)
+        );
+        let e = bundle_kind(&json!({"resourceType": "Bundle", "type": "collection"})).unwrap_err();
+        assert!(e.contains("collection"), "{e}");
+        let e = bundle_kind(&json!({"resourceType": "Group"})).unwrap_err();
+        assert!(e.contains("Group"), "{e}");
+        assert!(bundle_kind(&json!({"a": 1})).is_err());
+    }
+
+    #[tokio::test]
+    async fn urn_uuids_become_put_ids_and_every_reference_is_rewritten() {
+        let b = txn(json!([
+            {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+             "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
+             "resource": {"resourceType": "Encounter",
+                          "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}},
+             "request": {"method": "POST", "url": "Encounter"}},
+            {"fullUrl": "https://example.org/fhir/Observation/obs-1",
+             "resource": {"resourceType": "Observation",
+                          "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+                          "encounter": {"reference": "urn:uuid:22222222-2222-2222-2222-222222222222"},
+                          "derivedFrom": [{"reference": "https://example.org/fhir/Observation/obs-1"}],
+                          "extension": [{"url": "x", "valueReference": {"reference": "Organization/org-9"}}]},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]));
+        let p = prepare(&b, &server(&[])).await;
+        assert!(p.failures.is_empty(), "{:?}", p.failures);
+        let targets: Vec<_> = p
+            .entries
+            .iter()
+            .map(|e| e.target.clone().unwrap())
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                "Patient/11111111-1111-1111-1111-111111111111",
+                "Encounter/22222222-2222-2222-2222-222222222222",
+                "Observation/obs-1"
+            ]
+        );
+        let obs = &p.entries[2].entry;
+        assert_eq!(
+            obs["request"],
+            json!({"method": "PUT", "url": "Observation/obs-1"})
+        );
+        assert_eq!(obs["resource"]["id"], "obs-1");
+        assert_eq!(
+            obs["resource"]["subject"]["reference"],
+            "Patient/11111111-1111-1111-1111-111111111111"
+        );
+        assert_eq!(
+            obs["resource"]["encounter"]["reference"],
+            "Encounter/22222222-2222-2222-2222-222222222222"
+        );
+        assert_eq!(
+            obs["resource"]["derivedFrom"][0]["reference"],
+            "Observation/obs-1"
+        );
+        assert_eq!(
+            obs["resource"]["extension"][0]["valueReference"]["reference"],
+            "Organization/org-9"
+        );
+        assert_eq!(p.entries[2].depends_on.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn if_none_exist_matches_point_references_at_the_existing_resource() {
+        let b = txn(json!([
+            {"fullUrl": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000001",
+             "resource": {"resourceType": "Practitioner"},
+             "request": {"method": "POST", "url": "Practitioner",
+                         "ifNoneExist": "identifier=http://hl7.org/fhir/sid/us-npi|999"}},
+            {"fullUrl": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000002",
+             "resource": {"resourceType": "Encounter",
+                          "participant": [{"individual": {"reference": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000001"}}]},
+             "request": {"method": "POST", "url": "Encounter"}}
+        ]));
+        let fake = server(&[(
+            "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999",
+            &["pr-7"],
+        )]);
+        let p = prepare(&b, &fake).await;
+        assert_eq!(
+            p.already_present, 1,
+            "the existing Practitioner is not written again"
+        );
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(
+            p.entries[0].entry["resource"]["participant"][0]["individual"]["reference"],
+            "Practitioner/pr-7"
+        );
+    }
+
+    #[tokio::test]
+    async fn if_none_exist_without_match_gets_a_stable_id_and_same_criteria_is_written_once() {
+        let entry = json!({"resource": {"resourceType": "Organization"},
+            "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=x|1"}});
+        let b = txn(json!([entry.clone(), entry]));
+        let p = prepare(&b, &server(&[])).await;
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.already_present, 1);
+        let again = prepare(&b, &server(&[])).await;
+        assert_eq!(
+            p.entries[0].target, again.entries[0].target,
+            "stable across runs"
+        );
+        let ambiguous = server(&[("Organization?identifier=x|1", &["a", "b"])]);
+        let p = prepare(&b, &ambiguous).await;
+        assert!(
+            p.failures[0].diagnostics.contains("matches 2"),
+            "{:?}",
+            p.failures
+        );
+    }
+
+    #[tokio::test]
+    async fn conditional_references_resolve_by_search_or_fail_the_entry() {
+        let b = txn(json!([
+            {"fullUrl": "urn:uuid:c1", "resource": {"resourceType": "Encounter",
+                "serviceProvider": {"reference": "Organization?identifier=https://github.com/synthetichealth/synthea|org-1"},
+                "participant": [{"individual": {"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|1"}}]},
+             "request": {"method": "POST", "url": "Encounter"}},
+            {"fullUrl": "urn:uuid:c2", "resource": {"resourceType": "Claim",
+                "provider": {"reference": "Organization?identifier=https://github.com/synthetichealth/synthea|org-1"}},
+             "request": {"method": "POST", "url": "Claim"}}
+        ]));
+        let fake = server(&[(
+            "Organization?identifier=https://github.com/synthetichealth/synthea|org-1",
+            &["org-1"],
+        )]);
+        let p = prepare(&b, &fake).await;
+        assert_eq!(p.entries.len(), 1, "the Claim resolves");
+        assert_eq!(
+            p.entries[0].entry["resource"]["provider"]["reference"],
+            "Organization/org-1"
+        );
+        assert_eq!(
+            p.failures.len(),
+            1,
+            "the Encounter's Practitioner matches nothing"
+        );
+        assert_eq!(p.failures[0].index, 0);
+        assert!(p.failures[0].diagnostics.contains("us-npi|1"));
+        let searches = fake.searches.lock().unwrap();
+        assert_eq!(
+            searches
+                .iter()
+                .filter(|s| s.starts_with("Organization"))
+                .count(),
+            1,
+            "conditional lookups are cached within a Bundle"
+        );
+    }
+
+    #[tokio::test]
+    async fn dangling_urn_references_and_entries_without_request_are_errors() {
+        let b = txn(json!([
+            {"fullUrl": "urn:uuid:d1", "resource": {"resourceType": "Observation",
+                "subject": {"reference": "urn:uuid:not-here"}}, "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Patient"}},
+            {"request": {"method": "DELETE", "url": "Patient/old"}}
+        ]));
+        let p = prepare(&b, &server(&[])).await;
+        assert_eq!(p.failures.len(), 2);
+        assert!(p.failures[0].diagnostics.contains("urn:uuid:not-here"));
+        assert!(p.failures[1].diagnostics.contains("no request"));
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries[0].entry["request"]["method"], "DELETE");
+    }
+
+    #[tokio::test]
+    async fn posts_without_ids_get_content_derived_ids() {
+        let b = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": {"resourceType": "Patient", "name": [{"family": "A"}]}, "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Patient", "name": [{"family": "B"}]}, "request": {"method": "POST", "url": "Patient"}}
+        ]});
+        let first = prepare(&b, &server(&[])).await;
+        let second = prepare(&b, &server(&[])).await;
+        assert_eq!(first.entries[0].target, second.entries[0].target);
+        assert_ne!(first.entries[0].target, first.entries[1].target);
+    }
+}
