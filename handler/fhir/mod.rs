@@ -107,6 +107,11 @@ impl FhirClient {
         &self.base
     }
 
+    /// The ceiling of the adaptive concurrency limit.
+    pub fn max_concurrency(&self) -> usize {
+        self.limiter.max()
+    }
+
     /// The current adaptive concurrency limit.
     pub fn concurrency(&self) -> usize {
         self.limiter.limit()
@@ -123,7 +128,21 @@ impl FhirClient {
     /// POSTs a batch or transaction Bundle to the base URL; returns the response Bundle.
     pub async fn post_bundle(&self, bundle: &Value) -> Result<Value, FhirError> {
         let body = Bytes::from(serde_json::to_vec(bundle).expect("a JSON value serialises"));
+        self.post_bundle_bytes(body).await
+    }
+
+    /// POSTs an already serialised Bundle.
+    pub async fn post_bundle_bytes(&self, body: Bytes) -> Result<Value, FhirError> {
         self.send(Method::POST, self.base.clone(), Some(body)).await
+    }
+
+    /// The retry schedule, for callers that retry parts of a reply (throttled batch entries).
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
     }
 
     /// GETs a search or read URL (absolute, on this server).

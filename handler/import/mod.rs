@@ -1,7 +1,24 @@
 //! Import: files dropped into the `bundles`, `ndjson` and `zip` containers are read with
 //! bounded memory, turned into idempotent batch entries and loaded into the FHIR server.
+//!
+//! Flow: `engine::Importer::register` (from a BlobCreated event) records the file in the
+//! `imports` table and queues one work item per part; `Importer::run` loads a part from its
+//! checkpoint (`jobs`), and the last part to finish writes the reports and moves the file.
 
+pub mod bundle;
+pub mod engine;
+pub mod jobs;
+pub mod ledger;
 pub mod ndjson;
+pub mod pump;
 pub mod references;
+pub mod report;
+pub mod sender;
+pub mod sources;
 pub mod split;
 pub mod transform;
+pub mod work;
+pub mod zip;
+
+pub use engine::{Importer, Registration};
+pub use work::{FileKind, ImportError, ImportWork};

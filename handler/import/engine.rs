@@ -1,0 +1,415 @@
+//! The import engine: registering a created blob (fast, idempotent: ledger rows + work items),
+//! running one work item to its end, and finalising a file once all its parts are done
+//! (reports written, file moved to `<container>processed` or `<container>err`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::bundle::FhirSearchResolver;
+use super::jobs;
+use super::ledger::{
+    Counts, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
+};
+use super::ndjson::cut_ranges;
+use super::report::{error_outcome, result_json};
+use super::work::{FileKind, ImportError, ImportWork};
+use crate::config::ImportSettings;
+use crate::fhir::FhirClient;
+use crate::storage::{BlobStore, Entity, WorkQueue};
+
+/// What registering a blob did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registration {
+    Queued {
+        file: String,
+        parts: u32,
+    },
+    /// The same file version was registered before (a redelivered event): nothing to do.
+    AlreadyRegistered {
+        file: String,
+        status: String,
+    },
+    Ignored(String),
+}
+
+pub struct Importer {
+    pub settings: ImportSettings,
+    pub blobs: BlobStore,
+    pub queue: WorkQueue,
+    pub ledger: Ledger,
+    pub fhir: Arc<FhirClient>,
+    pub resolver: FhirSearchResolver,
+}
+
+impl Importer {
+    pub fn new(
+        settings: ImportSettings,
+        blobs: BlobStore,
+        queue: WorkQueue,
+        ledger: Ledger,
+        fhir: Arc<FhirClient>,
+    ) -> Self {
+        let resolver = FhirSearchResolver::new(fhir.clone());
+        Importer {
+            settings,
+            blobs,
+            queue,
+            ledger,
+            fhir,
+            resolver,
+        }
+    }
+
+    /// Batches one part keeps in flight: enough to reach the FHIR client's concurrency ceiling.
+    pub fn fhir_window(&self) -> usize {
+        self.fhir.max_concurrency()
+    }
+
+    /// Creates the containers, queue and tables import uses (idempotent).
+    pub async fn ensure_resources(&self) -> Result<(), ImportError> {
+        for c in self.settings.input_containers() {
+            self.blobs.ensure_container(c).await?;
+            self.blobs
+                .ensure_container(&ImportSettings::processed_container(c))
+                .await?;
+            self.blobs
+                .ensure_container(&ImportSettings::err_container(c))
+                .await?;
+        }
+        self.queue.ensure().await?;
+        self.ledger.ensure_tables().await?;
+        Ok(())
+    }
+
+    /// How a blob in `container` is read; `None` for containers this loader does not watch.
+    pub fn kind_for(&self, container: &str, blob: &str) -> Option<FileKind> {
+        let lower = blob.to_ascii_lowercase();
+        if container == self.settings.bundles_container {
+            Some(FileKind::Bundle)
+        } else if container == self.settings.ndjson_container {
+            Some(if lower.ends_with(".gz") {
+                FileKind::NdjsonGz
+            } else {
+                FileKind::Ndjson
+            })
+        } else if container == self.settings.zip_container {
+            Some(FileKind::Zip)
+        } else {
+            None
+        }
+    }
+
+    /// Records a created blob and queues its work. Safe to call again for the same blob.
+    pub async fn register(&self, container: &str, blob: &str) -> Result<Registration, ImportError> {
+        let Some(kind) = self.kind_for(container, blob) else {
+            return Ok(Registration::Ignored(format!(
+                "{container} is not an import container"
+            )));
+        };
+        let Some(props) = self.blobs.properties(container, blob).await? else {
+            return Ok(Registration::Ignored(format!(
+                "{container}/{blob} no longer exists (already imported and moved?)"
+            )));
+        };
+        let key = file_key(container, blob, &props.etag);
+        let ranges = match kind {
+            FileKind::Ndjson => cut_ranges(props.size, self.settings.ndjson_range_bytes),
+            _ => vec![(0, props.size)],
+        };
+        let mut file = Entity::new(&key, FILE_ROW);
+        file.set_str("container", container);
+        file.set_str("blob", blob);
+        file.set_str("etag", props.etag.clone());
+        file.set_str("kind", kind.as_str());
+        file.set_str("status", FileStatus::Registering.as_str());
+        file.set_i64("parts", ranges.len() as i64);
+        file.set_i64("size", props.size as i64);
+        file.set_str("created", now_rfc3339());
+        Counts::default().write(&mut file);
+        if self.ledger.insert_file(&file).await?.is_none() {
+            let existing = self.ledger.file(&key).await?.unwrap_or_default();
+            let status = existing.str("status").unwrap_or_default().to_string();
+            if status != FileStatus::Registering.as_str() {
+                return Ok(Registration::AlreadyRegistered { file: key, status });
+            }
+            // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
+        }
+        for (part, (start, end)) in ranges.iter().enumerate() {
+            let mut row = Entity::new(&key, &part_row(part as u32));
+            row.set_str("status", "pending");
+            row.set_i64("start", *start as i64);
+            row.set_i64("end", *end as i64);
+            Counts::default().write(&mut row);
+            if let Err(e) = self
+                .ledger
+                .tables()
+                .insert(self.ledger.imports_table(), &row)
+                .await
+                && e.status() != Some(409)
+            {
+                return Err(e.into());
+            }
+        }
+        for (part, (start, end)) in ranges.iter().enumerate() {
+            let work = ImportWork {
+                file: key.clone(),
+                container: container.to_string(),
+                blob: blob.to_string(),
+                etag: props.etag.clone(),
+                kind,
+                part: part as u32,
+                start: *start,
+                end: *end,
+            };
+            let text = serde_json::to_string(&work).expect("work items serialise");
+            self.queue.send(&text, Duration::ZERO).await?;
+        }
+        if let Some(mut row) = self.ledger.file(&key).await?
+            && row.str("status") == Some(FileStatus::Registering.as_str())
+        {
+            row.set_str("status", FileStatus::Queued.as_str());
+            self.ledger.replace_if_unchanged(&row).await?;
+        }
+        info!(
+            message = "Import registered.",
+            container,
+            blob,
+            kind = kind.as_str(),
+            parts = ranges.len()
+        );
+        Ok(Registration::Queued {
+            file: key,
+            parts: ranges.len() as u32,
+        })
+    }
+
+    /// Runs one work item. `Err(Transient)` leaves it for a later try; after
+    /// `max_work_attempts` the part is closed with an explained error instead.
+    pub async fn run(&self, work: &ImportWork, attempt: u32) -> Result<(), ImportError> {
+        let Some(mut file) = self.ledger.file(&work.file).await? else {
+            warn!(message = "Work item for an unknown import; dropped.", container = %work.container, blob = %work.blob);
+            return Ok(());
+        };
+        let status = file.str("status").and_then(FileStatus::parse);
+        if status.is_some_and(FileStatus::is_terminal) {
+            return Ok(());
+        }
+        let Some(part) = self.ledger.part(&work.file, work.part).await? else {
+            return Ok(());
+        };
+        if part.str("status") != Some("done") {
+            if matches!(status, Some(FileStatus::Queued | FileStatus::Registering)) {
+                file.set_str("status", FileStatus::Loading.as_str());
+                file.set_str("started", now_rfc3339());
+                self.ledger.replace_if_unchanged(&file).await?;
+            }
+            let result = match work.kind {
+                FileKind::Bundle => jobs::run_bundle(self, work, part.clone()).await,
+                FileKind::Ndjson => jobs::run_ndjson_range(self, work, part.clone()).await,
+                FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part.clone()).await,
+                FileKind::Zip => jobs::run_zip(self, work, part.clone()).await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(ImportError::Superseded) => return Ok(()),
+                Err(ImportError::Rejected(reason)) => {
+                    warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
+                    self.close_part(work, "rejected", &reason).await?;
+                }
+                Err(ImportError::Transient(reason))
+                    if attempt < self.settings.max_work_attempts =>
+                {
+                    warn!(message = "Import work will be retried.", container = %work.container, blob = %work.blob, part = work.part, attempt, reason = %reason);
+                    return Err(ImportError::Transient(reason));
+                }
+                Err(ImportError::Transient(reason)) => {
+                    let why = format!(
+                        "gave up after {attempt} attempts: {reason}; what follows the last checkpoint of this part was not loaded — drop the file again to retry"
+                    );
+                    self.close_part(work, "gave-up", &why).await?;
+                }
+            }
+        }
+        self.finalize_if_complete(work).await
+    }
+
+    /// Ends a part that cannot finish normally, with one error record saying why.
+    async fn close_part(
+        &self,
+        work: &ImportWork,
+        how: &str,
+        reason: &str,
+    ) -> Result<(), ImportError> {
+        let record = ErrorRecord {
+            part: work.part,
+            position: how.to_string(),
+            line: None,
+            entry: None,
+            zip_entry: None,
+            target: None,
+            status: 0,
+            diagnostics: reason.to_string(),
+        };
+        self.ledger.write_errors(&work.file, &[record]).await?;
+        let mut part = self
+            .ledger
+            .part(&work.file, work.part)
+            .await?
+            .unwrap_or_default();
+        let mut counts = Counts::read(&part);
+        counts.failed += 1;
+        counts.write(&mut part);
+        part.set_str("status", "done");
+        part.set_str(how, reason);
+        part.etag.clear();
+        self.ledger.upsert(&part).await?;
+        Ok(())
+    }
+
+    /// When every part is done: write the reports, move the file, close the ledger row.
+    /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
+    async fn finalize_if_complete(&self, work: &ImportWork) -> Result<(), ImportError> {
+        let parts = self.ledger.parts(&work.file).await?;
+        if parts.iter().any(|p| p.str("status") != Some("done")) {
+            return Ok(());
+        }
+        let Some(mut file) = self.ledger.file(&work.file).await? else {
+            return Ok(());
+        };
+        if file
+            .str("status")
+            .and_then(FileStatus::parse)
+            .is_some_and(FileStatus::is_terminal)
+        {
+            return Ok(());
+        }
+        let mut totals = Counts::default();
+        let mut line_base = Vec::with_capacity(parts.len());
+        let mut rejected = None;
+        for p in &parts {
+            line_base.push(totals.lines);
+            totals.add(Counts::read(p));
+            if let Some(r) = p.str("rejected") {
+                rejected = Some(r.to_string());
+            }
+        }
+        let source = format!("{}/{}", work.container, work.blob);
+        let (status, target_container) = if rejected.is_some() {
+            (
+                FileStatus::Rejected,
+                ImportSettings::err_container(&work.container),
+            )
+        } else if totals.failed > 0 {
+            (
+                FileStatus::CompletedWithErrors,
+                ImportSettings::err_container(&work.container),
+            )
+        } else {
+            (
+                FileStatus::Loaded,
+                ImportSettings::processed_container(&work.container),
+            )
+        };
+        let mut error_report = None;
+        if status != FileStatus::Loaded {
+            let errors = self.ledger.errors(&work.file).await?;
+            let name = format!("{}.errors.ndjson", work.blob);
+            let per_line = work.kind != FileKind::Bundle;
+            let lines = errors.iter().map(|r| {
+                let line = r
+                    .line
+                    .filter(|_| per_line)
+                    .map(|l| l + line_base.get(r.part as usize).copied().unwrap_or(0));
+                let mut s = error_outcome(&source, r, line).to_string();
+                s.push('\n');
+                s
+            });
+            upload_lines(&self.blobs, &target_container, &name, lines).await?;
+            error_report = Some(format!("{target_container}/{name}"));
+        }
+        let result = result_json(
+            &source,
+            status.as_str(),
+            totals,
+            error_report.as_deref(),
+            rejected.as_deref(),
+        );
+        self.blobs
+            .upload(
+                &target_container,
+                &format!("{}.result.json", work.blob),
+                Bytes::from(result.to_string()),
+            )
+            .await?;
+        self.move_input(work, &target_container).await?;
+        file.set_str("status", status.as_str());
+        file.set_str("finished", now_rfc3339());
+        file.set_str("outcome", format!("{target_container}/{}", work.blob));
+        if let Some(r) = &error_report {
+            file.set_str("errorReport", r.clone());
+        }
+        if let Some(r) = &rejected {
+            file.set_str("reason", r.clone());
+        }
+        totals.write(&mut file);
+        file.etag.clear();
+        self.ledger.upsert(&file).await?;
+        info!(
+            message = "Import finished.",
+            container = %work.container,
+            blob = %work.blob,
+            status = status.as_str(),
+            loaded = totals.loaded,
+            failed = totals.failed
+        );
+        Ok(())
+    }
+
+    /// Moves the input file once; a repeat that finds it already moved is fine.
+    async fn move_input(
+        &self,
+        work: &ImportWork,
+        target_container: &str,
+    ) -> Result<(), ImportError> {
+        match self.blobs.properties(&work.container, &work.blob).await? {
+            Some(current) if current.etag == work.etag => {
+                self.blobs
+                    .move_blob(&work.container, &work.blob, target_container, &work.blob)
+                    .await?;
+            }
+            Some(_) => {
+                // A newer upload with the same name: it has its own import; leave it in place.
+                warn!(message = "Input replaced by a newer upload; not moved.", container = %work.container, blob = %work.blob);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Uploads lines as staged blocks of about 4 MiB (an error report can be large).
+async fn upload_lines(
+    blobs: &BlobStore,
+    container: &str,
+    name: &str,
+    lines: impl Iterator<Item = String>,
+) -> Result<(), ImportError> {
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    for line in lines {
+        current.push_str(&line);
+        if current.len() >= 4 * 1024 * 1024 {
+            chunks.push(Ok(Bytes::from(std::mem::take(&mut current))));
+        }
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(Ok(Bytes::from(current)));
+    }
+    blobs
+        .upload_blocks(container, name, futures::stream::iter(chunks))
+        .await?;
+    Ok(())
+}

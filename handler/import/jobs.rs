@@ -1,0 +1,453 @@
+//! One job per kind of file, each resuming from its part row's checkpoint:
+//! a Bundle by pieces sent, an NDJSON range by byte offset, a gzip file by lines done,
+//! a zip by entry and line. Checkpoints are written at most once a second (errors first),
+//! and with the ETag last read, so two deliveries of one work item never both advance it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use super::bundle::{plan_bundle, send_piece, send_transaction};
+use super::engine::Importer;
+use super::ledger::{Counts, ErrorRecord};
+use super::ndjson::{ChunkStream, LineReader};
+use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
+use super::sender::RefusedEntry;
+use super::sources::{BlobChunks, gunzip_blob};
+use super::work::{FileKind, ImportError, ImportWork};
+use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
+use crate::storage::Entity;
+
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The part row being advanced, with the counts and error records not yet saved.
+struct PartProgress<'a> {
+    importer: &'a Importer,
+    work: &'a ImportWork,
+    row: Entity,
+    counts: Counts,
+    pending: Vec<ErrorRecord>,
+    last_save: Instant,
+    zip_entry: Option<(i64, String)>,
+}
+
+impl<'a> PartProgress<'a> {
+    fn new(importer: &'a Importer, work: &'a ImportWork, row: Entity) -> Self {
+        PartProgress {
+            counts: Counts::read(&row),
+            importer,
+            work,
+            row,
+            pending: Vec::new(),
+            last_save: Instant::now(),
+            zip_entry: None,
+        }
+    }
+
+    fn cursor(&self, name: &str) -> i64 {
+        self.row.i64(name)
+    }
+
+    fn set_cursor(&mut self, name: &str, value: i64) {
+        self.row.set_i64(name, value);
+    }
+
+    /// Records refused lines (`per_line`) or Bundle entries as errors.
+    fn refuse(&mut self, refused: Vec<RefusedEntry>, per_line: bool) {
+        self.counts.failed += refused.len() as i64;
+        for r in refused {
+            let position = match &self.zip_entry {
+                Some((i, _)) => format!("{i:06}-{:012}", r.position.max(0)),
+                None if r.position < 0 => "whole".to_string(),
+                None => format!("{:012}", r.position),
+            };
+            self.pending.push(ErrorRecord {
+                part: self.work.part,
+                position,
+                line: per_line.then_some(r.position),
+                entry: (!per_line && r.position >= 0).then_some(r.position),
+                zip_entry: self.zip_entry.as_ref().map(|(_, n)| n.clone()),
+                target: r.target,
+                status: r.status,
+                diagnostics: r.diagnostics,
+            });
+        }
+    }
+
+    async fn save(&mut self) -> Result<(), ImportError> {
+        if !self.pending.is_empty() {
+            self.importer
+                .ledger
+                .write_errors(&self.work.file, &self.pending)
+                .await?;
+            self.pending.clear();
+        }
+        self.counts.write(&mut self.row);
+        match self
+            .importer
+            .ledger
+            .tables()
+            .replace(self.importer.ledger.imports_table(), &self.row)
+            .await
+        {
+            Ok(etag) => self.row.etag = etag,
+            Err(e) if e.status() == Some(412) => return Err(ImportError::Superseded),
+            Err(e) => return Err(e.into()),
+        }
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    async fn save_if_due(&mut self) -> Result<(), ImportError> {
+        if self.last_save.elapsed() >= CHECKPOINT_EVERY {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), ImportError> {
+        self.row.set_str("status", "done");
+        self.save().await
+    }
+}
+
+/// Takes the part over: a first write with the ETag read proves no other delivery moved it.
+async fn claim<'a>(
+    importer: &'a Importer,
+    work: &'a ImportWork,
+    row: Entity,
+) -> Result<PartProgress<'a>, ImportError> {
+    let mut progress = PartProgress::new(importer, work, row);
+    progress.row.set_str("status", "loading");
+    progress.save().await?;
+    Ok(progress)
+}
+
+pub async fn run_bundle(
+    importer: &Importer,
+    work: &ImportWork,
+    row: Entity,
+) -> Result<(), ImportError> {
+    let settings = &importer.settings;
+    let size = work.end;
+    if size > settings.max_bundle_file_bytes {
+        return Err(ImportError::Rejected(format!(
+            "the Bundle file is {} MiB; the limit is {} MiB (FHIRBULK_MAX_BUNDLE_FILE_MIB) — split it or upload it as NDJSON",
+            size / (1024 * 1024),
+            settings.max_bundle_file_bytes / (1024 * 1024)
+        )));
+    }
+    let mut progress = claim(importer, work, row).await?;
+    let bytes = importer
+        .blobs
+        .read_range(&work.container, &work.blob, 0, size)
+        .await?;
+    load_bundle_bytes(importer, &mut progress, &bytes, "piece").await?;
+    progress.finish().await
+}
+
+/// Loads one Bundle's bytes, resuming after the pieces recorded under `cursor`.
+async fn load_bundle_bytes(
+    importer: &Importer,
+    progress: &mut PartProgress<'_>,
+    bytes: &[u8],
+    cursor: &str,
+) -> Result<(), ImportError> {
+    let settings = &importer.settings;
+    let plan = plan_bundle(
+        bytes,
+        settings.transaction_mode,
+        settings.max_bundle_entries,
+        &importer.resolver,
+    )
+    .await?;
+    let done_pieces = progress.cursor(cursor);
+    if done_pieces == 0 {
+        progress.counts.present += plan.already_present;
+        progress.refuse(plan.refused, false);
+    }
+    if let Some(body) = plan.whole_transaction {
+        if done_pieces == 0 {
+            let result = send_transaction(&importer.fhir, body, plan.entry_count).await?;
+            progress.counts.loaded += result.loaded;
+            progress.refuse(result.refused, false);
+        }
+        progress.set_cursor(cursor, 1);
+        return progress.save().await;
+    }
+    for (i, piece) in plan.pieces.into_iter().enumerate() {
+        if (i as i64) < done_pieces {
+            continue;
+        }
+        let result = send_piece(&importer.fhir, piece).await?;
+        progress.counts.loaded += result.loaded;
+        progress.refuse(result.refused, false);
+        progress.set_cursor(cursor, i as i64 + 1);
+        progress.save().await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl LinesSink for PartProgress<'_> {
+    async fn lines_done(&mut self, done: LinesDone) -> Result<(), ImportError> {
+        self.counts.loaded += done.loaded;
+        self.refuse(done.refused, true);
+        self.set_cursor("offset", done.next_offset as i64);
+        self.set_cursor("line", done.last_line);
+        self.save_if_due().await
+    }
+}
+
+fn pump_options(importer: &Importer, line_base: i64, skip_through_line: i64) -> PumpOptions {
+    PumpOptions {
+        per_bundle: importer.settings.ndjson_resources_per_bundle,
+        window: importer.fhir_window(),
+        line_base,
+        skip_through_line,
+    }
+}
+
+pub async fn run_ndjson_range(
+    importer: &Importer,
+    work: &ImportWork,
+    row: Entity,
+) -> Result<(), ImportError> {
+    let mut progress = claim(importer, work, row).await?;
+    let size = importer
+        .blobs
+        .properties(&work.container, &work.blob)
+        .await?
+        .map(|p| p.size)
+        .unwrap_or(0);
+    let resume_at = progress.cursor("offset") as u64;
+    let line_base = progress.cursor("line");
+    let reader_start = if resume_at > 0 {
+        resume_at
+    } else {
+        work.start.saturating_sub(1)
+    };
+    let chunks = BlobChunks::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        reader_start,
+        size,
+    );
+    let mut reader = LineReader::new(
+        chunks,
+        reader_start,
+        work.end,
+        resume_at == 0 && work.start > 0,
+    );
+    pump_lines(
+        &importer.fhir,
+        &mut reader,
+        &pump_options(importer, line_base, 0),
+        &mut progress,
+    )
+    .await?;
+    progress.counts.lines = line_base + reader.lines_read() as i64;
+    progress.finish().await
+}
+
+pub async fn run_ndjson_gz(
+    importer: &Importer,
+    work: &ImportWork,
+    row: Entity,
+) -> Result<(), ImportError> {
+    let mut progress = claim(importer, work, row).await?;
+    let lines_done = progress.cursor("line");
+    let chunks = BlobChunks::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        0,
+        work.end,
+    );
+    let mut reader = LineReader::new(gunzip_blob(chunks), 0, u64::MAX, false);
+    let result = pump_lines(
+        &importer.fhir,
+        &mut reader,
+        &pump_options(importer, 0, lines_done),
+        &mut progress,
+    )
+    .await;
+    map_decode_error(result, "gzip")?;
+    progress.counts.lines = reader.lines_read() as i64;
+    progress.finish().await
+}
+
+/// A decoder failure is a property of the file, not a passing fault.
+fn map_decode_error(result: Result<(), ImportError>, what: &str) -> Result<(), ImportError> {
+    match result {
+        Err(ImportError::Transient(msg)) if msg.starts_with("reading the file") => Err(
+            ImportError::Rejected(format!("the {what} data cannot be read: {msg}")),
+        ),
+        other => other,
+    }
+}
+
+pub async fn run_zip(
+    importer: &Importer,
+    work: &ImportWork,
+    row: Entity,
+) -> Result<(), ImportError> {
+    let settings = &importer.settings;
+    let mut progress = claim(importer, work, row).await?;
+    let copy = download_to_temp(importer, work).await?;
+    let path: PathBuf = copy.path().to_path_buf();
+    let dir_path = path.clone();
+    let directory = tokio::task::spawn_blocking(move || read_directory(&dir_path))
+        .await
+        .map_err(|e| ImportError::Transient(e.to_string()))?
+        .map_err(ImportError::Rejected)?;
+    let limits = ZipLimits {
+        max_entries: settings.zip_max_entries,
+        max_uncompressed: settings.zip_max_uncompressed_bytes,
+        max_ratio: settings.zip_max_ratio,
+    };
+    let plans = plan_entries(&directory, limits).map_err(ImportError::Rejected)?;
+    let start_entry = progress.cursor("entry");
+    for plan in plans {
+        let (index, name, kind) = match plan {
+            EntryPlan::Skip => continue,
+            EntryPlan::Refuse {
+                index,
+                name,
+                reason,
+            } => {
+                if (index as i64) >= start_entry {
+                    progress.zip_entry = Some((index as i64, name));
+                    progress.refuse(
+                        vec![RefusedEntry {
+                            position: 0,
+                            target: None,
+                            status: 0,
+                            diagnostics: reason,
+                        }],
+                        false,
+                    );
+                }
+                continue;
+            }
+            EntryPlan::Load { index, name, kind } => (index, name, kind),
+        };
+        if (index as i64) < start_entry {
+            continue;
+        }
+        progress.zip_entry = Some((index as i64, name.clone()));
+        let limit = directory[index].uncompressed.max(1);
+        let gzip = kind == FileKind::NdjsonGz;
+        // A gzip entry's declared size is the compressed one; its own limit is the archive's.
+        let limit = if gzip {
+            settings.zip_max_uncompressed_bytes
+        } else {
+            limit
+        };
+        let stream = stream_entry(path.clone(), index, gzip, limit);
+        if kind == FileKind::Bundle {
+            let bytes = collect_limited(stream, settings.max_bundle_file_bytes).await;
+            match bytes {
+                Ok(bytes) => {
+                    match load_bundle_bytes(importer, &mut progress, &bytes, "entryPiece").await {
+                        Err(ImportError::Rejected(reason)) => progress.refuse(
+                            vec![RefusedEntry {
+                                position: 0,
+                                target: None,
+                                status: 0,
+                                diagnostics: reason,
+                            }],
+                            false,
+                        ),
+                        other => other?,
+                    }
+                }
+                Err(reason) => progress.refuse(
+                    vec![RefusedEntry {
+                        position: 0,
+                        target: None,
+                        status: 0,
+                        diagnostics: reason,
+                    }],
+                    false,
+                ),
+            }
+        } else {
+            let lines_done = if (index as i64) == start_entry {
+                progress.cursor("line")
+            } else {
+                0
+            };
+            let mut reader = LineReader::new(stream, 0, u64::MAX, false);
+            let result = pump_lines(
+                &importer.fhir,
+                &mut reader,
+                &pump_options(importer, 0, lines_done),
+                &mut progress,
+            )
+            .await;
+            match map_decode_error(result, "zip entry") {
+                Err(ImportError::Rejected(reason)) => progress.refuse(
+                    vec![RefusedEntry {
+                        position: 0,
+                        target: None,
+                        status: 0,
+                        diagnostics: reason,
+                    }],
+                    false,
+                ),
+                other => other?,
+            }
+            progress.counts.lines += reader.lines_read() as i64 - lines_done;
+        }
+        progress.set_cursor("entry", index as i64 + 1);
+        progress.set_cursor("line", 0);
+        progress.set_cursor("entryPiece", 0);
+        progress.save().await?;
+    }
+    progress.zip_entry = None;
+    progress.finish().await
+}
+
+/// Copies the blob to a temporary file (the zip directory sits at its end), chunk by chunk.
+async fn download_to_temp(
+    importer: &Importer,
+    work: &ImportWork,
+) -> Result<tempfile::NamedTempFile, ImportError> {
+    let temp = tempfile::NamedTempFile::new()?;
+    let mut out = tokio::fs::File::create(temp.path()).await?;
+    let mut chunks = BlobChunks::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        0,
+        work.end,
+    );
+    while let Some(chunk) = chunks.next_chunk().await? {
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    Ok(temp)
+}
+
+async fn collect_limited<S: ChunkStream>(mut stream: S, limit: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        match stream.next_chunk().await {
+            Ok(Some(c)) => {
+                out.extend_from_slice(&c);
+                if out.len() as u64 > limit {
+                    return Err(format!(
+                        "the Bundle entry is larger than {} MiB (FHIRBULK_MAX_BUNDLE_FILE_MIB)",
+                        limit / (1024 * 1024)
+                    ));
+                }
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(format!("the entry cannot be read: {e}")),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The `imports` table: one partition per uploaded file version (container, blob, ETag), with a
+//! `file` row (status, counts, timings, outcome) and one `part-NNNNN` row per work item holding
+//! its checkpoint. Entry and line errors go to the `importerrors` table under the same
+//! partition, keyed by position, so writing them again (a redelivered work item) overwrites
+//! instead of duplicating.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::storage::table::encode_key;
+use crate::storage::{Entity, StorageResult, TableClient};
+
+pub const FILE_ROW: &str = "file";
+
+/// Lifecycle of an imported file, as stored in `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Recorded; work items are being enqueued.
+    Registering,
+    Queued,
+    Loading,
+    /// All parts done; outcome files are being written and the file moved.
+    Finalizing,
+    /// Every resource loaded; the file is in `<container>processed`.
+    Loaded,
+    /// Some entries or lines failed; the file and its error report are in `<container>err`.
+    CompletedWithErrors,
+    /// The file could not be read at all; it and the reason are in `<container>err`.
+    Rejected,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Registering => "registering",
+            FileStatus::Queued => "queued",
+            FileStatus::Loading => "loading",
+            FileStatus::Finalizing => "finalizing",
+            FileStatus::Loaded => "loaded",
+            FileStatus::CompletedWithErrors => "completed-with-errors",
+            FileStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            FileStatus::Registering,
+            FileStatus::Queued,
+            FileStatus::Loading,
+            FileStatus::Finalizing,
+            FileStatus::Loaded,
+            FileStatus::CompletedWithErrors,
+            FileStatus::Rejected,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            FileStatus::Loaded | FileStatus::CompletedWithErrors | FileStatus::Rejected
+        )
+    }
+}
+
+/// The partition key of one file version.
+pub fn file_key(container: &str, blob: &str, etag: &str) -> String {
+    encode_key(&format!("{container}/{blob}#{}", etag.trim_matches('"')))
+}
+
+pub fn part_row(part: u32) -> String {
+    format!("part-{part:05}")
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Counters kept per part and summed per file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Resources the server accepted.
+    pub loaded: i64,
+    /// Entries or lines that failed (each has an error record).
+    pub failed: i64,
+    /// `ifNoneExist` entries the server already had.
+    pub present: i64,
+    /// NDJSON lines read (for absolute line numbers in error reports).
+    pub lines: i64,
+}
+
+impl Counts {
+    pub fn read(e: &Entity) -> Self {
+        Counts {
+            loaded: e.i64("loaded"),
+            failed: e.i64("failed"),
+            present: e.i64("present"),
+            lines: e.i64("lines"),
+        }
+    }
+
+    pub fn write(&self, e: &mut Entity) {
+        e.set_i64("loaded", self.loaded);
+        e.set_i64("failed", self.failed);
+        e.set_i64("present", self.present);
+        e.set_i64("lines", self.lines);
+    }
+
+    pub fn add(&mut self, other: Counts) {
+        self.loaded += other.loaded;
+        self.failed += other.failed;
+        self.present += other.present;
+        self.lines += other.lines;
+    }
+}
+
+/// One failed line or entry, as stored and as reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorRecord {
+    pub part: u32,
+    /// Orders records within the part; also the row key, so a rewrite replaces the record.
+    pub position: String,
+    /// Line number within the part (NDJSON), made absolute in the report.
+    pub line: Option<i64>,
+    /// Entry index in the Bundle.
+    pub entry: Option<i64>,
+    /// Name of the zip entry, for zip files.
+    pub zip_entry: Option<String>,
+    /// `Type/id` when known.
+    pub target: Option<String>,
+    /// HTTP status from the server; 0 when refused before sending.
+    pub status: u16,
+    pub diagnostics: String,
+}
+
+/// Table storage caps a string property at 64 KiB; server diagnostics rarely need more.
+const MAX_DIAGNOSTICS_CHARS: usize = 8_000;
+
+impl ErrorRecord {
+    fn to_entity(&self, file_key: &str) -> Entity {
+        let mut e = Entity::new(file_key, &format!("{:05}-{}", self.part, self.position));
+        e.set_i64("part", i64::from(self.part));
+        if let Some(l) = self.line {
+            e.set_i64("line", l);
+        }
+        if let Some(i) = self.entry {
+            e.set_i64("entry", i);
+        }
+        if let Some(z) = &self.zip_entry {
+            e.set_str("zipEntry", z.clone());
+        }
+        if let Some(t) = &self.target {
+            e.set_str("target", t.clone());
+        }
+        e.set_i64("status", i64::from(self.status));
+        e.set_str(
+            "diagnostics",
+            self.diagnostics
+                .chars()
+                .take(MAX_DIAGNOSTICS_CHARS)
+                .collect::<String>(),
+        );
+        e
+    }
+
+    fn from_entity(e: &Entity) -> Self {
+        let opt_i64 = |name: &str| e.props.contains_key(name).then(|| e.i64(name));
+        ErrorRecord {
+            part: e.i64("part") as u32,
+            position: e
+                .str("RowKey")
+                .and_then(|rk| rk.split_once('-'))
+                .map(|(_, p)| p.to_string())
+                .unwrap_or_default(),
+            line: opt_i64("line"),
+            entry: opt_i64("entry"),
+            zip_entry: e.str("zipEntry").map(str::to_string),
+            target: e.str("target").map(str::to_string),
+            status: e.i64("status") as u16,
+            diagnostics: e.str("diagnostics").unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// Access to the two tables of the import ledger.
+#[derive(Clone)]
+pub struct Ledger {
+    tables: TableClient,
+    imports: String,
+    errors: String,
+}
+
+impl Ledger {
+    pub fn new(tables: TableClient, imports_table: &str) -> Self {
+        Ledger {
+            tables,
+            imports: imports_table.to_string(),
+            errors: format!("{imports_table}errors"),
+        }
+    }
+
+    pub async fn ensure_tables(&self) -> StorageResult<()> {
+        self.tables.create_table(&self.imports).await?;
+        self.tables.create_table(&self.errors).await
+    }
+
+    pub fn tables(&self) -> &TableClient {
+        &self.tables
+    }
+
+    pub fn imports_table(&self) -> &str {
+        &self.imports
+    }
+
+    pub async fn file(&self, key: &str) -> StorageResult<Option<Entity>> {
+        self.tables.get(&self.imports, key, FILE_ROW).await
+    }
+
+    pub async fn part(&self, key: &str, part: u32) -> StorageResult<Option<Entity>> {
+        self.tables.get(&self.imports, key, &part_row(part)).await
+    }
+
+    /// Inserts the file row; `Ok(None)` when it already exists (a redelivered event).
+    pub async fn insert_file(&self, file: &Entity) -> StorageResult<Option<String>> {
+        match self.tables.insert(&self.imports, file).await {
+            Ok(etag) => Ok(Some(etag)),
+            Err(e) if e.status() == Some(409) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {
+        self.tables.upsert(&self.imports, row).await
+    }
+
+    /// Replaces a row if it is unchanged since it was read; `Ok(false)` when someone else won.
+    pub async fn replace_if_unchanged(&self, row: &Entity) -> StorageResult<bool> {
+        match self.tables.replace(&self.imports, row).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conflict() || e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn parts(&self, key: &str) -> StorageResult<Vec<Entity>> {
+        let filter = format!(
+            "PartitionKey eq '{}' and RowKey ge 'part-' and RowKey lt 'part.'",
+            key.replace('\'', "''")
+        );
+        self.tables.query(&self.imports, &filter).await
+    }
+
+    pub async fn write_errors(&self, key: &str, records: &[ErrorRecord]) -> StorageResult<()> {
+        for r in records {
+            self.tables.upsert(&self.errors, &r.to_entity(key)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn errors(&self, key: &str) -> StorageResult<Vec<ErrorRecord>> {
+        let filter = format!("PartitionKey eq '{}'", key.replace('\'', "''"));
+        let mut rows = self.tables.query(&self.errors, &filter).await?;
+        rows.sort_by(|a, b| a.str("RowKey").cmp(&b.str("RowKey")));
+        Ok(rows.iter().map(ErrorRecord::from_entity).collect())
+    }
+
+    /// File rows, newest first, optionally only those with `status`.
+    pub async fn files(&self, status: Option<&str>) -> StorageResult<Vec<Entity>> {
+        let mut filter = format!("RowKey eq '{FILE_ROW}'");
+        if let Some(s) = status {
+            filter.push_str(&format!(" and status eq '{}'", s.replace('\'', "''")));
+        }
+        let mut rows = self.tables.query(&self.imports, &filter).await?;
+        rows.sort_by(|a, b| b.str("created").cmp(&a.str("created")));
+        Ok(rows)
+    }
+}
+
+/// The public view of a file row (what `GET /imports/...` answers).
+pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
+    let counts = Counts::read(file);
+    let done = parts
+        .iter()
+        .filter(|p| p.str("status") == Some("done"))
+        .count();
+    serde_json::json!({
+        "container": file.str("container"),
+        "blob": file.str("blob"),
+        "etag": file.str("etag"),
+        "kind": file.str("kind"),
+        "status": file.str("status"),
+        "reason": file.str("reason"),
+        "parts": { "total": file.i64("parts"), "done": done },
+        "resources": {
+            "loaded": counts.loaded,
+            "failed": counts.failed,
+            "alreadyPresent": counts.present,
+        },
+        "created": file.str("created"),
+        "started": file.str("started"),
+        "finished": file.str("finished"),
+        "outcome": file.str("outcome"),
+        "errorReport": file.str("errorReport"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_differ_per_version_and_are_table_safe() {
+        let a = file_key("ndjson", "dir/Patient.ndjson", "\"0x8D1\"");
+        let b = file_key("ndjson", "dir/Patient.ndjson", "\"0x8D2\"");
+        assert_ne!(a, b);
+        assert!(!a.contains('/') && !a.contains('#'), "{a}");
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            FileStatus::Registering,
+            FileStatus::Loaded,
+            FileStatus::CompletedWithErrors,
+        ] {
+            assert_eq!(FileStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(FileStatus::Rejected.is_terminal());
+        assert!(!FileStatus::Loading.is_terminal());
+    }
+
+    #[test]
+    fn error_records_round_trip_through_entities() {
+        let r = ErrorRecord {
+            part: 2,
+            position: "000000000017".into(),
+            line: Some(17),
+            entry: None,
+            zip_entry: Some("data/Patient.ndjson".into()),
+            target: Some("Patient/x".into()),
+            status: 422,
+            diagnostics: "bad".into(),
+        };
+        let e = r.to_entity("k");
+        assert_eq!(e.str("RowKey"), Some("00002-000000000017"));
+        assert_eq!(ErrorRecord::from_entity(&e), r);
+    }
+}

@@ -1,0 +1,142 @@
+//! Byte sources for the line reader, each holding at most a few chunks in memory: a blob read
+//! in ranges, and any blocking `Read` (a gzip decoder, a zip entry) run on a blocking thread
+//! that hands chunks over a bounded channel.
+
+use std::io::{self, Read};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::ndjson::ChunkStream;
+use crate::storage::BlobStore;
+
+/// Size of one ranged blob read.
+pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads `[offset, size)` of a blob in `BLOB_CHUNK_BYTES` ranges.
+pub struct BlobChunks {
+    store: BlobStore,
+    container: String,
+    blob: String,
+    offset: u64,
+    size: u64,
+}
+
+impl BlobChunks {
+    pub fn new(store: BlobStore, container: &str, blob: &str, offset: u64, size: u64) -> Self {
+        BlobChunks {
+            store,
+            container: container.to_string(),
+            blob: blob.to_string(),
+            offset,
+            size,
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkStream for BlobChunks {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.offset >= self.size {
+            return Ok(None);
+        }
+        let len = BLOB_CHUNK_BYTES.min(self.size - self.offset);
+        let bytes = self
+            .store
+            .read_range(&self.container, &self.blob, self.offset, len)
+            .await
+            .map_err(io::Error::other)?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        self.offset += bytes.len() as u64;
+        Ok(Some(bytes))
+    }
+}
+
+/// A blocking `Read` over a blob, for decoders that want one (run it on a blocking thread).
+pub struct BlobRead {
+    chunks: BlobChunks,
+    current: Bytes,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BlobRead {
+    pub fn new(chunks: BlobChunks) -> Self {
+        BlobRead {
+            chunks,
+            current: Bytes::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Read for BlobRead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.current.is_empty() {
+            match self.runtime.block_on(self.chunks.next_chunk())? {
+                Some(c) => self.current = c,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Chunks produced by a blocking reader on its own thread.
+pub struct ChannelChunks {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+}
+
+impl ChannelChunks {
+    pub fn from_receiver(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        ChannelChunks { rx }
+    }
+}
+
+#[async_trait]
+impl ChunkStream for ChannelChunks {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self.rx.recv().await {
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Runs `read` on a blocking thread; at most four 1 MiB chunks wait in the channel.
+pub fn spawn_reader<R: Read + Send + 'static>(mut read: R) -> ChannelChunks {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            match read.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    ChannelChunks { rx }
+}
+
+/// The decompressed bytes of a gzip blob (several concatenated members are allowed).
+pub fn gunzip_blob(chunks: BlobChunks) -> ChannelChunks {
+    let raw = BlobRead::new(chunks);
+    spawn_reader(flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
+}

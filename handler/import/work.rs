@@ -1,0 +1,75 @@
+//! The work items on the import queue and the ways processing one can end.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fhir::FhirError;
+use crate::storage::StorageError;
+
+/// How a file is read, decided from its container and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    Bundle,
+    Ndjson,
+    NdjsonGz,
+    Zip,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Bundle => "bundle",
+            FileKind::Ndjson => "ndjson",
+            FileKind::NdjsonGz => "ndjson-gz",
+            FileKind::Zip => "zip",
+        }
+    }
+}
+
+/// One queued unit of import work: a whole file, or one byte range of an NDJSON file.
+/// Everything needed to do it is in the message; progress is in the part row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportWork {
+    /// Partition key of the file version in the imports table.
+    pub file: String,
+    pub container: String,
+    pub blob: String,
+    pub etag: String,
+    pub kind: FileKind,
+    pub part: u32,
+    /// Byte range `[start, end)` whose lines this part owns (NDJSON ranges); whole file otherwise.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Why a work item stopped before its part was done.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file cannot be loaded at all (not JSON, not a Bundle, a refused zip): recorded, final.
+    #[error("{0}")]
+    Rejected(String),
+    /// Another delivery of the same work item owns the part now; this one stops quietly.
+    #[error("another worker is processing this part")]
+    Superseded,
+    /// Worth trying again later: the FHIR server or storage is unavailable or throttling.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<StorageError> for ImportError {
+    fn from(e: StorageError) -> Self {
+        ImportError::Transient(e.to_string())
+    }
+}
+
+impl From<FhirError> for ImportError {
+    fn from(e: FhirError) -> Self {
+        ImportError::Transient(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for ImportError {
+    fn from(e: std::io::Error) -> Self {
+        ImportError::Transient(format!("reading the file: {e}"))
+    }
+}

@@ -1,0 +1,317 @@
+//! Zip archives: the checks made before anything is loaded (entry names, nested archives,
+//! uncompressed size and compression ratio), and streaming one entry at a time out of a
+//! temporary copy of the archive, so memory stays at a few chunks whatever the archive holds.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::sources::ChannelChunks;
+use super::work::FileKind;
+
+/// What the archive may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ZipLimits {
+    pub max_entries: usize,
+    pub max_uncompressed: u64,
+    pub max_ratio: u64,
+}
+
+/// One entry of the central directory, as the checks see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub name: String,
+    pub compressed: u64,
+    pub uncompressed: u64,
+    pub is_dir: bool,
+    /// The entry's own name is a safe relative path (no absolute path, no `..`).
+    pub safe_name: bool,
+}
+
+/// What to do with one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPlan {
+    Load {
+        index: usize,
+        name: String,
+        kind: FileKind,
+    },
+    Refuse {
+        index: usize,
+        name: String,
+        reason: String,
+    },
+    /// Directories and operating-system litter (`__MACOSX/`, `.DS_Store`).
+    Skip,
+}
+
+/// Checks the archive as a whole (`Err` rejects it) and decides each entry.
+pub fn plan_entries(entries: &[EntryInfo], limits: ZipLimits) -> Result<Vec<EntryPlan>, String> {
+    if entries.len() > limits.max_entries {
+        return Err(format!(
+            "the archive has {} entries; the limit is {} (FHIRBULK_ZIP_MAX_ENTRIES)",
+            entries.len(),
+            limits.max_entries
+        ));
+    }
+    let total: u64 = entries.iter().map(|e| e.uncompressed).sum();
+    if total > limits.max_uncompressed {
+        return Err(format!(
+            "the archive expands to {} MiB; the limit is {} MiB (FHIRBULK_ZIP_MAX_UNCOMPRESSED_MIB)",
+            total / (1024 * 1024),
+            limits.max_uncompressed / (1024 * 1024)
+        ));
+    }
+    let compressed: u64 = entries.iter().map(|e| e.compressed).sum();
+    if compressed > 0 && total / compressed > limits.max_ratio {
+        return Err(format!(
+            "the archive's compression ratio is {}:1; the limit is {}:1 (FHIRBULK_ZIP_MAX_RATIO) — a zip bomb is likely",
+            total / compressed,
+            limits.max_ratio
+        ));
+    }
+    Ok(entries
+        .iter()
+        .enumerate()
+        .map(|(index, e)| plan_entry(index, e, limits))
+        .collect())
+}
+
+fn plan_entry(index: usize, e: &EntryInfo, limits: ZipLimits) -> EntryPlan {
+    let lower = e.name.to_ascii_lowercase();
+    let base = lower.rsplit('/').next().unwrap_or(&lower);
+    if e.is_dir || lower.starts_with("__macosx/") || base == ".ds_store" {
+        return EntryPlan::Skip;
+    }
+    let refuse = |reason: String| EntryPlan::Refuse {
+        index,
+        name: e.name.clone(),
+        reason,
+    };
+    if !e.safe_name {
+        return refuse("the entry's path is absolute or climbs out with '..'; refused".into());
+    }
+    if e.compressed > 0 && e.uncompressed / e.compressed > limits.max_ratio {
+        return refuse(format!(
+            "the entry's compression ratio is {}:1; the limit is {}:1",
+            e.uncompressed / e.compressed,
+            limits.max_ratio
+        ));
+    }
+    let kind = if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+        FileKind::Ndjson
+    } else if lower.ends_with(".ndjson.gz") {
+        FileKind::NdjsonGz
+    } else if lower.ends_with(".json") {
+        FileKind::Bundle
+    } else if [
+        ".zip", ".gz", ".tgz", ".tar", ".7z", ".rar", ".bz2", ".xz", ".jar",
+    ]
+    .iter()
+    .any(|ext| lower.ends_with(ext))
+    {
+        return refuse("nested archives are not opened; upload the inner archive itself".into());
+    } else {
+        return refuse("not a .json Bundle or .ndjson/.ndjson.gz file".into());
+    };
+    EntryPlan::Load {
+        index,
+        name: e.name.clone(),
+        kind,
+    }
+}
+
+/// Reads the central directory of the archive at `path`.
+pub fn read_directory(path: &Path) -> Result<Vec<EntryInfo>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open the archive copy: {e}"))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| format!("the file is not a readable zip archive: {e}"))?;
+    let mut out = Vec::with_capacity(archive.len());
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| format!("entry {i} of the archive is unreadable: {e}"))?;
+        out.push(EntryInfo {
+            name: entry.name().to_string(),
+            compressed: entry.compressed_size(),
+            uncompressed: entry.size(),
+            is_dir: entry.is_dir(),
+            safe_name: entry.enclosed_name().is_some() && !entry.name().contains(".."),
+        });
+    }
+    Ok(out)
+}
+
+/// Streams entry `index` of the archive at `path` on a blocking thread. Reading stops with an
+/// error if the entry yields more than `limit` bytes (a directory can lie about sizes).
+/// `.ndjson.gz` entries are decompressed on the way.
+pub fn stream_entry(path: PathBuf, index: usize, gzip: bool, limit: u64) -> ChannelChunks {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let send_err = |e: io::Error| {
+            let _ = tx.blocking_send(Err(e));
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return send_err(e),
+        };
+        let mut archive = match zip::ZipArchive::new(file) {
+            Ok(a) => a,
+            Err(e) => return send_err(io::Error::other(e)),
+        };
+        let entry = match archive.by_index(index) {
+            Ok(e) => e,
+            Err(e) => return send_err(io::Error::other(e)),
+        };
+        let mut reader: Box<dyn Read> = if gzip {
+            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(entry)))
+        } else {
+            Box::new(entry)
+        };
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    total += n as u64;
+                    if total > limit {
+                        return send_err(io::Error::other(format!(
+                            "the entry expands past {} MiB, more than the archive allows",
+                            limit / (1024 * 1024)
+                        )));
+                    }
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => return send_err(e),
+            }
+        }
+    });
+    super::sources::ChannelChunks::from_receiver(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ZipLimits = ZipLimits {
+        max_entries: 10,
+        max_uncompressed: 1_000_000,
+        max_ratio: 100,
+    };
+
+    fn info(name: &str, compressed: u64, uncompressed: u64) -> EntryInfo {
+        EntryInfo {
+            name: name.into(),
+            compressed,
+            uncompressed,
+            is_dir: name.ends_with('/'),
+            safe_name: !name.starts_with('/') && !name.contains(".."),
+        }
+    }
+
+    #[test]
+    fn entries_are_routed_by_extension_and_unsafe_ones_refused() {
+        let plans = plan_entries(
+            &[
+                info("data/Patient.ndjson", 100, 1000),
+                info("bundles/b1.json", 100, 900),
+                info("Obs.ndjson.gz", 100, 100),
+                info("../../etc/passwd.json", 10, 10),
+                info("/abs/x.ndjson", 10, 10),
+                info("inner.zip", 10, 10),
+                info("notes.txt", 10, 10),
+                info("data/", 0, 0),
+                info("__MACOSX/._Patient.ndjson", 10, 10),
+            ],
+            LIMITS,
+        )
+        .unwrap();
+        let kinds: Vec<_> = plans
+            .iter()
+            .map(|p| match p {
+                EntryPlan::Load { kind, .. } => format!("load {}", kind.as_str()),
+                EntryPlan::Refuse { reason, .. } => {
+                    format!("refuse {}", reason.split(' ').nth(1).unwrap_or(""))
+                }
+                EntryPlan::Skip => "skip".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "load ndjson",
+                "load bundle",
+                "load ndjson-gz",
+                "refuse entry's",
+                "refuse entry's",
+                "refuse archives",
+                "refuse a",
+                "skip",
+                "skip"
+            ]
+        );
+    }
+
+    #[test]
+    fn bombs_and_oversized_archives_are_rejected_whole() {
+        let e = plan_entries(&[info("a.ndjson", 10, 2_000_000)], LIMITS).unwrap_err();
+        assert!(e.contains("expands to"), "{e}");
+        let e = plan_entries(&[info("a.ndjson", 10, 5_000)], LIMITS).unwrap_err();
+        assert!(e.contains("ratio"), "{e}");
+        let many: Vec<_> = (0..11).map(|i| info(&format!("{i}.json"), 1, 1)).collect();
+        assert!(
+            plan_entries(&many, LIMITS)
+                .unwrap_err()
+                .contains("11 entries")
+        );
+    }
+
+    #[test]
+    fn one_compressed_entry_over_the_ratio_is_refused_alone() {
+        let plans = plan_entries(
+            &[
+                info("a.ndjson", 1000, 1000),
+                info("b.ndjson", 10, 5_000),
+                info("c.ndjson", 99_000, 99_000),
+            ],
+            LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(plans[0], EntryPlan::Load { .. }));
+        assert!(matches!(&plans[1], EntryPlan::Refuse { reason, .. } if reason.contains("ratio")));
+    }
+
+    #[tokio::test]
+    async fn entries_stream_from_a_real_archive() {
+        use super::super::ndjson::ChunkStream;
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.zip");
+        let mut w = zip::ZipWriter::new(File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        w.start_file("x/Patient.ndjson", opts).unwrap();
+        w.write_all(b"{\"resourceType\":\"Patient\",\"id\":\"1\"}\n")
+            .unwrap();
+        w.finish().unwrap();
+        let dir_entries = read_directory(&path).unwrap();
+        assert_eq!(dir_entries[0].name, "x/Patient.ndjson");
+        assert!(dir_entries[0].safe_name);
+        let mut s = stream_entry(path.clone(), 0, false, 1 << 20);
+        let chunk = s.next_chunk().await.unwrap().unwrap();
+        assert!(chunk.starts_with(b"{\"resourceType\""));
+        let mut s = stream_entry(path, 0, false, 5);
+        assert!(
+            s.next_chunk().await.is_err(),
+            "the byte limit is enforced while reading"
+        );
+    }
+}
