@@ -1,1 +1,140 @@
-fn main() {}
+//! The `handler` binary.
+//!
+//! - `handler` / `handler host`: Azure Functions custom handler; listens on
+//!   `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` for the host's invocations.
+//! - `handler serve`: the same functions standalone, with a blob watcher and queue pollers.
+//! - `handler upload CONTAINER FILE [BLOB]`: uploads a file through the Blob API.
+//! - `handler summary [--expect N] [--wait SECS]`: waits for imports, prints what landed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fhir_bulk::config::Settings;
+use fhir_bulk::storage::{BlobStore, StorageCredentials};
+use fhir_bulk::{app, cli, functions, serve};
+use tokio::io::AsyncReadExt;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: handler [host | serve | upload CONTAINER FILE [BLOB] | summary [--expect N] [--wait SECS]]
+Settings come from FHIRBULK_* environment variables; see README.md.";
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args).await {
+        eprintln!("handler: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: &[String]) -> anyhow::Result<()> {
+    let command = args.first().map(String::as_str).unwrap_or("host");
+    if matches!(command, "-h" | "--help" | "help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let settings = Settings::from_env()?;
+    match command {
+        "host" => host(settings).await,
+        "serve" => serve::run(settings).await,
+        "upload" => {
+            let (Some(container), Some(file)) = (args.get(1), args.get(2)) else {
+                anyhow::bail!("{USAGE}");
+            };
+            let name = args.get(3).cloned().unwrap_or_else(|| {
+                Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            upload(&settings, container, Path::new(file), &name).await
+        }
+        "summary" => {
+            let flag = |name: &str, default: u64| -> anyhow::Result<u64> {
+                match args.iter().position(|a| a == name) {
+                    Some(i) => args
+                        .get(i + 1)
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| anyhow::anyhow!("{name} needs a number")),
+                    None => Ok(default),
+                }
+            };
+            let state = app::build_state(&settings).await?;
+            let ok = cli::summary::run(
+                &state,
+                flag("--expect", 0)? as usize,
+                Duration::from_secs(flag("--wait", 600)?),
+            )
+            .await?;
+            if !ok {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        other => anyhow::bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+/// Custom-handler mode: bind first (the host waits at most 60 s for the port), then serve.
+async fn host(settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.serve.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e}", settings.serve.port))?;
+    let state = app::build_state(&settings).await?;
+    tracing::info!(
+        message = "Custom handler ready.",
+        port = settings.serve.port
+    );
+    axum::serve(listener, functions::router(state))
+        .with_graceful_shutdown(serve::wait_for_signal())
+        .await?;
+    Ok(())
+}
+
+/// Streams a local file into a block blob, 4 MiB at a time.
+async fn upload(
+    settings: &Settings,
+    container: &str,
+    file: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let blobs = BlobStore::new(&StorageCredentials::new(&settings.storage)?)?;
+    blobs.ensure_container(container).await?;
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let chunks = async_stream_chunks(&mut f);
+    let bytes = blobs.upload_blocks(container, name, chunks).await?;
+    println!(
+        "uploaded {} ({bytes} bytes) to {container}/{name}",
+        file.display()
+    );
+    Ok(())
+}
+
+fn async_stream_chunks(
+    f: &mut tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + '_ {
+    futures::stream::unfold(f, |f| async move {
+        let mut buf = vec![0u8; 4 * 1024 * 1024];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Some((Err(e), f)),
+            }
+        }
+        if filled == 0 {
+            return None;
+        }
+        buf.truncate(filled);
+        Some((Ok(bytes::Bytes::from(buf)), f))
+    })
+}

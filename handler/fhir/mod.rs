@@ -177,8 +177,10 @@ impl FhirClient {
                 .request(method.clone(), url.clone())
                 .header("Accept", "application/fhir+json");
             if let Some(body) = &body {
+                // return=minimal: the loader reads statuses only; echoed resources cost bandwidth.
                 req = req
                     .header("Content-Type", "application/fhir+json")
+                    .header("Prefer", "return=minimal")
                     .body(body.clone());
                 if let Some(logic) = &self.processing_logic {
                     req = req.header("x-bundle-processing-logic", logic);

@@ -181,7 +181,7 @@ mod tests {
         let mut seen = Vec::new();
         for_each_reference_mut(&mut r, &mut |s| {
             seen.push(s.clone());
-            s.insert_str(0, ">");
+            s.insert(0, '>');
         });
         seen.sort();
         assert_eq!(

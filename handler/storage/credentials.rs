@@ -63,7 +63,7 @@ impl StorageCredentials {
 
     /// The per-try signing policy for shared-key accounts (`None` in Azure).
     pub fn signing_policy(&self) -> Option<Arc<dyn Policy>> {
-        self.shared_key.clone().map(SharedKeyPolicy::new)
+        self.shared_key.clone().map(SharedKeyPolicy::into_policy)
     }
 
     pub fn token_credential(&self) -> Option<Arc<dyn TokenCredential>> {

@@ -23,7 +23,7 @@ pub enum StorageError {
         target: String,
         status: Option<u16>,
         #[source]
-        source: azure_core::Error,
+        source: Box<azure_core::Error>,
     },
     #[error("{operation} {target}: HTTP {status}: {body}")]
     Http {
@@ -60,7 +60,7 @@ impl StorageError {
             operation,
             target: target.to_string(),
             status: source.http_status().map(u16::from),
-            source,
+            source: Box::new(source),
         }
     }
 

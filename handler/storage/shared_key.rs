@@ -139,7 +139,7 @@ pub struct SharedKeyPolicy {
 }
 
 impl SharedKeyPolicy {
-    pub fn new(key: SharedKey) -> Arc<dyn Policy> {
+    pub fn into_policy(key: SharedKey) -> Arc<dyn Policy> {
         Arc::new(SharedKeyPolicy { key })
     }
 }

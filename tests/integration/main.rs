@@ -1,4 +1,9 @@
 //! Integration tests against real Azurite and the real sekmet FHIR server (one test binary).
+//! Each test starts its own services on free ports; nothing is shared between tests.
 
+mod faults;
+mod fixtures;
+mod import;
+mod standin;
 mod storage;
 mod support;

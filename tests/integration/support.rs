@@ -94,3 +94,103 @@ impl FhirServer {
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+/// The real `handler serve` binary, pointed at a test's Azurite and FHIR URL; killed on drop.
+pub struct Handler {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl Handler {
+    pub fn start(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_handler"))
+            .arg("serve")
+            .env(
+                "FHIRBULK_STORAGE_CONNECTION_STRING",
+                &azurite.connection_string,
+            )
+            .env("FHIRBULK_FHIR_URL", fhir_url)
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("FHIRBULK_WATCH_INTERVAL_MS", "200")
+            .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
+            .spawn()
+            .expect("the handler binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "handler serve did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Handler { child, base }
+    }
+
+    /// SIGKILL, as a crash would: no graceful drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until at least `files` imports are recorded and all have finished.
+    pub async fn wait_imports(&self, files: usize, timeout_secs: u64) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(resp) = client.get(format!("{}/imports", self.base)).send().await
+                && let Ok(body) = resp.json::<serde_json::Value>().await
+            {
+                let items = body["imports"].as_array().cloned().unwrap_or_default();
+                let done = items
+                    .iter()
+                    .filter(|i| {
+                        matches!(
+                            i["status"].as_str(),
+                            Some("loaded" | "completed-with-errors" | "rejected")
+                        )
+                    })
+                    .count();
+                if items.len() >= files && done == items.len() {
+                    return items;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "imports did not finish in {timeout_secs}s: {done} of {} done ({files} expected): {items:#?}",
+                    items.len()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `Type?query` result count on the FHIR server (`_summary=count`).
+pub async fn fhir_count(base: &str, query: &str) -> i64 {
+    let sep = if query.contains('?') { '&' } else { '?' };
+    let url = format!("{base}/{query}{sep}_summary=count");
+    let body: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    body["total"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no total from {url}: {body}"))
+}
+
+/// Blob storage of a test's Azurite.
+pub fn blobs(azurite: &Azurite) -> fhir_bulk::storage::BlobStore {
+    let settings = fhir_bulk::config::parse_connection_string(&azurite.connection_string).unwrap();
+    fhir_bulk::storage::BlobStore::new(
+        &fhir_bulk::storage::StorageCredentials::new(&settings).unwrap(),
+    )
+    .unwrap()
+}

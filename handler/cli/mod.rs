@@ -1,0 +1,3 @@
+//! Command-line helpers of the `handler` binary besides running the functions.
+
+pub mod summary;

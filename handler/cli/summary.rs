@@ -1,0 +1,143 @@
+//! `handler summary`: waits until every recorded import has finished, then prints what landed
+//! on the FHIR server per resource type, the files that failed and why, and the load rate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::functions::AppState;
+use crate::import::ledger::{Counts, FileStatus};
+
+pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyhow::Result<bool> {
+    let importer = &state.importer;
+    let deadline = Instant::now() + wait;
+    let files = loop {
+        let files = importer.ledger.files(None).await?;
+        let finished = files
+            .iter()
+            .filter(|f| {
+                f.str("status")
+                    .and_then(FileStatus::parse)
+                    .is_some_and(FileStatus::is_terminal)
+            })
+            .count();
+        if files.len() >= expect_files && finished == files.len() {
+            break files;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "gave up waiting after {}s: {finished} of {} recorded files finished ({expect_files} expected)",
+                wait.as_secs(),
+                files.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    let mut totals = Counts::default();
+    let mut first_start: Option<OffsetDateTime> = None;
+    let mut last_end: Option<OffsetDateTime> = None;
+    let mut failed = Vec::new();
+    for f in &files {
+        totals.add(Counts::read(f));
+        let parse = |n: &str| {
+            f.str(n)
+                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        };
+        if let Some(s) = parse("started").or_else(|| parse("created")) {
+            first_start = Some(first_start.map_or(s, |x| x.min(s)));
+        }
+        if let Some(e) = parse("finished") {
+            last_end = Some(last_end.map_or(e, |x| x.max(e)));
+        }
+        if f.str("status") != Some(FileStatus::Loaded.as_str()) {
+            failed.push(f.clone());
+        }
+    }
+
+    let mut per_type = BTreeMap::new();
+    for ty in TYPES {
+        let url = importer.fhir.url(&format!("{ty}?_summary=count"));
+        if let Ok(page) = importer.fhir.get(&url).await
+            && let Some(n) = page.get("total").and_then(Value::as_i64)
+            && n > 0
+        {
+            per_type.insert(ty, n);
+        }
+    }
+    println!("\nResources on the FHIR server ({}):", importer.fhir.base());
+    println!("  {:<28} {:>10}", "type", "count");
+    for (ty, n) in &per_type {
+        println!("  {ty:<28} {n:>10}");
+    }
+    println!("  {:<28} {:>10}", "total", per_type.values().sum::<i64>());
+    println!(
+        "\nFiles: {} imported, {} with failures. Resources loaded: {}, failed: {}, already present: {}.",
+        files.len() - failed.len(),
+        failed.len(),
+        totals.loaded,
+        totals.failed,
+        totals.present
+    );
+    for f in &failed {
+        println!(
+            "  {}/{}: {} — {}{}",
+            f.str("container").unwrap_or(""),
+            f.str("blob").unwrap_or(""),
+            f.str("status").unwrap_or(""),
+            f.str("reason")
+                .map(|r| format!("{r}; "))
+                .unwrap_or_default(),
+            f.str("errorReport")
+                .map(|r| format!("details in {r}"))
+                .unwrap_or_default()
+        );
+    }
+    if let (Some(s), Some(e)) = (first_start, last_end) {
+        let secs = (e - s).as_seconds_f64().max(0.001);
+        println!(
+            "Load time {secs:.1}s from first start to last finish: {:.0} resources/second.",
+            totals.loaded as f64 / secs
+        );
+    }
+    Ok(failed.is_empty())
+}
+
+/// Resource types counted in the summary (R4 types Synthea-like data uses, and more).
+const TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "CarePlan",
+    "CareTeam",
+    "Claim",
+    "Composition",
+    "Condition",
+    "Coverage",
+    "Device",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "Endpoint",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Group",
+    "ImagingStudy",
+    "Immunization",
+    "Location",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "ServiceRequest",
+    "Specimen",
+    "SupplyDelivery",
+];

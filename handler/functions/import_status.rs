@@ -1,0 +1,116 @@
+//! `ImportStatus` (HTTP GET `imports/{container}/{*blob}` and `imports?status=`): what became
+//! of an uploaded file — status, counts, timings, where it and its error report went.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use super::AppState;
+use crate::fhir::batch_response::operation_outcome;
+use crate::import::Importer;
+use crate::import::ledger::file_view;
+use crate::protocol::invocation::{
+    HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
+};
+
+/// The binding names in `functions/ImportStatus/function.json`.
+pub const REQUEST_BINDING: &str = "req";
+pub const RESPONSE_BINDING: &str = "res";
+
+/// The newest import of `container/blob`.
+pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u16, Value) {
+    let rows = match importer.ledger.files(None).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return (
+                503,
+                operation_outcome(
+                    "error",
+                    "transient",
+                    &format!("the imports table cannot be read: {e}"),
+                ),
+            );
+        }
+    };
+    let Some(file) = rows
+        .iter()
+        .find(|r| r.str("container") == Some(container) && r.str("blob") == Some(blob))
+    else {
+        return (
+            404,
+            operation_outcome(
+                "error",
+                "not-found",
+                &format!(
+                    "no import of {container}/{blob} is recorded; upload it to the {container} container"
+                ),
+            ),
+        );
+    };
+    let key = file.str("PartitionKey").unwrap_or_default();
+    let parts = importer.ledger.parts(key).await.unwrap_or_default();
+    (200, file_view(file, &parts))
+}
+
+/// Recent imports, newest first, optionally only those with `status`.
+pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
+    match importer.ledger.files(status).await {
+        Ok(rows) => {
+            let items: Vec<Value> = rows.iter().map(|r| file_view(r, &[])).collect();
+            (200, json!({ "count": items.len(), "imports": items }))
+        }
+        Err(e) => (
+            503,
+            operation_outcome(
+                "error",
+                "transient",
+                &format!("the imports table cannot be read: {e}"),
+            ),
+        ),
+    }
+}
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Json(request): Json<InvocationRequest>,
+) -> Response {
+    let req = request
+        .binding(REQUEST_BINDING)
+        .map(|v| HttpRequestData::from_binding(&v))
+        .unwrap_or_default();
+    let (status, body) = match (req.params.get("container"), req.params.get("blob")) {
+        (Some(c), Some(b)) if !b.is_empty() => file_status(&state.importer, c, b).await,
+        _ => list(&state.importer, req.query.get("status").map(String::as_str)).await,
+    };
+    Json(
+        InvocationResponse::default().http(RESPONSE_BINDING, HttpResponseData::json(status, &body)),
+    )
+    .into_response()
+}
+
+pub async fn file_direct(
+    State(state): State<AppState>,
+    Path((container, blob)): Path<(String, String)>,
+) -> Response {
+    let (status, body) = file_status(&state.importer, &container, &blob).await;
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(body),
+    )
+        .into_response()
+}
+
+pub async fn list_direct(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (status, body) = list(&state.importer, q.get("status").map(String::as_str)).await;
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(body),
+    )
+        .into_response()
+}

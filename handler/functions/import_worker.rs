@@ -1,0 +1,55 @@
+//! `ImportWorker` (queue trigger on the import queue): loads one part of one file. A transient
+//! failure answers 500 so the host makes the message visible again; the engine closes the part
+//! with an explained error after `FHIRBULK_MAX_WORK_ATTEMPTS` deliveries.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tracing::warn;
+
+use super::AppState;
+use crate::import::{ImportError, ImportWork, Importer};
+use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
+
+/// The binding name in `functions/ImportWorker/function.json`.
+pub const BINDING: &str = "work";
+
+/// How a queue message ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WorkOutcome {
+    Done,
+    /// Try again later (leave the message on the queue).
+    Retry(String),
+    /// Not a work item: delete it, it can never succeed.
+    Invalid(String),
+}
+
+pub async fn handle_message(importer: &Importer, message: Value, attempt: u32) -> WorkOutcome {
+    let work: ImportWork = match serde_json::from_value(message) {
+        Ok(w) => w,
+        Err(e) => return WorkOutcome::Invalid(format!("not an import work item: {e}")),
+    };
+    match importer.run(&work, attempt).await {
+        Ok(()) => WorkOutcome::Done,
+        Err(ImportError::Transient(why)) => WorkOutcome::Retry(why),
+        Err(other) => WorkOutcome::Retry(other.to_string()),
+    }
+}
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Json(request): Json<InvocationRequest>,
+) -> Response {
+    let attempt = request.dequeue_count();
+    let message = request.binding(BINDING).unwrap_or(Value::Null);
+    match handle_message(&state.importer, message, attempt).await {
+        WorkOutcome::Done => Json(InvocationResponse::default()).into_response(),
+        WorkOutcome::Invalid(why) => {
+            warn!(message = "Invalid import queue message dropped.", reason = %why);
+            Json(InvocationResponse::default().log(why)).into_response()
+        }
+        WorkOutcome::Retry(why) => (StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),
+    }
+}

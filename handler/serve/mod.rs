@@ -1,0 +1,73 @@
+//! `handler serve`: the functions without the Functions host. HTTP routes are served directly,
+//! a blob watcher stands in for Event Grid and queue pollers for the queue trigger. SIGTERM or
+//! Ctrl-C stops taking work and lets work in flight finish (up to a drain timeout); anything
+//! unfinished is redelivered from the queue later, from its checkpoint.
+
+pub mod poller;
+pub mod watcher;
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::app::build_state;
+use crate::config::Settings;
+use crate::functions::router;
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let state = build_state(&settings).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.serve.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e}", settings.serve.port))?;
+    info!(message = "Serving.", address = %listener.local_addr()?, workers = settings.serve.workers);
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watcher::watch(
+        state.importer.clone(),
+        settings.serve.watch_interval,
+        shutdown.clone(),
+    ));
+    for _ in 0..settings.serve.workers {
+        tasks.spawn(poller::poll(state.importer.clone(), shutdown.clone()));
+    }
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!(message = "Shutting down: no new work; finishing work in flight.");
+        stop.cancel();
+    });
+    let http_stop = shutdown.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await?;
+    if tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!(message = "Drain timeout reached; unfinished work will be redelivered.");
+    }
+    Ok(())
+}
+
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

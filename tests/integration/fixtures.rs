@@ -1,0 +1,77 @@
+//! Test data made by the tests themselves: small Synthea-shaped transaction Bundles (urn:uuid
+//! references, a shared Organization created with ifNoneExist and referenced conditionally)
+//! and NDJSON files, with exactly known contents.
+
+use serde_json::{Value, json};
+
+pub const ORG_IDENTIFIER: &str = "urn:test:org|general-hospital";
+
+pub fn patient_id(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+fn uuid(kind: u32, n: usize, i: usize) -> String {
+    format!("{kind:08x}-{i:04x}-4000-9000-{n:012}")
+}
+
+/// A transaction Bundle for patient `n`: Organization (ifNoneExist), Patient, Encounter
+/// (conditional reference to the Organization), and `observations` Observations.
+pub fn patient_bundle(n: usize, observations: usize) -> Value {
+    let pid = patient_id(n);
+    let enc = uuid(2, n, 0);
+    let mut entries = vec![
+        json!({"fullUrl": format!("urn:uuid:{}", uuid(9, n, 0)),
+               "resource": {"resourceType": "Organization", "name": "General Hospital",
+                            "identifier": [{"system": "urn:test:org", "value": "general-hospital"}]},
+               "request": {"method": "POST", "url": "Organization", "ifNoneExist": format!("identifier={ORG_IDENTIFIER}")}}),
+        json!({"fullUrl": format!("urn:uuid:{pid}"),
+               "resource": {"resourceType": "Patient", "name": [{"family": format!("Test{n}")}],
+                            "birthDate": if n % 2 == 0 { "1940-05-01" } else { "1980-05-01" }},
+               "request": {"method": "POST", "url": "Patient"}}),
+        json!({"fullUrl": format!("urn:uuid:{enc}"),
+               "resource": {"resourceType": "Encounter", "status": "finished",
+                            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                            "subject": {"reference": format!("urn:uuid:{pid}")},
+                            "serviceProvider": {"reference": format!("Organization?identifier={ORG_IDENTIFIER}")}},
+               "request": {"method": "POST", "url": "Encounter"}}),
+    ];
+    for i in 0..observations {
+        entries.push(json!({"fullUrl": format!("urn:uuid:{}", uuid(3, n, i)),
+            "resource": {"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                         "subject": {"reference": format!("urn:uuid:{pid}")},
+                         "encounter": {"reference": format!("urn:uuid:{enc}")},
+                         "valueQuantity": {"value": 60 + i, "unit": "/min"}},
+            "request": {"method": "POST", "url": "Observation"}}));
+    }
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// One Observation line for patient `n` with id `obs-{tag}-{i}`, padded to about `pad` bytes.
+pub fn observation_line(tag: &str, n: usize, i: usize, pad: usize) -> String {
+    json!({"resourceType": "Observation", "id": format!("obs-{tag}-{i}"), "status": "final",
+           "code": {"text": "x".repeat(pad)},
+           "subject": {"reference": format!("Patient/{}", patient_id(n))}})
+    .to_string()
+}
+
+pub fn patient_line(n: usize) -> String {
+    json!({"resourceType": "Patient", "id": patient_id(n), "name": [{"family": format!("Nd{n}")}]})
+        .to_string()
+}
+
+/// A zip archive holding `(name, content)` entries.
+pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut out);
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, content) in entries {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(content).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    out.into_inner()
+}

@@ -1,0 +1,280 @@
+//! Import end to end: files dropped through the Blob API into real Azurite, loaded by the real
+//! `handler serve` into the real FHIR server, then checked on the server and in storage.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::fixtures::{observation_line, patient_bundle, patient_id, patient_line, zip_of};
+use crate::support::{Azurite, FhirServer, Handler, blobs, fhir_count};
+
+/// 2,401 lines over two 1 MiB ranges: a Patient, then Observations, with a line without
+/// resourceType at line 5 and a broken line at line 2000 (in the second range).
+fn mixed_ndjson() -> String {
+    let mut lines = vec![patient_line(10)];
+    for i in 0..2400 {
+        let line_no = i + 2;
+        lines.push(match line_no {
+            5 => r#"{"id":"no-type"}"#.to_string(),
+            2000 => r#"{"resourceType": "Observation", "id": "broken""#.to_string(),
+            _ => observation_line("mixed", 10, i, 500),
+        });
+    }
+    lines.join("\n") + "\n"
+}
+
+fn good_zip() -> Vec<u8> {
+    zip_of(&[
+        (
+            "data/Patient.ndjson",
+            format!("{}\n{}\n", patient_line(20), patient_line(21)).into_bytes(),
+        ),
+        (
+            "bundles/p4.json",
+            patient_bundle(4, 5).to_string().into_bytes(),
+        ),
+    ])
+}
+
+fn bad_zip() -> Vec<u8> {
+    zip_of(&[
+        ("../evil.json", b"{}".to_vec()),
+        (
+            "ok/Patient.ndjson",
+            format!("{}\n", patient_line(30)).into_bytes(),
+        ),
+    ])
+}
+
+async fn text(store: &fhir_bulk::storage::BlobStore, container: &str, name: &str) -> String {
+    let size = store
+        .properties(container, name)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{container}/{name} should exist"))
+        .size;
+    String::from_utf8(
+        store
+            .read_range(container, name, 0, size)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+async fn assert_server_holds_exactly_the_expected_resources(fhir: &str) {
+    assert_eq!(
+        fhir_count(fhir, "Organization").await,
+        1,
+        "one Organization despite four ifNoneExist creates"
+    );
+    assert_eq!(fhir_count(fhir, "Patient").await, 8);
+    assert_eq!(fhir_count(fhir, "Encounter").await, 4);
+    assert_eq!(fhir_count(fhir, "Observation").await, 90 + 5 + 2398);
+    for n in 1..=3 {
+        assert_eq!(
+            fhir_count(
+                fhir,
+                &format!("Observation?subject=Patient/{}", patient_id(n))
+            )
+            .await,
+            30
+        );
+    }
+    assert_eq!(
+        fhir_count(
+            fhir,
+            &format!("Observation?subject=Patient/{}", patient_id(10))
+        )
+        .await,
+        2398
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_load_exactly_once_and_bad_files_are_explained() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let handler = Handler::start(
+        &azurite,
+        &fhir.base_url,
+        &[
+            ("FHIRBULK_NDJSON_RANGE_MIB", "1"),
+            ("FHIRBULK_MAX_BUNDLE_ENTRIES", "20"),
+        ],
+    );
+    let store = blobs(&azurite);
+    let drop_good = || async {
+        for n in 1..=3 {
+            store
+                .upload(
+                    "bundles",
+                    &format!("p{n}.json"),
+                    Bytes::from(patient_bundle(n, 30).to_string()),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .upload("zip", "good.zip", Bytes::from(good_zip()))
+            .await
+            .unwrap();
+    };
+    drop_good().await;
+    store
+        .upload("ndjson", "mixed.ndjson", Bytes::from(mixed_ndjson()))
+        .await
+        .unwrap();
+    store
+        .upload("zip", "bad.zip", Bytes::from(bad_zip()))
+        .await
+        .unwrap();
+    store
+        .upload(
+            "bundles",
+            "group.json",
+            Bytes::from(
+                json!({"resourceType": "Group", "type": "person", "actual": true}).to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .upload(
+            "bundles",
+            "broken.json",
+            Bytes::from_static(b"{\"resourceType\": \"Bundle\""),
+        )
+        .await
+        .unwrap();
+
+    let imports = handler.wait_imports(8, 240).await;
+    let status_of = |blob: &str| {
+        imports
+            .iter()
+            .find(|i| i["blob"] == blob)
+            .map(|i| i["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    for good in ["p1.json", "p2.json", "p3.json", "good.zip"] {
+        assert_eq!(status_of(good), "loaded", "{good}: {imports:#?}");
+    }
+    assert_eq!(status_of("mixed.ndjson"), "completed-with-errors");
+    assert_eq!(status_of("bad.zip"), "completed-with-errors");
+    assert_eq!(status_of("group.json"), "rejected");
+    assert_eq!(status_of("broken.json"), "rejected");
+
+    let fhir_url = fhir.base_url.as_str();
+    assert_server_holds_exactly_the_expected_resources(fhir_url).await;
+
+    // References resolve: the conditional serviceProvider points at the one Organization.
+    let org: Value = reqwest::get(format!("{fhir_url}/Organization"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org_id = org["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enc: Value = reqwest::get(format!(
+        "{fhir_url}/Encounter?subject=Patient/{}",
+        patient_id(2)
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        enc["entry"][0]["resource"]["serviceProvider"]["reference"],
+        format!("Organization/{org_id}")
+    );
+
+    // Files moved, with their reports.
+    assert!(
+        store
+            .properties("bundles", "p1.json")
+            .await
+            .unwrap()
+            .is_none(),
+        "moved out of bundles"
+    );
+    let result: Value =
+        serde_json::from_str(&text(&store, "bundlesprocessed", "p1.json.result.json").await)
+            .unwrap();
+    assert_eq!(result["resources"]["loaded"], 33);
+    assert!(
+        store
+            .properties("bundlesprocessed", "p1.json")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .properties("zipprocessed", "good.zip")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let report = text(&store, "ndjsonerr", "mixed.ndjson.errors.ndjson").await;
+    let outcomes: Vec<Value> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{report}");
+    assert_eq!(outcomes[0]["resourceType"], "OperationOutcome");
+    assert_eq!(outcomes[0]["issue"][0]["location"], json!(["line 5"]));
+    assert!(
+        outcomes[0]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("resourceType")
+    );
+    assert_eq!(
+        outcomes[1]["issue"][0]["location"],
+        json!(["line 2000"]),
+        "absolute across ranges"
+    );
+    assert!(
+        store
+            .properties("ndjsonerr", "mixed.ndjson")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let group = text(&store, "bundleserr", "group.json.errors.ndjson").await;
+    assert!(group.contains("holds a Group, not a Bundle"), "{group}");
+    let broken = text(&store, "bundleserr", "broken.json.errors.ndjson").await;
+    assert!(broken.contains("not valid JSON"), "{broken}");
+    let zip_report = text(&store, "ziperr", "bad.zip.errors.ndjson").await;
+    assert!(
+        zip_report.contains("../evil.json") && zip_report.contains("climbs out"),
+        "{zip_report}"
+    );
+
+    // The status endpoint tells the same story.
+    let status: Value = reqwest::get(format!("{}/imports/ndjson/mixed.ndjson", handler.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["resources"]["loaded"], 2399);
+    assert_eq!(status["resources"]["failed"], 2);
+    assert_eq!(status["parts"]["total"], 2);
+    assert_eq!(
+        status["errorReport"],
+        "ndjsonerr/mixed.ndjson.errors.ndjson"
+    );
+
+    // A second drop of the same files creates no duplicates.
+    drop_good().await;
+    let again = handler.wait_imports(12, 180).await;
+    assert_eq!(again.iter().filter(|i| i["status"] == "loaded").count(), 8);
+    assert_server_holds_exactly_the_expected_resources(fhir_url).await;
+}

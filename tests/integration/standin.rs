@@ -1,0 +1,154 @@
+//! A fault-injecting stand-in placed in front of the real FHIR server: it forwards every
+//! request and, as told, answers 429 with Retry-After, turns some batch entries into 429s,
+//! or slows replies. It records what it saw so tests can check what was (re)sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+#[derive(Default)]
+pub struct Faults {
+    /// Answer this many bundle POSTs with 429 and `Retry-After: retry_after_secs`.
+    pub throttle_posts: usize,
+    pub retry_after_secs: u64,
+    /// In the first N batch responses, turn every k-th entry's status into 429.
+    pub entry_429_batches: usize,
+    pub entry_429_every: usize,
+    /// Delay every bundle POST.
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+pub struct Seen {
+    /// Times at which bundle POSTs arrived.
+    pub post_times: Vec<Instant>,
+    /// How many times each `PUT Type/id` entry was sent.
+    pub entry_sends: HashMap<String, usize>,
+    /// Entries whose status the stand-in changed to 429.
+    pub throttled_entries: Vec<String>,
+}
+
+struct Inner {
+    upstream: String,
+    client: reqwest::Client,
+    faults: Mutex<Faults>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Clone)]
+pub struct StandIn(Arc<Inner>);
+
+impl StandIn {
+    pub async fn start(upstream: &str, faults: Faults) -> (StandIn, String) {
+        let inner = Arc::new(Inner {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+            faults: Mutex::new(faults),
+            seen: Mutex::new(Seen::default()),
+        });
+        let app = Router::new()
+            .fallback(forward)
+            .with_state(StandIn(inner.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (StandIn(inner), format!("http://{addr}/fhir"))
+    }
+
+    pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.0.seen.lock().unwrap())
+    }
+}
+
+async fn forward(
+    State(s): State<StandIn>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let s = s.0;
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rest = path.strip_prefix("/fhir").unwrap_or(path);
+    let is_bundle_post = method == Method::POST && (rest.is_empty() || rest == "/");
+    let mut entry_targets = Vec::new();
+    if is_bundle_post {
+        let delay = s.faults.lock().unwrap().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let throttle = {
+            let mut f = s.faults.lock().unwrap();
+            s.seen.lock().unwrap().post_times.push(Instant::now());
+            if f.throttle_posts > 0 {
+                f.throttle_posts -= 1;
+                Some(f.retry_after_secs)
+            } else {
+                None
+            }
+        };
+        if let Some(secs) = throttle {
+            return (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", secs.to_string())], "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\",\"code\":\"throttled\",\"diagnostics\":\"slow down\"}]}").into_response();
+        }
+        if let Ok(bundle) = serde_json::from_slice::<Value>(&body) {
+            let mut seen = s.seen.lock().unwrap();
+            for e in bundle["entry"].as_array().into_iter().flatten() {
+                let target = e["request"]["url"].as_str().unwrap_or("").to_string();
+                *seen.entry_sends.entry(target.clone()).or_default() += 1;
+                entry_targets.push(target);
+            }
+        }
+    }
+    let mut req = s
+        .client
+        .request(method.clone(), format!("{}{}", s.upstream, rest))
+        .body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    let upstream = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap();
+    let bytes = upstream.bytes().await.unwrap_or_default();
+    if !is_bundle_post {
+        return (status, [("Content-Type", "application/fhir+json")], bytes).into_response();
+    }
+    // Per-entry 429s: report them as throttled although the server took them; the loader
+    // must re-send exactly these (PUT by id makes the re-send harmless).
+    let mut f = s.faults.lock().unwrap();
+    if f.entry_429_batches > 0
+        && f.entry_429_every > 0
+        && let Ok(mut reply) = serde_json::from_slice::<Value>(&bytes)
+    {
+        f.entry_429_batches -= 1;
+        let every = f.entry_429_every;
+        let mut seen = s.seen.lock().unwrap();
+        if let Some(entries) = reply["entry"].as_array_mut() {
+            for (i, e) in entries.iter_mut().enumerate() {
+                if i % every == 0 {
+                    e["response"]["status"] = Value::String("429 Too Many Requests".into());
+                    seen.throttled_entries
+                        .push(entry_targets.get(i).cloned().unwrap_or_default());
+                }
+            }
+        }
+        return (
+            status,
+            [("Content-Type", "application/fhir+json")],
+            reply.to_string(),
+        )
+            .into_response();
+    }
+    (status, [("Content-Type", "application/fhir+json")], bytes).into_response()
+}
