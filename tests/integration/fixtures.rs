@@ -26,7 +26,7 @@ pub fn patient_bundle(n: usize, observations: usize) -> Value {
                "request": {"method": "POST", "url": "Organization", "ifNoneExist": format!("identifier={ORG_IDENTIFIER}")}}),
         json!({"fullUrl": format!("urn:uuid:{pid}"),
                "resource": {"resourceType": "Patient", "name": [{"family": format!("Test{n}")}],
-                            "birthDate": if n % 2 == 0 { "1940-05-01" } else { "1980-05-01" }},
+                            "birthDate": if n.is_multiple_of(2) { "1940-05-01" } else { "1980-05-01" }},
                "request": {"method": "POST", "url": "Patient"}}),
         json!({"fullUrl": format!("urn:uuid:{enc}"),
                "resource": {"resourceType": "Encounter", "status": "finished",
