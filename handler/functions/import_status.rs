@@ -1,4 +1,4 @@
-//! `ImportStatus` (HTTP GET `imports/{container}/{*blob}` and `imports?status=`): what became
+//! `ImportStatus` (HTTP GET `imports/{container}/{blob...}` and `imports?status=`): what became
 //! of an uploaded file — status, counts, timings, where it and its error report went.
 
 use axum::Json;
@@ -81,8 +81,10 @@ pub async fn invoke(
         .binding(REQUEST_BINDING)
         .map(|v| HttpRequestData::from_binding(&v))
         .unwrap_or_default();
-    let (status, body) = match (req.params.get("container"), req.params.get("blob")) {
-        (Some(c), Some(b)) if !b.is_empty() => file_status(&state.importer, c, b).await,
+    // Route `imports/{*path}`: empty lists imports; `container/blob` (blob may hold `/`) is one file.
+    let path = req.params.get("path").map(|p| p.trim_matches('/')).unwrap_or("");
+    let (status, body) = match path.split_once('/') {
+        Some((container, blob)) if !blob.is_empty() => file_status(&state.importer, container, blob).await,
         _ => list(&state.importer, req.query.get("status").map(String::as_str)).await,
     };
     Json(

@@ -3,6 +3,7 @@
 
 mod faults;
 mod fixtures;
+mod host_protocol;
 mod import;
 mod standin;
 mod storage;

@@ -1,0 +1,92 @@
+//! The handler as the Functions host drives it: `{Data, Metadata}` POSTed to `/<FunctionName>`,
+//! with the event double-encoded as a string, the queue message as the host passes it on, and
+//! the HTTP trigger's request object — against real Azurite and the real FHIR server.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::fixtures::{patient_bundle, patient_id};
+use crate::support::{Azurite, FhirServer, fhir_count};
+use fhir_bulk::config::Settings;
+use fhir_bulk::functions::{AppState, router};
+
+async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value) {
+    let req = Request::post(format!("/{function}"))
+        .header("content-type", "application/json")
+        .header("X-Azure-Functions-InvocationId", "test")
+        .body(Body::from(payload.to_string()))
+        .unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_payloads_register_load_and_report() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let env: HashMap<&str, &str> = HashMap::from([
+        ("FHIRBULK_STORAGE_CONNECTION_STRING", azurite.connection_string.as_str()),
+        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
+    ]);
+    let settings = Settings::from_source(&env).unwrap();
+    let state = fhir_bulk::app::build_state(&settings).await.unwrap();
+    state
+        .importer
+        .blobs
+        .upload("bundles", "dir/p1.json", Bytes::from(patient_bundle(1, 4).to_string()))
+        .await
+        .unwrap();
+
+    let event = json!({
+        "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+        "subject": "/blobServices/default/containers/bundles/blobs/dir/p1.json",
+        "eventType": "Microsoft.Storage.BlobCreated", "id": "evt-1", "eventTime": "2026-11-23T10:00:00Z",
+        "data": {"api": "PutBlob", "url": "http://127.0.0.1/devstoreaccount1/bundles/dir/p1.json"},
+        "dataVersion": "", "metadataVersion": "1"
+    });
+    let double_encoded = Value::String(Value::String(event.to_string()).to_string());
+    let payload = json!({"Data": {"event": double_encoded}, "Metadata": {"sys": {"MethodName": "ImportBlobCreated"}}});
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["Logs"][0].as_str().unwrap().starts_with("queued bundles/dir/p1.json"), "{body}");
+
+    // Event Grid redelivers: the same event is a no-op.
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
+    assert_eq!(status, 200);
+    assert!(body["Logs"][0].as_str().unwrap().contains("registered before"), "{body}");
+
+    let messages = state.importer.queue.receive(32, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(messages.len(), 1, "one work item, not two");
+    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1, "Id": messages[0].id}});
+    let (status, _) = invoke(&state, "ImportWorker", work).await;
+    assert_eq!(status, 200);
+    assert_eq!(fhir_count(&fhir.base_url, &format!("Observation?subject=Patient/{}", patient_id(1))).await, 4);
+
+    let request = json!({"Data": {"req": {"Url": "https://app/imports/bundles/dir/p1.json", "Method": "GET",
+        "Query": {}, "Headers": {}, "Params": {"path": "bundles/dir/p1.json"}}}, "Metadata": {}});
+    let (status, body) = invoke(&state, "ImportStatus", request).await;
+    assert_eq!(status, 200);
+    let res = &body["Outputs"]["res"];
+    assert_eq!(res["statusCode"], "200");
+    let view: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    assert_eq!(view["status"], "loaded");
+    assert_eq!(view["resources"]["loaded"], 7);
+    assert_eq!(view["outcome"], "bundlesprocessed/dir/p1.json");
+
+    // Garbage is acknowledged (redelivery cannot help) with a log line saying why.
+    let (status, body) = invoke(&state, "ImportBlobCreated", json!({"Data": {"event": "42"}})).await;
+    assert_eq!(status, 200);
+    assert!(body["Logs"][0].as_str().unwrap().contains("invalid event"), "{body}");
+    let (status, body) = invoke(&state, "ImportWorker", json!({"Data": {"work": "{\"nope\":1}"}})).await;
+    assert_eq!(status, 200);
+    assert!(body["Logs"][0].as_str().unwrap().contains("not an import work item"), "{body}");
+}
