@@ -3,7 +3,7 @@
 //! - `handler` / `handler host`: Azure Functions custom handler; listens on
 //!   `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` for the host's invocations.
 //! - `handler serve`: the same functions standalone, with a blob watcher and queue pollers.
-//! - `handler upload CONTAINER FILE [BLOB]`: uploads a file through the Blob API.
+//! - `handler upload CONTAINER PATH [BLOB]`: uploads a file, or a directory's files, through the Blob API.
 //! - `handler summary [--expect N] [--wait SECS]`: waits for imports, prints what landed.
 
 use std::path::Path;
@@ -12,10 +12,11 @@ use std::time::Duration;
 use fhir_bulk::config::Settings;
 use fhir_bulk::storage::{BlobStore, StorageCredentials};
 use fhir_bulk::{app, cli, functions, serve};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tracing_subscriber::EnvFilter;
 
-const USAGE: &str = "usage: handler [host | serve | upload CONTAINER FILE [BLOB] | summary [--expect N] [--wait SECS]]
+const USAGE: &str = "usage: handler [host | serve | upload CONTAINER PATH [BLOB] | summary [--expect N] [--wait SECS]]
 Settings come from FHIRBULK_* environment variables; see README.md.";
 
 #[tokio::main]
@@ -97,25 +98,74 @@ async fn host(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams a local file into a block blob, 4 MiB at a time.
+/// Uploads a file, or every file of a directory (names relative to it, 16 at a time).
 async fn upload(
     settings: &Settings,
     container: &str,
-    file: &Path,
+    path: &Path,
     name: &str,
 ) -> anyhow::Result<()> {
     let blobs = BlobStore::new(&StorageCredentials::new(&settings.storage)?)?;
     blobs.ensure_container(container).await?;
+    if !path.is_dir() {
+        let bytes = upload_file(&blobs, container, path, name).await?;
+        println!(
+            "uploaded {} ({bytes} bytes) to {container}/{name}",
+            path.display()
+        );
+        return Ok(());
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let count = files.len();
+    let results: Vec<anyhow::Result<u64>> = futures::stream::iter(files)
+        .map(|file| {
+            let blobs = blobs.clone();
+            let blob = file
+                .strip_prefix(path)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            async move { upload_file(&blobs, container, &file, &blob).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    println!(
+        "uploaded {count} files ({total} bytes) from {} to {container}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Streams one local file into a block blob, 4 MiB at a time.
+async fn upload_file(
+    blobs: &BlobStore,
+    container: &str,
+    file: &Path,
+    name: &str,
+) -> anyhow::Result<u64> {
     let mut f = tokio::fs::File::open(file)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
-    let chunks = async_stream_chunks(&mut f);
-    let bytes = blobs.upload_blocks(container, name, chunks).await?;
-    println!(
-        "uploaded {} ({bytes} bytes) to {container}/{name}",
-        file.display()
-    );
-    Ok(())
+    Ok(blobs
+        .upload_blocks(container, name, async_stream_chunks(&mut f))
+        .await?)
 }
 
 fn async_stream_chunks(

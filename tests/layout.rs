@@ -9,7 +9,10 @@ use fhir_bulk::functions::{FUNCTION_NAMES, import_blob_created, import_status, i
 use serde_json::Value;
 
 fn function_json(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("functions").join(name).join("function.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("functions")
+        .join(name)
+        .join("function.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
@@ -30,38 +33,83 @@ fn every_function_folder_has_a_route_and_every_route_a_folder() {
 #[test]
 fn bindings_are_valid_and_named_as_the_handler_reads_them() {
     for name in FUNCTION_NAMES {
-        let bindings = function_json(name)["bindings"].as_array().cloned().unwrap_or_default();
-        let triggers: Vec<&Value> = bindings.iter().filter(|b| b["type"].as_str().unwrap_or("").ends_with("Trigger")).collect();
+        let bindings = function_json(name)["bindings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let triggers: Vec<&Value> = bindings
+            .iter()
+            .filter(|b| b["type"].as_str().unwrap_or("").ends_with("Trigger"))
+            .collect();
         assert_eq!(triggers.len(), 1, "{name} needs exactly one trigger");
         for b in &bindings {
             assert!(b["name"].is_string(), "{name}: a binding without a name");
-            assert!(matches!(b["direction"].as_str(), Some("in" | "out")), "{name}: bad direction");
+            assert!(
+                matches!(b["direction"].as_str(), Some("in" | "out")),
+                "{name}: bad direction"
+            );
             let kind = b["type"].as_str().unwrap_or("");
-            assert!(["eventGridTrigger", "queueTrigger", "httpTrigger", "http", "timerTrigger"].contains(&kind), "{name}: unknown binding type {kind}");
+            assert!(
+                [
+                    "eventGridTrigger",
+                    "queueTrigger",
+                    "httpTrigger",
+                    "http",
+                    "timerTrigger"
+                ]
+                .contains(&kind),
+                "{name}: unknown binding type {kind}"
+            );
             if kind == "httpTrigger" {
-                assert_eq!(b["authLevel"], "function", "{name}: HTTP functions need a function key");
+                assert_eq!(
+                    b["authLevel"], "function",
+                    "{name}: HTTP functions need a function key"
+                );
             }
             if kind == "queueTrigger" {
-                assert!(b["queueName"].is_string() && b["connection"].is_string(), "{name}: queue binding incomplete");
+                assert!(
+                    b["queueName"].is_string() && b["connection"].is_string(),
+                    "{name}: queue binding incomplete"
+                );
             }
         }
     }
-    let trigger_name = |f: &str| function_json(f)["bindings"][0]["name"].as_str().unwrap().to_string();
-    assert_eq!(trigger_name("ImportBlobCreated"), import_blob_created::BINDING);
+    let trigger_name = |f: &str| {
+        function_json(f)["bindings"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        trigger_name("ImportBlobCreated"),
+        import_blob_created::BINDING
+    );
     assert_eq!(trigger_name("ImportWorker"), import_worker::BINDING);
     assert_eq!(trigger_name("ImportStatus"), import_status::REQUEST_BINDING);
-    assert_eq!(function_json("ImportStatus")["bindings"][1]["name"], import_status::RESPONSE_BINDING);
+    assert_eq!(
+        function_json("ImportStatus")["bindings"][1]["name"],
+        import_status::RESPONSE_BINDING
+    );
 }
 
 #[test]
 fn host_json_runs_the_handler_binary_as_a_custom_handler() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json")).unwrap();
     let host: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(host["version"], "2.0");
-    assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "handler");
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "handler"
+    );
     assert_eq!(host["extensions"]["http"]["routePrefix"], "");
-    assert_eq!(host["extensions"]["queues"]["messageEncoding"], "none", "work items are plain JSON");
-    let max_dequeue = host["extensions"]["queues"]["maxDequeueCount"].as_u64().unwrap();
+    assert_eq!(
+        host["extensions"]["queues"]["messageEncoding"], "none",
+        "work items are plain JSON"
+    );
+    let max_dequeue = host["extensions"]["queues"]["maxDequeueCount"]
+        .as_u64()
+        .unwrap();
     assert!(
         max_dequeue > u64::from(fhir_bulk::config::DEFAULT_MAX_WORK_ATTEMPTS),
         "the engine must give up (with a recorded reason) before the host poisons the message"

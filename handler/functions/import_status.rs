@@ -82,9 +82,15 @@ pub async fn invoke(
         .map(|v| HttpRequestData::from_binding(&v))
         .unwrap_or_default();
     // Route `imports/{*path}`: empty lists imports; `container/blob` (blob may hold `/`) is one file.
-    let path = req.params.get("path").map(|p| p.trim_matches('/')).unwrap_or("");
+    let path = req
+        .params
+        .get("path")
+        .map(|p| p.trim_matches('/'))
+        .unwrap_or("");
     let (status, body) = match path.split_once('/') {
-        Some((container, blob)) if !blob.is_empty() => file_status(&state.importer, container, blob).await,
+        Some((container, blob)) if !blob.is_empty() => {
+            file_status(&state.importer, container, blob).await
+        }
         _ => list(&state.importer, req.query.get("status").map(String::as_str)).await,
     };
     Json(

@@ -26,7 +26,10 @@ async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value
     let resp = router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +37,10 @@ async fn host_payloads_register_load_and_report() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
     let env: HashMap<&str, &str> = HashMap::from([
-        ("FHIRBULK_STORAGE_CONNECTION_STRING", azurite.connection_string.as_str()),
+        (
+            "FHIRBULK_STORAGE_CONNECTION_STRING",
+            azurite.connection_string.as_str(),
+        ),
         ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
     ]);
     let settings = Settings::from_source(&env).unwrap();
@@ -42,7 +48,11 @@ async fn host_payloads_register_load_and_report() {
     state
         .importer
         .blobs
-        .upload("bundles", "dir/p1.json", Bytes::from(patient_bundle(1, 4).to_string()))
+        .upload(
+            "bundles",
+            "dir/p1.json",
+            Bytes::from(patient_bundle(1, 4).to_string()),
+        )
         .await
         .unwrap();
 
@@ -57,19 +67,43 @@ async fn host_payloads_register_load_and_report() {
     let payload = json!({"Data": {"event": double_encoded}, "Metadata": {"sys": {"MethodName": "ImportBlobCreated"}}});
     let (status, body) = invoke(&state, "ImportBlobCreated", payload.clone()).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["Logs"][0].as_str().unwrap().starts_with("queued bundles/dir/p1.json"), "{body}");
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("queued bundles/dir/p1.json"),
+        "{body}"
+    );
 
     // Event Grid redelivers: the same event is a no-op.
     let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
     assert_eq!(status, 200);
-    assert!(body["Logs"][0].as_str().unwrap().contains("registered before"), "{body}");
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("registered before"),
+        "{body}"
+    );
 
-    let messages = state.importer.queue.receive(32, Duration::from_secs(60)).await.unwrap();
+    let messages = state
+        .importer
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 1, "one work item, not two");
     let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1, "Id": messages[0].id}});
     let (status, _) = invoke(&state, "ImportWorker", work).await;
     assert_eq!(status, 200);
-    assert_eq!(fhir_count(&fhir.base_url, &format!("Observation?subject=Patient/{}", patient_id(1))).await, 4);
+    assert_eq!(
+        fhir_count(
+            &fhir.base_url,
+            &format!("Observation?subject=Patient/{}", patient_id(1))
+        )
+        .await,
+        4
+    );
 
     let request = json!({"Data": {"req": {"Url": "https://app/imports/bundles/dir/p1.json", "Method": "GET",
         "Query": {}, "Headers": {}, "Params": {"path": "bundles/dir/p1.json"}}}, "Metadata": {}});
@@ -83,10 +117,29 @@ async fn host_payloads_register_load_and_report() {
     assert_eq!(view["outcome"], "bundlesprocessed/dir/p1.json");
 
     // Garbage is acknowledged (redelivery cannot help) with a log line saying why.
-    let (status, body) = invoke(&state, "ImportBlobCreated", json!({"Data": {"event": "42"}})).await;
+    let (status, body) = invoke(
+        &state,
+        "ImportBlobCreated",
+        json!({"Data": {"event": "42"}}),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert!(body["Logs"][0].as_str().unwrap().contains("invalid event"), "{body}");
-    let (status, body) = invoke(&state, "ImportWorker", json!({"Data": {"work": "{\"nope\":1}"}})).await;
+    assert!(
+        body["Logs"][0].as_str().unwrap().contains("invalid event"),
+        "{body}"
+    );
+    let (status, body) = invoke(
+        &state,
+        "ImportWorker",
+        json!({"Data": {"work": "{\"nope\":1}"}}),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert!(body["Logs"][0].as_str().unwrap().contains("not an import work item"), "{body}");
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("not an import work item"),
+        "{body}"
+    );
 }

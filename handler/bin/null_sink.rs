@@ -1,0 +1,54 @@
+//! `fhir-null-sink PORT`: a FHIR stand-in for benchmarks that accepts every batch instantly,
+//! answering `200 OK` for each entry, so the loader's own throughput can be measured.
+//! Not part of the deployed package.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+#[derive(Deserialize)]
+struct Batch {
+    #[serde(default)]
+    entry: Vec<IgnoredAny>,
+}
+
+async fn accept(body: Bytes) -> impl IntoResponse {
+    let Ok(batch) = serde_json::from_slice::<Batch>(&body) else {
+        return (
+            StatusCode::OK,
+            HeaderMap::new(),
+            String::from("{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"total\":0}"),
+        );
+    };
+    let mut out = String::with_capacity(32 + batch.entry.len() * 32);
+    out.push_str(r#"{"resourceType":"Bundle","type":"batch-response","entry":["#);
+    for i in 0..batch.entry.len() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"response":{"status":"200 OK"}}"#);
+    }
+    out.push_str("]}");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        "application/fhir+json".parse().expect("static"),
+    );
+    (StatusCode::OK, headers, out)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8099);
+    let app = Router::new().fallback(accept);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    axum::serve(listener, app).await.expect("serve");
+}
