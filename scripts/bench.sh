@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Import benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
+#   scripts/bench.sh            all cases
+#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink bundles-sink small-files ndjson-real bundles-real
+# Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
+# sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
+# resources/second (first part started to last file finished, from the imports ledger), peak
+# RSS (VmHWM) and CPU time per resource of the handler process.
+# Env: NDJSON_LINES (default 1500000, ~1.1 GB), ZIP_LINES (800000, ~600 MB), SMALL_FILES (20000).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+CASES=${*:-ndjson-sink zip-sink bundles-sink small-files ndjson-real bundles-real}
+NDJSON_LINES=${NDJSON_LINES:-1500000}
+ZIP_LINES=${ZIP_LINES:-800000}
+SMALL_FILES=${SMALL_FILES:-20000}
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/fhir-bulk-bench.XXXXXX)}
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+scripts/install.sh
+cargo build --release --quiet --bins
+HANDLER=$ROOT/target/release/handler
+CLK_TCK=$(getconf CLK_TCK)
+
+SINK_PORT=31090; FHIR_PORT=31091; HANDLER_PORT=31071
+target/release/fhir-null-sink "$SINK_PORT" & PIDS+=($!)
+sink_url=http://127.0.0.1:$SINK_PORT/fhir
+
+fhir_url=""
+start_fhir() {
+  [ -n "$fhir_url" ] && return
+  STATE_DIR="$WORK/fhir" FHIR_PORT=$FHIR_PORT FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir.pid"
+  PIDS+=("$(cat "$WORK/fhir.pid")")
+  fhir_url=http://127.0.0.1:$FHIR_PORT/fhir
+}
+
+# run_case NAME CONTAINER PATH FHIR_URL FILES
+run_case() {
+  local name=$1 container=$2 path=$3 url=$4 files=$5
+  rm -rf "$WORK/azurite"
+  STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
+    scripts/azurite-up.sh > "$WORK/azurite.pid"
+  local azurite_pid; azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+  export FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;"
+  export FHIRBULK_FHIR_URL=$url FUNCTIONS_CUSTOMHANDLER_PORT=$HANDLER_PORT RUST_LOG=warn
+  "$HANDLER" upload "$container" "$path" > /dev/null
+  # Start the handler after the upload, so the measurement is the import alone.
+  "$HANDLER" serve > "$WORK/handler-$name.log" 2>&1 &
+  local hpid=$!; PIDS+=("$hpid")
+  local peak=0 out
+  out=$("$HANDLER" summary --expect "$files" --wait 3600 2>&1 &
+        spid=$!
+        while kill -0 "$spid" 2>/dev/null; do
+          rss=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status" 2>/dev/null || echo 0)
+          echo "$rss" > "$WORK/peak.$name"
+          sleep 0.5
+        done; wait "$spid") || true
+  peak=$(cat "$WORK/peak.$name" 2>/dev/null || echo 0)
+  local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$hpid/stat")
+  kill "$hpid" "$azurite_pid" 2>/dev/null || true
+  wait "$hpid" 2>/dev/null || true
+  local loaded rate secs
+  loaded=$(echo "$out" | sed -n 's/.*Resources loaded: \([0-9]*\).*/\1/p')
+  rate=$(echo "$out" | sed -n 's/.*: \([0-9]*\) resources\/second.*/\1/p')
+  secs=$(echo "$out" | sed -n 's/^Load time \([0-9.]*\)s.*/\1/p')
+  local cpu_us="n/a"
+  [ -n "$loaded" ] && [ "$loaded" -gt 0 ] && cpu_us=$(( ticks * 1000000 / CLK_TCK / loaded ))
+  printf '%-14s files=%-6s resources=%-9s seconds=%-7s resources/s=%-7s files/hour=%-8s peak_rss_mb=%-5s cpu_us/resource=%s\n' \
+    "$name" "$files" "${loaded:-?}" "${secs:-?}" "${rate:-?}" \
+    "$(awk -v f="$files" -v s="${secs:-0}" 'BEGIN { if (s > 0) printf "%d", f * 3600 / s; else print "?" }')" \
+    "$((peak / 1024))" "$cpu_us"
+  echo "$out" | grep -E "with failures|Load time" | sed 's/^/    /' || true
+}
+
+for c in $CASES; do
+  case $c in
+    ndjson-sink)
+      [ -f "$WORK/big.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/big.ndjson" "$NDJSON_LINES"
+      echo "ndjson file: $(du -m "$WORK/big.ndjson" | cut -f1) MB, $NDJSON_LINES lines"
+      run_case ndjson-sink ndjson "$WORK/big.ndjson" "$sink_url" 1 ;;
+    zip-sink)
+      [ -f "$WORK/zip/big.zip" ] || {
+        mkdir -p "$WORK/zip"
+        python3 scripts/gen-data.py ndjson "$WORK/zip-part.ndjson" "$ZIP_LINES"
+        python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_STORED); z.write(sys.argv[2],'data/Observation.ndjson'); z.close()" "$WORK/zip/big.zip" "$WORK/zip-part.ndjson"
+        rm "$WORK/zip-part.ndjson"; }
+      echo "zip file: $(du -m "$WORK/zip/big.zip" | cut -f1) MB (stored), $ZIP_LINES lines"
+      run_case zip-sink zip "$WORK/zip/big.zip" "$sink_url" 1 ;;
+    bundles-sink)
+      [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
+      run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;
+    small-files)
+      [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
+      run_case small-files bundles "$WORK/small" "$sink_url" "$SMALL_FILES" ;;
+    ndjson-real)
+      start_fhir
+      [ -f "$WORK/real.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/real.ndjson" 20000
+      run_case ndjson-real ndjson "$WORK/real.ndjson" "$fhir_url" 1 ;;
+    bundles-real)
+      start_fhir
+      [ -d "$WORK/carebundle-real" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 100 --sex mixed --age-range 30-90 --seed 5 --out "$WORK/carebundle-real" > /dev/null
+      run_case bundles-real bundles "$WORK/carebundle-real" "$fhir_url" 100 ;;
+    *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
+  esac
+done
+[ -n "${BENCH_DIR:-}" ] || rm -rf "$WORK"
