@@ -15,6 +15,7 @@ NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
 SMALL_FILES=${SMALL_FILES:-20000}
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/fhir-bulk-bench.XXXXXX)}
+mkdir -p "$WORK"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

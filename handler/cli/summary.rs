@@ -34,7 +34,7 @@ pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyho
                 files.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
 
     let mut totals = Counts::default();

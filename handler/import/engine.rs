@@ -18,7 +18,7 @@ use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
-use crate::storage::{BlobStore, Entity, WorkQueue};
+use crate::storage::{BlobStore, Entity, MoveOutcome, WorkQueue};
 
 /// What registering a blob did.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +63,9 @@ impl Importer {
         }
     }
 
-    /// Batches one part keeps in flight: enough to reach the FHIR client's concurrency ceiling.
+    /// Batches one part keeps in flight (several parts run at once; the limiter caps the total).
     pub fn fhir_window(&self) -> usize {
-        self.fhir.max_concurrency()
+        self.settings.batches_per_part
     }
 
     /// Creates the containers, queue and tables import uses (idempotent).
@@ -129,13 +129,16 @@ impl Importer {
         file.set_i64("size", props.size as i64);
         file.set_str("created", now_rfc3339());
         Counts::default().write(&mut file);
-        if self.ledger.insert_file(&file).await?.is_none() {
-            let existing = self.ledger.file(&key).await?.unwrap_or_default();
-            let status = existing.str("status").unwrap_or_default().to_string();
-            if status != FileStatus::Registering.as_str() {
-                return Ok(Registration::AlreadyRegistered { file: key, status });
+        match self.ledger.insert_file(&file).await? {
+            Some(etag) => file.etag = etag,
+            None => {
+                file = self.ledger.file(&key).await?.unwrap_or_default();
+                let status = file.str("status").unwrap_or_default().to_string();
+                if status != FileStatus::Registering.as_str() {
+                    return Ok(Registration::AlreadyRegistered { file: key, status });
+                }
+                // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
             }
-            // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
         }
         for (part, (start, end)) in ranges.iter().enumerate() {
             let mut row = Entity::new(&key, &part_row(part as u32));
@@ -167,12 +170,9 @@ impl Importer {
             let text = serde_json::to_string(&work).expect("work items serialise");
             self.queue.send(&text, Duration::ZERO).await?;
         }
-        if let Some(mut row) = self.ledger.file(&key).await?
-            && row.str("status") == Some(FileStatus::Registering.as_str())
-        {
-            row.set_str("status", FileStatus::Queued.as_str());
-            self.ledger.replace_if_unchanged(&row).await?;
-        }
+        // With the ETag from the insert: a worker that already moved the file on wins.
+        file.set_str("status", FileStatus::Queued.as_str());
+        self.ledger.replace_if_unchanged(&file).await?;
         info!(
             message = "Import registered.",
             container,
@@ -272,7 +272,12 @@ impl Importer {
     /// When every part is done: write the reports, move the file, close the ledger row.
     /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
     async fn finalize_if_complete(&self, work: &ImportWork) -> Result<(), ImportError> {
-        let parts = self.ledger.parts(&work.file).await?;
+        // Most files have one part: a point read is much cheaper than a partition query.
+        let parts = if work.kind == FileKind::Ndjson {
+            self.ledger.parts(&work.file).await?
+        } else {
+            self.ledger.part(&work.file, 0).await?.into_iter().collect()
+        };
         if parts.iter().any(|p| p.str("status") != Some("done")) {
             return Ok(());
         }
@@ -374,17 +379,18 @@ impl Importer {
         work: &ImportWork,
         target_container: &str,
     ) -> Result<(), ImportError> {
-        match self.blobs.properties(&work.container, &work.blob).await? {
-            Some(current) if current.etag == work.etag => {
-                self.blobs
-                    .move_blob(&work.container, &work.blob, target_container, &work.blob)
-                    .await?;
-            }
-            Some(_) => {
-                // A newer upload with the same name: it has its own import; leave it in place.
-                warn!(message = "Input replaced by a newer upload; not moved.", container = %work.container, blob = %work.blob);
-            }
-            None => {}
+        let outcome = self
+            .blobs
+            .move_blob(
+                &work.container,
+                &work.blob,
+                target_container,
+                &work.blob,
+                Some(&work.etag),
+            )
+            .await?;
+        if outcome == MoveOutcome::SourceChanged {
+            warn!(message = "Input replaced by a newer upload; not moved.", container = %work.container, blob = %work.blob);
         }
         Ok(())
     }

@@ -185,7 +185,7 @@ async fn load_bundle_bytes(
         progress.counts.loaded += result.loaded;
         progress.refuse(result.refused, false);
         progress.set_cursor(cursor, i as i64 + 1);
-        progress.save().await?;
+        progress.save_if_due().await?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::ndjson::ChunkStream;
 use crate::storage::BlobStore;
 
 /// Size of one ranged blob read.
-pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+pub const BLOB_CHUNK_BYTES: u64 = 1024 * 1024;
 
 /// Reads `[offset, size)` of a blob in `BLOB_CHUNK_BYTES` ranges.
 pub struct BlobChunks {

@@ -6,9 +6,11 @@ use std::num::NonZero;
 use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::http::Etag;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode};
 use azure_storage_blob::models::{
-    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobClientStartCopyFromUrlOptions, BlobClientStartCopyFromUrlResultHeaders,
     BlobContainerClientListBlobsOptions, BlockLookupList, CopyStatus, HttpRange,
 };
 use azure_storage_blob::{BlobClient, BlobServiceClient, BlobServiceClientOptions};
@@ -244,49 +246,115 @@ impl BlobStore {
 
     /// Moves a blob: server-side copy, wait for the copy to succeed (status compared without
     /// regard to case, unlike fhir-loader), delete the source, then check the source is gone.
+    /// With `source_etag`, only that version is moved: a newer upload under the same name is
+    /// left in place (`MoveOutcome::SourceChanged`).
     pub async fn move_blob(
         &self,
         src_container: &str,
         name: &str,
         dst_container: &str,
         dst_name: &str,
-    ) -> StorageResult<()> {
-        self.ensure_container(dst_container).await?;
+        source_etag: Option<&str>,
+    ) -> StorageResult<MoveOutcome> {
         let source_url = self.url(src_container, name);
         let dst = self.blob(dst_container, dst_name);
         let target = where_(dst_container, dst_name);
-        dst.start_copy_from_url(source_url, None)
+        let copy_options = || BlobClientStartCopyFromUrlOptions {
+            source_if_match: source_etag.map(Etag::from),
+            ..Default::default()
+        };
+        let mut copied = dst
+            .start_copy_from_url(source_url.clone(), Some(copy_options()))
+            .await;
+        if matches!(&copied, Err(e) if e.http_status() == Some(StatusCode::NotFound))
+            && self.properties(src_container, name).await?.is_some()
+        {
+            // The destination container is missing (it is created at start-up; someone removed it).
+            self.ensure_container(dst_container).await?;
+            copied = dst
+                .start_copy_from_url(source_url, Some(copy_options()))
+                .await;
+        }
+        let status = match copied {
+            Ok(resp) => resp.copy_status().ok().flatten(),
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {
+                return Ok(MoveOutcome::SourceMissing);
+            }
+            Err(e) if e.http_status() == Some(StatusCode::PreconditionFailed) => {
+                return Ok(MoveOutcome::SourceChanged);
+            }
+            Err(e) => return Err(StorageError::sdk("copy blob", &target, e)),
+        };
+        // Small copies inside one account complete at once; larger ones are polled.
+        if status != Some(CopyStatus::Success) {
+            self.wait_for_copy(&dst, &target).await?;
+        }
+        let delete_options = BlobClientDeleteOptions {
+            if_match: source_etag.map(Etag::from),
+            ..Default::default()
+        };
+        match self
+            .blob(src_container, name)
+            .delete(Some(delete_options))
             .await
-            .map_err(|e| StorageError::sdk("copy blob", &target, e))?;
+        {
+            Ok(_) => {}
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+            Err(e) if e.http_status() == Some(StatusCode::PreconditionFailed) => {
+                return Ok(MoveOutcome::SourceChanged);
+            }
+            Err(e) => {
+                return Err(StorageError::sdk(
+                    "delete blob",
+                    &where_(src_container, name),
+                    e,
+                ));
+            }
+        }
+        match self.properties(src_container, name).await? {
+            Some(still) if source_etag.is_none_or(|etag| etag == still.etag) => {
+                Err(StorageError::Invalid {
+                    operation: "move blob",
+                    target: where_(src_container, name),
+                    reason: "the source still exists after delete".into(),
+                })
+            }
+            _ => Ok(MoveOutcome::Moved),
+        }
+    }
+
+    async fn wait_for_copy(&self, dst: &BlobClient, target: &str) -> StorageResult<()> {
         for attempt in 0.. {
             let props = dst
                 .get_properties(None)
                 .await
-                .map_err(|e| StorageError::sdk("check copy", &target, e))?;
+                .map_err(|e| StorageError::sdk("check copy", target, e))?;
             match props.copy_status().ok().flatten() {
-                Some(CopyStatus::Success) | None => break,
+                Some(CopyStatus::Success) | None => return Ok(()),
                 Some(CopyStatus::Pending) if attempt < 600 => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
                 other => {
                     return Err(StorageError::Invalid {
                         operation: "copy blob",
-                        target,
+                        target: target.to_string(),
                         reason: format!("copy ended as {other:?}; the source was left in place"),
                     });
                 }
             }
         }
-        self.delete(src_container, name).await?;
-        if self.properties(src_container, name).await?.is_some() {
-            return Err(StorageError::Invalid {
-                operation: "move blob",
-                target: where_(src_container, name),
-                reason: "the source still exists after delete".into(),
-            });
-        }
         Ok(())
     }
+}
+
+/// How a move ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveOutcome {
+    Moved,
+    /// The source was already gone (moved by an earlier try).
+    SourceMissing,
+    /// The source was replaced by a newer upload, which has its own import; left in place.
+    SourceChanged,
 }
 
 fn where_(container: &str, name: &str) -> String {

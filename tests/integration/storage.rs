@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
-use fhir_bulk::storage::{BlobStore, Entity, StorageCredentials, TableClient, WorkQueue};
+use fhir_bulk::storage::{
+    BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient, WorkQueue,
+};
 use std::time::Duration;
 
 use crate::support::Azurite;
@@ -35,10 +37,40 @@ async fn blobs_queues_and_tables_work_against_azurite() {
     let listed = blobs.list("bundles", None).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, name);
+    let etag = props.etag.clone();
+    assert_eq!(
+        blobs
+            .move_blob(
+                "bundles",
+                name,
+                "bundlesprocessed",
+                name,
+                Some("\"0xstale\"")
+            )
+            .await
+            .unwrap(),
+        MoveOutcome::SourceChanged,
+        "a newer upload is never moved away"
+    );
+    assert_eq!(
+        blobs
+            .move_blob("bundles", name, "moved-here", name, Some(&etag))
+            .await
+            .unwrap(),
+        MoveOutcome::Moved,
+        "a missing destination container is created"
+    );
     blobs
-        .move_blob("bundles", name, "bundlesprocessed", name)
+        .move_blob("moved-here", name, "bundlesprocessed", name, None)
         .await
         .unwrap();
+    assert!(
+        blobs
+            .properties("moved-here", name)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(blobs.properties("bundles", name).await.unwrap().is_none());
     assert_eq!(
         blobs
