@@ -153,7 +153,7 @@ async fn upload(
     Ok(())
 }
 
-/// Streams one local file into a block blob, 4 MiB at a time.
+/// Uploads one local file: in one request up to 4 MiB, else streamed as 4 MiB blocks.
 async fn upload_file(
     blobs: &BlobStore,
     container: &str,
@@ -163,6 +163,15 @@ async fn upload_file(
     let mut f = tokio::fs::File::open(file)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let size = f.metadata().await?.len();
+    if size <= 4 * 1024 * 1024 {
+        let mut content = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut content).await?;
+        blobs
+            .upload(container, name, bytes::Bytes::from(content))
+            .await?;
+        return Ok(size);
+    }
     Ok(blobs
         .upload_blocks(container, name, async_stream_chunks(&mut f))
         .await?)

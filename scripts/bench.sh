@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Import benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
-#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink bundles-sink small-files ndjson-real bundles-real
+#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink bundles-sink small-files
+#                               ndjson-real bundles-real
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
 # RSS (VmHWM) and CPU time per resource of the handler process.
-# Env: NDJSON_LINES (default 1500000, ~1.1 GB), ZIP_LINES (800000, ~600 MB), SMALL_FILES (20000).
+# Env: NDJSON_LINES (default 1500000, ~1.5 GB), ZIP_LINES (800000, ~800 MB), SMALL_FILES (1000;
+# Azurite's tables slow down as they grow, so far larger counts measure the emulator).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink bundles-sink small-files ndjson-real bundles-real}
+CASES=${*:-ndjson-sink zip-sink big-bundles-sink bundles-sink small-files ndjson-real bundles-real}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
-SMALL_FILES=${SMALL_FILES:-20000}
+SMALL_FILES=${SMALL_FILES:-1000}
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/fhir-bulk-bench.XXXXXX)}
 mkdir -p "$WORK"
 PIDS=()
@@ -89,6 +91,9 @@ for c in $CASES; do
         rm "$WORK/zip-part.ndjson"; }
       echo "zip file: $(du -m "$WORK/zip/big.zip" | cut -f1) MB (stored), $ZIP_LINES lines"
       run_case zip-sink zip "$WORK/zip/big.zip" "$sink_url" 1 ;;
+    big-bundles-sink)
+      [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 50 2000
+      run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 50 ;;
     bundles-sink)
       [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
       run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;
@@ -97,7 +102,10 @@ for c in $CASES; do
       run_case small-files bundles "$WORK/small" "$sink_url" "$SMALL_FILES" ;;
     ndjson-real)
       start_fhir
-      [ -f "$WORK/real.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/real.ndjson" 20000
+      [ -f "$WORK/real.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/real.ndjson" 20000 700 loader
+      [ -f "$WORK/baseline.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/baseline.ndjson" 20000 700 ideal
+      # The same server, the same kind of data (other ids, so both runs create): the ceiling.
+      echo "    $(python3 scripts/fhir-baseline.py "$fhir_url" "$WORK/baseline.ndjson" 200 4)"
       run_case ndjson-real ndjson "$WORK/real.ndjson" "$fhir_url" 1 ;;
     bundles-real)
       start_fhir

@@ -76,6 +76,19 @@ impl<'a> PartProgress<'a> {
         }
     }
 
+    /// Records that the current unit (a zip entry, or the whole file) was refused for `reason`.
+    fn refuse_entry(&mut self, reason: String) {
+        self.refuse(
+            vec![RefusedEntry {
+                position: 0,
+                target: None,
+                status: 0,
+                diagnostics: reason,
+            }],
+            false,
+        );
+    }
+
     async fn save(&mut self) -> Result<(), ImportError> {
         if !self.pending.is_empty() {
             self.importer
@@ -321,15 +334,7 @@ pub async fn run_zip(
             } => {
                 if (index as i64) >= start_entry {
                     progress.zip_entry = Some((index as i64, name));
-                    progress.refuse(
-                        vec![RefusedEntry {
-                            position: 0,
-                            target: None,
-                            status: 0,
-                            diagnostics: reason,
-                        }],
-                        false,
-                    );
+                    progress.refuse_entry(reason);
                 }
                 continue;
             }
@@ -353,27 +358,11 @@ pub async fn run_zip(
             match bytes {
                 Ok(bytes) => {
                     match load_bundle_bytes(importer, &mut progress, &bytes, "entryPiece").await {
-                        Err(ImportError::Rejected(reason)) => progress.refuse(
-                            vec![RefusedEntry {
-                                position: 0,
-                                target: None,
-                                status: 0,
-                                diagnostics: reason,
-                            }],
-                            false,
-                        ),
+                        Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
                         other => other?,
                     }
                 }
-                Err(reason) => progress.refuse(
-                    vec![RefusedEntry {
-                        position: 0,
-                        target: None,
-                        status: 0,
-                        diagnostics: reason,
-                    }],
-                    false,
-                ),
+                Err(reason) => progress.refuse_entry(reason),
             }
         } else {
             let lines_done = if (index as i64) == start_entry {
@@ -390,15 +379,7 @@ pub async fn run_zip(
             )
             .await;
             match map_decode_error(result, "zip entry") {
-                Err(ImportError::Rejected(reason)) => progress.refuse(
-                    vec![RefusedEntry {
-                        position: 0,
-                        target: None,
-                        status: 0,
-                        diagnostics: reason,
-                    }],
-                    false,
-                ),
+                Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
                 other => other?,
             }
             progress.counts.lines += reader.lines_read() as i64 - lines_done;
