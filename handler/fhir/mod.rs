@@ -57,6 +57,20 @@ impl FhirError {
         }
     }
 
+    /// The error without the server's diagnostics, which can quote resource content (patient
+    /// data): safe for logs and for reasons that outlive the request.
+    pub fn summary(&self) -> String {
+        match self {
+            FhirError::Status {
+                method,
+                path,
+                status,
+                ..
+            } => format!("FHIR server answered HTTP {status} to {method} {path}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying the same work later might succeed (throttling, outages).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -287,5 +301,35 @@ impl FhirClient {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_leave_out_server_diagnostics() {
+        let e = FhirError::Status {
+            method: "POST",
+            path: "/fhir".into(),
+            status: 422,
+            diagnostics: "Patient.name 'Jane Doe' is invalid".into(),
+            outcome: None,
+        };
+        assert_eq!(e.summary(), "FHIR server answered HTTP 422 to POST /fhir");
+        assert!(
+            e.to_string().contains("Jane Doe"),
+            "the full error keeps them for error records"
+        );
+        assert!(!e.is_transient());
+        let throttled = FhirError::Status {
+            method: "GET",
+            path: "/fhir/Patient".into(),
+            status: 429,
+            diagnostics: String::new(),
+            outcome: None,
+        };
+        assert!(throttled.is_transient());
     }
 }

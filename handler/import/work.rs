@@ -63,8 +63,9 @@ impl From<StorageError> for ImportError {
 }
 
 impl From<FhirError> for ImportError {
+    /// Transient reasons are logged, so they carry no server diagnostics (see `summary`).
     fn from(e: FhirError) -> Self {
-        ImportError::Transient(e.to_string())
+        ImportError::Transient(e.summary())
     }
 }
 
