@@ -92,8 +92,8 @@ for c in $CASES; do
       echo "zip file: $(du -m "$WORK/zip/big.zip" | cut -f1) MB (stored), $ZIP_LINES lines"
       run_case zip-sink zip "$WORK/zip/big.zip" "$sink_url" 1 ;;
     big-bundles-sink)
-      [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 50 2000
-      run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 50 ;;
+      [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 200 2000
+      run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 200 ;;
     bundles-sink)
       [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
       run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;

@@ -51,7 +51,7 @@ pub async fn plan_bundle(
             entry_count,
         });
     }
-    let prepared = prepare(&value, resolver).await;
+    let prepared = prepare(value, resolver).await;
     let pieces = split(prepared.entries, max_entries)
         .into_iter()
         .map(|piece| {

@@ -100,12 +100,15 @@ enum Plan {
     Failed(String),
 }
 
-pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedBundle {
-    let empty = Vec::new();
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
+/// Prepares the entries of `bundle` (taken by value: entries are moved, not copied).
+pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBundle {
+    let entries = match bundle {
+        Value::Object(mut map) => match map.remove("entry") {
+            Some(Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
     let mut out = PreparedBundle::default();
 
     // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
@@ -137,7 +140,7 @@ pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedB
 
     // Pass 2: rewrite references and build the batch entries.
     let mut conditional_cache: HashMap<String, Result<String, String>> = HashMap::new();
-    for (index, (entry, plan)) in entries.iter().zip(plans).enumerate() {
+    for (index, (mut entry, plan)) in entries.into_iter().zip(plans).enumerate() {
         match plan {
             Plan::Failed(reason) => out.failures.push(EntryFailure {
                 index,
@@ -146,33 +149,49 @@ pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedB
                 diagnostics: reason,
             }),
             Plan::Present { .. } => out.already_present += 1,
-            Plan::AsIs => out.entries.push(PreparedEntry {
-                index,
-                target: None,
-                entry: strip_full_url(entry),
-                depends_on: Vec::new(),
-            }),
+            Plan::AsIs => {
+                if let Value::Object(map) = &mut entry {
+                    map.remove("fullUrl");
+                }
+                out.entries.push(PreparedEntry {
+                    index,
+                    target: None,
+                    entry,
+                    depends_on: Vec::new(),
+                })
+            }
             Plan::Write { resource_type, id } => {
                 let target = format!("{resource_type}/{id}");
-                let mut resource = entry["resource"].clone();
+                let mut resource = entry["resource"].take();
                 let mut problems = Vec::new();
                 let mut pending_conditionals = Vec::new();
-                for_each_reference_mut(&mut resource, &mut |r| match classify(r) {
-                    ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
-                        if let Some(t) = aliases.get(r.as_str()) {
-                            *r = t.clone();
-                        } else if r.starts_with("urn:uuid:") {
-                            problems
-                                .push(format!("reference {r} points to no entry of this Bundle"));
-                        }
+                let mut depends_on: Vec<String> = Vec::new();
+                // One walk rewrites each reference and notes what it points at in this Bundle.
+                let mut note_dependency = |r: &String, depends_on: &mut Vec<String>| {
+                    if *r != target && written.contains(r.as_str()) && !depends_on.contains(r) {
+                        depends_on.push(r.clone());
                     }
-                    ReferenceForm::Relative { .. } => {
-                        if let Some(t) = aliases.get(r.as_str()) {
-                            *r = t.clone();
+                };
+                for_each_reference_mut(&mut resource, &mut |r| {
+                    match classify(r) {
+                        ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
+                            if let Some(t) = aliases.get(r.as_str()) {
+                                *r = t.clone();
+                            } else if r.starts_with("urn:uuid:") {
+                                problems.push(format!(
+                                    "reference {r} points to no entry of this Bundle"
+                                ));
+                            }
                         }
+                        ReferenceForm::Relative { .. } => {
+                            if let Some(t) = aliases.get(r.as_str()) {
+                                *r = t.clone();
+                            }
+                        }
+                        ReferenceForm::Conditional { .. } => pending_conditionals.push(r.clone()),
+                        ReferenceForm::Contained | ReferenceForm::Other => {}
                     }
-                    ReferenceForm::Conditional { .. } => pending_conditionals.push(r.clone()),
-                    ReferenceForm::Contained | ReferenceForm::Other => {}
+                    note_dependency(r, &mut depends_on);
                 });
                 // Conditional references need a search; resolve them outside the visitor.
                 let mut resolved = HashMap::new();
@@ -196,6 +215,7 @@ pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedB
                     for_each_reference_mut(&mut resource, &mut |r| {
                         if let Some(t) = resolved.get(r.as_str()) {
                             *r = t.clone();
+                            note_dependency(r, &mut depends_on);
                         }
                     });
                 }
@@ -208,12 +228,6 @@ pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedB
                     });
                     continue;
                 }
-                let mut depends_on = Vec::new();
-                for_each_reference_mut(&mut resource, &mut |r| {
-                    if r != &target && written.contains(r.as_str()) && !depends_on.contains(r) {
-                        depends_on.push(r.clone());
-                    }
-                });
                 if let Value::Object(map) = &mut resource {
                     map.insert("id".into(), Value::String(id.clone()));
                 }
@@ -232,14 +246,6 @@ pub async fn prepare(bundle: &Value, resolver: &dyn SearchResolver) -> PreparedB
 /// `{resource, request: PUT Type/id}` — the batch entry for one resource.
 pub fn put_entry(target: &str, resource: Value) -> Value {
     json!({ "resource": resource, "request": { "method": "PUT", "url": target } })
-}
-
-fn strip_full_url(entry: &Value) -> Value {
-    let mut e = entry.clone();
-    if let Value::Object(map) = &mut e {
-        map.remove("fullUrl");
-    }
-    e
 }
 
 async fn plan_entry(
@@ -450,7 +456,7 @@ mod tests {
                           "extension": [{"url": "x", "valueReference": {"reference": "Organization/org-9"}}]},
              "request": {"method": "POST", "url": "Observation"}}
         ]));
-        let p = prepare(&b, &server(&[])).await;
+        let p = prepare(b.clone(), &server(&[])).await;
         assert!(p.failures.is_empty(), "{:?}", p.failures);
         let targets: Vec<_> = p
             .entries
@@ -506,7 +512,7 @@ mod tests {
             "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999",
             &["pr-7"],
         )]);
-        let p = prepare(&b, &fake).await;
+        let p = prepare(b.clone(), &fake).await;
         assert_eq!(
             p.already_present, 1,
             "the existing Practitioner is not written again"
@@ -523,16 +529,16 @@ mod tests {
         let entry = json!({"resource": {"resourceType": "Organization"},
             "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=x|1"}});
         let b = txn(json!([entry.clone(), entry]));
-        let p = prepare(&b, &server(&[])).await;
+        let p = prepare(b.clone(), &server(&[])).await;
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.already_present, 1);
-        let again = prepare(&b, &server(&[])).await;
+        let again = prepare(b.clone(), &server(&[])).await;
         assert_eq!(
             p.entries[0].target, again.entries[0].target,
             "stable across runs"
         );
         let ambiguous = server(&[("Organization?identifier=x|1", &["a", "b"])]);
-        let p = prepare(&b, &ambiguous).await;
+        let p = prepare(b.clone(), &ambiguous).await;
         assert!(
             p.failures[0].diagnostics.contains("matches 2"),
             "{:?}",
@@ -555,7 +561,7 @@ mod tests {
             "Organization?identifier=https://github.com/synthetichealth/synthea|org-1",
             &["org-1"],
         )]);
-        let p = prepare(&b, &fake).await;
+        let p = prepare(b.clone(), &fake).await;
         assert_eq!(p.entries.len(), 1, "the Claim resolves");
         assert_eq!(
             p.entries[0].entry["resource"]["provider"]["reference"],
@@ -587,7 +593,7 @@ mod tests {
             {"resource": {"resourceType": "Patient"}},
             {"request": {"method": "DELETE", "url": "Patient/old"}}
         ]));
-        let p = prepare(&b, &server(&[])).await;
+        let p = prepare(b.clone(), &server(&[])).await;
         assert_eq!(p.failures.len(), 2);
         assert!(p.failures[0].diagnostics.contains("urn:uuid:not-here"));
         assert!(p.failures[1].diagnostics.contains("no request"));
@@ -601,8 +607,8 @@ mod tests {
             {"resource": {"resourceType": "Patient", "name": [{"family": "A"}]}, "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "name": [{"family": "B"}]}, "request": {"method": "POST", "url": "Patient"}}
         ]});
-        let first = prepare(&b, &server(&[])).await;
-        let second = prepare(&b, &server(&[])).await;
+        let first = prepare(b.clone(), &server(&[])).await;
+        let second = prepare(b.clone(), &server(&[])).await;
         assert_eq!(first.entries[0].target, second.entries[0].target);
         assert_ne!(first.entries[0].target, first.entries[1].target);
     }
