@@ -167,7 +167,7 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
                 let mut pending_conditionals = Vec::new();
                 let mut depends_on: Vec<String> = Vec::new();
                 // One walk rewrites each reference and notes what it points at in this Bundle.
-                let mut note_dependency = |r: &String, depends_on: &mut Vec<String>| {
+                let note_dependency = |r: &String, depends_on: &mut Vec<String>| {
                     if *r != target && written.contains(r.as_str()) && !depends_on.contains(r) {
                         depends_on.push(r.clone());
                     }
