@@ -87,6 +87,8 @@ pub const ENV_MAX_BUNDLE_FILE_MIB: &str = "FHIRBULK_MAX_BUNDLE_FILE_MIB";
 pub const DEFAULT_MAX_BUNDLE_FILE_MIB: u64 = 64;
 pub const ENV_NDJSON_RESOURCES_PER_BUNDLE: &str = "FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE";
 pub const DEFAULT_NDJSON_RESOURCES_PER_BUNDLE: usize = 200;
+pub const ENV_BUNDLE_PARSE_BUDGET_MIB: &str = "FHIRBULK_BUNDLE_PARSE_BUDGET_MIB";
+pub const DEFAULT_BUNDLE_PARSE_BUDGET_MIB: u32 = 12;
 pub const ENV_BATCHES_PER_PART: &str = "FHIRBULK_BATCHES_PER_PART";
 pub const DEFAULT_BATCHES_PER_PART: usize = 4;
 pub const ENV_NDJSON_RANGE_MIB: &str = "FHIRBULK_NDJSON_RANGE_MIB";
@@ -181,6 +183,8 @@ pub struct ImportSettings {
     pub transaction_mode: TransactionMode,
     pub max_bundle_entries: usize,
     pub max_bundle_file_bytes: u64,
+    /// MiB of Bundle files parsed at once in this process (a parsed Bundle takes ~6x its size).
+    pub bundle_parse_budget_mib: u32,
     pub ndjson_resources_per_bundle: usize,
     pub ndjson_range_bytes: u64,
     /// Batches one work item keeps in flight (the FHIR client's limiter caps the total).
@@ -472,6 +476,11 @@ impl ImportSettings {
             ndjson_range_bytes: MIB
                 * r.number(ENV_NDJSON_RANGE_MIB, DEFAULT_NDJSON_RANGE_MIB, 1)?,
             batches_per_part: r.number(ENV_BATCHES_PER_PART, DEFAULT_BATCHES_PER_PART, 1)?,
+            bundle_parse_budget_mib: r.number(
+                ENV_BUNDLE_PARSE_BUDGET_MIB,
+                DEFAULT_BUNDLE_PARSE_BUDGET_MIB,
+                1,
+            )?,
             zip_max_uncompressed_bytes: MIB
                 * r.number(
                     ENV_ZIP_MAX_UNCOMPRESSED_MIB,

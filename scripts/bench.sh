@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Import benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
-#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink bundles-sink small-files
-#                               ndjson-real bundles-real
+#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink huge-bundles-sink
+#                               bundles-sink small-files ndjson-real bundles-real
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
@@ -12,7 +12,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink big-bundles-sink bundles-sink small-files ndjson-real bundles-real}
+CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
 SMALL_FILES=${SMALL_FILES:-1000}
@@ -94,6 +94,9 @@ for c in $CASES; do
     big-bundles-sink)
       [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 200 2000
       run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 200 ;;
+    huge-bundles-sink)
+      [ -d "$WORK/huge" ] || python3 scripts/gen-data.py big-bundles "$WORK/huge" 8 10000
+      run_case huge-bundles-sink bundles "$WORK/huge" "$sink_url" 8 ;;
     bundles-sink)
       [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
       run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;

@@ -45,6 +45,8 @@ pub struct Importer {
     pub ledger: Ledger,
     pub fhir: Arc<FhirClient>,
     pub resolver: FhirSearchResolver,
+    /// Permits in MiB of Bundle bytes being parsed (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
+    pub bundle_parse_budget: tokio::sync::Semaphore,
 }
 
 impl Importer {
@@ -56,7 +58,10 @@ impl Importer {
         fhir: Arc<FhirClient>,
     ) -> Self {
         let resolver = FhirSearchResolver::new(fhir.clone());
+        let bundle_parse_budget =
+            tokio::sync::Semaphore::new(settings.bundle_parse_budget_mib.max(1) as usize);
         Importer {
+            bundle_parse_budget,
             settings,
             blobs,
             queue,

@@ -153,29 +153,51 @@ pub async fn run_bundle(
         )));
     }
     let mut progress = claim(importer, work, row).await?;
+    let reservation = reserve_bundle_memory(importer, size).await?;
     let bytes = importer
         .blobs
         .read_range(&work.container, &work.blob, 0, size)
         .await?;
-    load_bundle_bytes(importer, &mut progress, &bytes, "piece").await?;
+    load_bundle_bytes(importer, &mut progress, bytes, reservation, "piece").await?;
     progress.finish().await
 }
 
 /// Loads one Bundle's bytes, resuming after the pieces recorded under `cursor`.
+/// A Bundle is read and parsed whole and takes about six times its size in memory while it
+/// is planned, so reading and planning are limited to `FHIRBULK_BUNDLE_PARSE_BUDGET_MIB` of
+/// Bundle bytes at once (a larger Bundle goes alone).
+async fn reserve_bundle_memory(
+    importer: &Importer,
+    size: u64,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ImportError> {
+    let wanted = ((size >> 20) as u32 + 1).min(importer.settings.bundle_parse_budget_mib.max(1));
+    importer
+        .bundle_parse_budget
+        .acquire_many(wanted)
+        .await
+        .map_err(|e| ImportError::Transient(e.to_string()))
+}
+
+/// Plans a Bundle under its memory reservation (released, with the raw bytes, once the
+/// entries are serialised), then sends its pieces.
 async fn load_bundle_bytes(
     importer: &Importer,
     progress: &mut PartProgress<'_>,
-    bytes: &[u8],
+    bytes: bytes::Bytes,
+    reservation: tokio::sync::SemaphorePermit<'_>,
     cursor: &str,
 ) -> Result<(), ImportError> {
     let settings = &importer.settings;
     let plan = plan_bundle(
-        bytes,
+        &bytes,
         settings.transaction_mode,
         settings.max_bundle_entries,
         &importer.resolver,
     )
-    .await?;
+    .await;
+    drop(bytes);
+    drop(reservation);
+    let plan = plan?;
     let done_pieces = progress.cursor(cursor);
     if done_pieces == 0 {
         progress.counts.present += plan.already_present;
@@ -354,10 +376,19 @@ pub async fn run_zip(
         };
         let stream = stream_entry(path.clone(), index, gzip, limit);
         if kind == FileKind::Bundle {
+            let reservation =
+                reserve_bundle_memory(importer, directory[index].uncompressed).await?;
             let bytes = collect_limited(stream, settings.max_bundle_file_bytes).await;
             match bytes {
                 Ok(bytes) => {
-                    match load_bundle_bytes(importer, &mut progress, &bytes, "entryPiece").await {
+                    let loaded = load_bundle_bytes(
+                        importer,
+                        &mut progress,
+                        bytes.into(),
+                        reservation,
+                        "entryPiece",
+                    );
+                    match loaded.await {
                         Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
                         other => other?,
                     }
