@@ -183,7 +183,7 @@ pub struct ImportSettings {
     pub transaction_mode: TransactionMode,
     pub max_bundle_entries: usize,
     pub max_bundle_file_bytes: u64,
-    /// MiB of Bundle files parsed at once in this process (a parsed Bundle takes ~6x its size).
+    /// MiB of Bundle files read and planned at once in this process.
     pub bundle_parse_budget_mib: u32,
     pub ndjson_resources_per_bundle: usize,
     pub ndjson_range_bytes: u64,

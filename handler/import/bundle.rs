@@ -35,13 +35,9 @@ pub async fn plan_bundle(
     max_entries: usize,
     resolver: &dyn SearchResolver,
 ) -> Result<BundlePlan, ImportError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ImportError::Rejected(format!("the file is not valid JSON: {e}")))?;
-    let kind = bundle_kind(&value).map_err(ImportError::Rejected)?;
-    let entry_count = value
-        .get("entry")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ImportError::Rejected(format!("the file is not UTF-8 text: {e}")))?;
+    let (kind, entry_count) = bundle_kind(text).map_err(ImportError::Rejected)?;
     if kind == BundleKind::Transaction && mode == TransactionMode::Transaction {
         return Ok(BundlePlan {
             pieces: Vec::new(),
@@ -51,7 +47,9 @@ pub async fn plan_bundle(
             entry_count,
         });
     }
-    let prepared = prepare(value, resolver).await;
+    let prepared = prepare(text, resolver)
+        .await
+        .map_err(ImportError::Rejected)?;
     let pieces = split(prepared.entries, max_entries)
         .into_iter()
         .map(|piece| {
@@ -60,7 +58,7 @@ pub async fn plan_bundle(
                 .map(|e| OutgoingEntry {
                     position: e.index as i64,
                     target: e.target,
-                    json: e.entry.to_string(),
+                    json: e.json,
                 })
                 .collect()
         })

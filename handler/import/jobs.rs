@@ -163,9 +163,9 @@ pub async fn run_bundle(
 }
 
 /// Loads one Bundle's bytes, resuming after the pieces recorded under `cursor`.
-/// A Bundle is read and parsed whole and takes about six times its size in memory while it
-/// is planned, so reading and planning are limited to `FHIRBULK_BUNDLE_PARSE_BUDGET_MIB` of
-/// Bundle bytes at once (a larger Bundle goes alone).
+/// A Bundle is read whole and holds about twice its size in memory while it is planned (its
+/// text, and the rewritten entries), so reading and planning are limited to
+/// `FHIRBULK_BUNDLE_PARSE_BUDGET_MIB` of Bundle bytes at once (a larger Bundle goes alone).
 async fn reserve_bundle_memory(
     importer: &Importer,
     size: u64,

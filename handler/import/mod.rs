@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod ndjson;
 pub mod pump;
+pub mod raw_json;
 pub mod references;
 pub mod report;
 pub mod sender;

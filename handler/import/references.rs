@@ -1,8 +1,6 @@
-//! FHIR references inside resources: finding every `reference` string at any depth, and
-//! classifying its form (local `urn:uuid:`, relative `Type/id`, absolute URL, conditional
-//! `Type?query`, contained `#id`).
-
-use serde_json::Value;
+//! The forms of a FHIR reference string (local `urn:uuid:`, relative `Type/id`, absolute URL,
+//! conditional `Type?query`, contained `#id`) and the id rules they rely on. Finding the
+//! references in a resource's text is `raw_json`'s job.
 
 /// The form of one `Reference.reference` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,38 +84,9 @@ pub fn relative_from_url(url: &str) -> Option<(String, String)> {
     (is_resource_type(ty) && is_fhir_id(id)).then(|| (ty.to_string(), id.to_string()))
 }
 
-/// Calls `f` on every string under a key named `reference`, at any depth.
-pub fn for_each_reference_mut(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                match v {
-                    Value::String(s) if key == "reference" => f(s),
-                    other => for_each_reference_mut(other, f),
-                }
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                for_each_reference_mut(v, f);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Every reference string in a resource, read-only.
-pub fn references(value: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut copy = value.clone();
-    for_each_reference_mut(&mut copy, &mut |s| out.push(s.clone()));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn every_reference_form_is_recognised() {
@@ -165,35 +134,5 @@ mod tests {
             Some(("Observation".into(), "a-b.c".into()))
         );
         assert_eq!(relative_from_url("https://x/"), None);
-    }
-
-    #[test]
-    fn references_are_found_at_any_depth_including_extensions_and_arrays() {
-        let mut r = json!({
-            "resourceType": "ExplanationOfBenefit",
-            "patient": {"reference": "urn:uuid:p"},
-            "careTeam": [{"provider": {"reference": "Practitioner?identifier=x|1"}}],
-            "extension": [{"url": "u", "valueReference": {"reference": "urn:uuid:e"}}],
-            "contained": [{"resourceType": "Medication", "id": "m"}],
-            "medicationReference": {"reference": "#m", "display": "reference"},
-            "note": [{"text": "reference"}]
-        });
-        let mut seen = Vec::new();
-        for_each_reference_mut(&mut r, &mut |s| {
-            seen.push(s.clone());
-            s.insert(0, '>');
-        });
-        seen.sort();
-        assert_eq!(
-            seen,
-            vec![
-                "#m",
-                "Practitioner?identifier=x|1",
-                "urn:uuid:e",
-                "urn:uuid:p"
-            ]
-        );
-        assert_eq!(r["patient"]["reference"], ">urn:uuid:p");
-        assert_eq!(r["note"][0]["text"], "reference");
     }
 }

@@ -75,13 +75,12 @@ pub fn split(entries: Vec<PreparedEntry>, max: usize) -> Vec<Vec<PreparedEntry>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn entry(index: usize, target: &str, deps: &[&str]) -> PreparedEntry {
         PreparedEntry {
             index,
             target: Some(target.to_string()),
-            entry: Value::Null,
+            json: String::new(),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
         }
     }

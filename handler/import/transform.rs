@@ -9,14 +9,17 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::references::{
-    ReferenceForm, classify, for_each_reference_mut, is_fhir_id, is_resource_type,
-    relative_from_url,
-};
+use super::raw_json::{rewrite, scan_resource};
+use super::references::{ReferenceForm, classify, is_fhir_id, is_resource_type, relative_from_url};
 
 /// Namespace for ids this loader derives (UUID v5), so they are stable across runs.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b1e_8a3d_4c55_9e0f_4b7d_1a2c_3e4f);
@@ -33,23 +36,73 @@ pub enum BundleKind {
     Batch,
 }
 
-/// Why a file is not a loadable Bundle.
-pub fn bundle_kind(bundle: &Value) -> Result<BundleKind, String> {
-    match bundle.get("resourceType").and_then(Value::as_str) {
+/// The top of a Bundle file: enough to decide whether it can be loaded, without building a
+/// tree of its entries.
+#[derive(Deserialize)]
+struct BundleHead<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    entry: Vec<IgnoredAny>,
+}
+
+/// The kind and entry count of a Bundle file, or why it is not a loadable Bundle.
+pub fn bundle_kind(text: &str) -> Result<(BundleKind, usize), String> {
+    let head: BundleHead = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            "the file is JSON but not a FHIR resource object".to_string()
+        } else {
+            format!("the file is not valid JSON: {e}")
+        }
+    })?;
+    match head.resource_type.as_deref() {
         Some("Bundle") => {}
         Some(other) => return Err(format!("the file holds a {other}, not a Bundle")),
         None => return Err("the file is JSON without a resourceType, not a FHIR Bundle".into()),
     }
-    match bundle.get("type").and_then(Value::as_str) {
-        Some("transaction") => Ok(BundleKind::Transaction),
-        Some("batch") => Ok(BundleKind::Batch),
-        Some(other) => Err(format!(
-            "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
-        )),
-        None => {
-            Err("the Bundle has no type; only transaction and batch Bundles can be loaded".into())
+    let kind = match head.kind.as_deref() {
+        Some("transaction") => BundleKind::Transaction,
+        Some("batch") => BundleKind::Batch,
+        Some(other) => {
+            return Err(format!(
+                "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
+            ));
         }
-    }
+        None => {
+            return Err(
+                "the Bundle has no type; only transaction and batch Bundles can be loaded".into(),
+            );
+        }
+    };
+    Ok((kind, head.entry.len()))
+}
+
+/// One entry of an uploaded Bundle; its resource stays text borrowed from the file.
+#[derive(Deserialize)]
+struct RawEntry<'a> {
+    #[serde(rename = "fullUrl", borrow, default)]
+    full_url: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+    #[serde(default)]
+    request: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawBundle<'a> {
+    #[serde(borrow, default)]
+    entry: Vec<RawEntry<'a>>,
+}
+
+/// `resourceType` and `id` of a resource's text.
+#[derive(Deserialize)]
+struct ResourceHead<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// One entry ready to send in a batch.
@@ -59,8 +112,8 @@ pub struct PreparedEntry {
     pub index: usize,
     /// `Type/id` when the entry writes a resource.
     pub target: Option<String>,
-    /// The batch entry: `{resource, request}`.
-    pub entry: Value,
+    /// The batch entry, serialised: `{"resource": ..., "request": ...}`.
+    pub json: String,
     /// `Type/id` of other entries of this Bundle that this one references.
     pub depends_on: Vec<String>,
 }
@@ -100,15 +153,11 @@ enum Plan {
     Failed(String),
 }
 
-/// Prepares the entries of `bundle` (taken by value: entries are moved, not copied).
-pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBundle {
-    let entries = match bundle {
-        Value::Object(mut map) => match map.remove("entry") {
-            Some(Value::Array(entries)) => entries,
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
+/// Prepares the entries of a Bundle's text (already checked by `bundle_kind`).
+pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<PreparedBundle, String> {
+    let bundle: RawBundle =
+        serde_json::from_str(text).map_err(|e| format!("the Bundle cannot be read: {e}"))?;
+    let entries = bundle.entry;
     let mut out = PreparedBundle::default();
 
     // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
@@ -116,13 +165,16 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
     let mut criteria_ids: HashMap<String, String> = HashMap::new();
     let mut plans = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
-        let plan = plan_entry(index, entry, resolver, &mut criteria_ids).await;
+        let head = entry
+            .resource
+            .and_then(|r| serde_json::from_str::<ResourceHead>(r.get()).ok());
+        let plan = plan_entry(index, entry, head.as_ref(), resolver, &mut criteria_ids).await;
         if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
             let target = format!("{resource_type}/{id}");
-            if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+            if let Some(full_url) = entry.full_url.as_deref() {
                 aliases.insert(full_url.to_string(), target.clone());
             }
-            if let Some(old_id) = entry.pointer("/resource/id").and_then(Value::as_str) {
+            if let Some(old_id) = head.as_ref().and_then(|h| h.id.as_deref()) {
                 aliases
                     .entry(format!("{resource_type}/{old_id}"))
                     .or_insert(target.clone());
@@ -138,9 +190,9 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
         })
         .collect();
 
-    // Pass 2: rewrite references and build the batch entries.
+    // Pass 2: rewrite references in the text and serialise the batch entries.
     let mut conditional_cache: HashMap<String, Result<String, String>> = HashMap::new();
-    for (index, (mut entry, plan)) in entries.into_iter().zip(plans).enumerate() {
+    for (index, (entry, plan)) in entries.iter().zip(plans).enumerate() {
         match plan {
             Plan::Failed(reason) => out.failures.push(EntryFailure {
                 index,
@@ -150,33 +202,33 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
             }),
             Plan::Present { .. } => out.already_present += 1,
             Plan::AsIs => {
-                if let Value::Object(map) = &mut entry {
-                    map.remove("fullUrl");
-                }
+                let request = entry.request.clone().unwrap_or(Value::Null);
+                let json = match entry.resource {
+                    Some(r) => format!(r#"{{"resource":{},"request":{request}}}"#, r.get()),
+                    None => format!(r#"{{"request":{request}}}"#),
+                };
                 out.entries.push(PreparedEntry {
                     index,
                     target: None,
-                    entry,
+                    json,
                     depends_on: Vec::new(),
-                })
+                });
             }
             Plan::Write { resource_type, id } => {
                 let target = format!("{resource_type}/{id}");
-                let mut resource = entry["resource"].take();
+                let text = entry
+                    .resource
+                    .expect("planned writes have a resource")
+                    .get();
+                let scan = scan_resource(text);
                 let mut problems = Vec::new();
-                let mut pending_conditionals = Vec::new();
-                let mut depends_on: Vec<String> = Vec::new();
-                // One walk rewrites each reference and notes what it points at in this Bundle.
-                let note_dependency = |r: &String, depends_on: &mut Vec<String>| {
-                    if *r != target && written.contains(r.as_str()) && !depends_on.contains(r) {
-                        depends_on.push(r.clone());
-                    }
-                };
-                for_each_reference_mut(&mut resource, &mut |r| {
+                let mut replacements: HashMap<&str, String> = HashMap::new();
+                for reference in &scan.references {
+                    let r = reference.value.as_str();
                     match classify(r) {
                         ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
-                            if let Some(t) = aliases.get(r.as_str()) {
-                                *r = t.clone();
+                            if let Some(t) = aliases.get(r) {
+                                replacements.insert(r, t.clone());
                             } else if r.starts_with("urn:uuid:") {
                                 problems.push(format!(
                                     "reference {r} points to no entry of this Bundle"
@@ -184,40 +236,29 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
                             }
                         }
                         ReferenceForm::Relative { .. } => {
-                            if let Some(t) = aliases.get(r.as_str()) {
-                                *r = t.clone();
+                            if let Some(t) = aliases.get(r) {
+                                replacements.insert(r, t.clone());
                             }
                         }
-                        ReferenceForm::Conditional { .. } => pending_conditionals.push(r.clone()),
+                        ReferenceForm::Conditional { .. } => {
+                            // Conditional references need a search (cached per Bundle).
+                            let result = match conditional_cache.get(r) {
+                                Some(c) => c.clone(),
+                                None => {
+                                    let c = resolve_conditional(r, &criteria_ids, resolver).await;
+                                    conditional_cache.insert(r.to_string(), c.clone());
+                                    c
+                                }
+                            };
+                            match result {
+                                Ok(t) => {
+                                    replacements.insert(r, t);
+                                }
+                                Err(e) => problems.push(e),
+                            }
+                        }
                         ReferenceForm::Contained | ReferenceForm::Other => {}
                     }
-                    note_dependency(r, &mut depends_on);
-                });
-                // Conditional references need a search; resolve them outside the visitor.
-                let mut resolved = HashMap::new();
-                for reference in pending_conditionals {
-                    let result = match conditional_cache.get(&reference) {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = resolve_conditional(&reference, &criteria_ids, resolver).await;
-                            conditional_cache.insert(reference.clone(), r.clone());
-                            r
-                        }
-                    };
-                    match result {
-                        Ok(t) => {
-                            resolved.insert(reference, t);
-                        }
-                        Err(e) => problems.push(e),
-                    }
-                }
-                if !resolved.is_empty() {
-                    for_each_reference_mut(&mut resource, &mut |r| {
-                        if let Some(t) = resolved.get(r.as_str()) {
-                            *r = t.clone();
-                            note_dependency(r, &mut depends_on);
-                        }
-                    });
                 }
                 if !problems.is_empty() {
                     out.failures.push(EntryFailure {
@@ -228,33 +269,46 @@ pub async fn prepare(bundle: Value, resolver: &dyn SearchResolver) -> PreparedBu
                     });
                     continue;
                 }
-                if let Value::Object(map) = &mut resource {
-                    map.insert("id".into(), Value::String(id.clone()));
+                let mut depends_on: Vec<String> = Vec::new();
+                for reference in &scan.references {
+                    let r = reference.value.as_str();
+                    let points_at = replacements.get(r).map(String::as_str).unwrap_or(r);
+                    if points_at != target
+                        && written.contains(points_at)
+                        && !depends_on.iter().any(|d| d == points_at)
+                    {
+                        depends_on.push(points_at.to_string());
+                    }
                 }
+                let resource = rewrite(text, &scan, |r| replacements.get(r).cloned(), &id);
                 out.entries.push(PreparedEntry {
                     index,
-                    entry: put_entry(&target, resource),
+                    json: put_entry_json(&target, &resource),
                     target: Some(target),
                     depends_on,
                 });
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// `{resource, request: PUT Type/id}` — the batch entry for one resource.
-pub fn put_entry(target: &str, resource: Value) -> Value {
-    json!({ "resource": resource, "request": { "method": "PUT", "url": target } })
+/// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`.
+pub fn put_entry_json(target: &str, resource: &str) -> String {
+    format!(
+        r#"{{"resource":{resource},"request":{{"method":"PUT","url":{}}}}}"#,
+        serde_json::to_string(target).expect("strings serialise")
+    )
 }
 
 async fn plan_entry(
     index: usize,
-    entry: &Value,
+    entry: &RawEntry<'_>,
+    head: Option<&ResourceHead<'_>>,
     resolver: &dyn SearchResolver,
     criteria_ids: &mut HashMap<String, String>,
 ) -> Plan {
-    let Some(request) = entry.get("request").and_then(Value::as_object) else {
+    let Some(request) = entry.request.as_ref().and_then(Value::as_object) else {
         return Plan::Failed(format!(
             "entry {index} has no request (method and url are required)"
         ));
@@ -267,12 +321,12 @@ async fn plan_entry(
     if !matches!(method.as_str(), "POST" | "PUT") {
         return Plan::AsIs;
     }
-    let Some(resource) = entry.get("resource").and_then(Value::as_object) else {
+    let (Some(resource), Some(head)) = (entry.resource, head) else {
         return Plan::Failed(format!("entry {index} is a {method} without a resource"));
     };
-    let Some(resource_type) = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
+    let Some(resource_type) = head
+        .resource_type
+        .as_deref()
         .filter(|t| is_resource_type(t))
         .map(str::to_string)
     else {
@@ -328,7 +382,7 @@ async fn plan_entry(
         };
     }
 
-    let full_url = entry.get("fullUrl").and_then(Value::as_str).unwrap_or("");
+    let full_url = entry.full_url.as_deref().unwrap_or("");
     let id = if let Some(uuid) = full_url.strip_prefix("urn:uuid:").filter(|u| is_fhir_id(u)) {
         uuid.to_string()
     } else if let Some((_, id)) = relative_from_url(full_url).filter(|(ty, _)| *ty == resource_type)
@@ -340,14 +394,10 @@ async fn plan_entry(
             .filter(|id| is_fhir_id(id))
     {
         id.to_string()
-    } else if let Some(id) = resource
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|i| is_fhir_id(i))
-    {
+    } else if let Some(id) = head.id.as_deref().filter(|i| is_fhir_id(i)) {
         id.to_string()
     } else {
-        content_id(&resource_type, resource, index)
+        content_id(&resource_type, resource.get(), index)
     };
     Plan::Write { resource_type, id }
 }
@@ -385,15 +435,19 @@ pub fn derived_id(name: &str) -> String {
 
 /// The id of a resource that came without one: derived from its content and position, so a
 /// re-upload of the same file maps to the same resource.
-fn content_id(resource_type: &str, resource: &Map<String, Value>, index: usize) -> String {
-    let body = serde_json::to_string(resource).unwrap_or_default();
-    derived_id(&format!("{resource_type}#{index}#{body}"))
+fn content_id(resource_type: &str, resource_text: &str, index: usize) -> String {
+    derived_id(&format!("{resource_type}#{index}#{resource_text}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::Mutex;
+
+    fn entry(e: &PreparedEntry) -> Value {
+        serde_json::from_str(&e.json).expect("prepared entries are JSON")
+    }
 
     /// Answers searches from a fixed table and counts them.
     #[derive(Default)]
@@ -427,16 +481,24 @@ mod tests {
 
     #[test]
     fn only_transaction_and_batch_bundles_are_accepted() {
-        assert_eq!(bundle_kind(&txn(json!([]))), Ok(BundleKind::Transaction));
+        let kind = |v: Value| bundle_kind(&v.to_string()).map(|(k, _)| k);
+        assert_eq!(kind(txn(json!([{}, {}]))), Ok(BundleKind::Transaction));
+        assert_eq!(bundle_kind(&txn(json!([{}, {}])).to_string()).unwrap().1, 2);
         assert_eq!(
-            bundle_kind(&json!({"resourceType": "Bundle", "type": "batch"})),
+            kind(json!({"resourceType": "Bundle", "type": "batch"})),
             Ok(BundleKind::Batch)
         );
-        let e = bundle_kind(&json!({"resourceType": "Bundle", "type": "collection"})).unwrap_err();
+        let e = kind(json!({"resourceType": "Bundle", "type": "collection"})).unwrap_err();
         assert!(e.contains("collection"), "{e}");
-        let e = bundle_kind(&json!({"resourceType": "Group"})).unwrap_err();
+        let e = kind(json!({"resourceType": "Group"})).unwrap_err();
         assert!(e.contains("Group"), "{e}");
-        assert!(bundle_kind(&json!({"a": 1})).is_err());
+        assert!(kind(json!({"a": 1})).is_err());
+        assert!(
+            bundle_kind("{\"resourceType\": \"Bundle\"")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(bundle_kind("[1, 2]").is_err());
     }
 
     #[tokio::test]
@@ -456,7 +518,7 @@ mod tests {
                           "extension": [{"url": "x", "valueReference": {"reference": "Organization/org-9"}}]},
              "request": {"method": "POST", "url": "Observation"}}
         ]));
-        let p = prepare(b.clone(), &server(&[])).await;
+        let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert!(p.failures.is_empty(), "{:?}", p.failures);
         let targets: Vec<_> = p
             .entries
@@ -471,7 +533,7 @@ mod tests {
                 "Observation/obs-1"
             ]
         );
-        let obs = &p.entries[2].entry;
+        let obs = &entry(&p.entries[2]);
         assert_eq!(
             obs["request"],
             json!({"method": "PUT", "url": "Observation/obs-1"})
@@ -512,14 +574,14 @@ mod tests {
             "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999",
             &["pr-7"],
         )]);
-        let p = prepare(b.clone(), &fake).await;
+        let p = prepare(&b.to_string(), &fake).await.unwrap();
         assert_eq!(
             p.already_present, 1,
             "the existing Practitioner is not written again"
         );
         assert_eq!(p.entries.len(), 1);
         assert_eq!(
-            p.entries[0].entry["resource"]["participant"][0]["individual"]["reference"],
+            entry(&p.entries[0])["resource"]["participant"][0]["individual"]["reference"],
             "Practitioner/pr-7"
         );
     }
@@ -529,16 +591,16 @@ mod tests {
         let entry = json!({"resource": {"resourceType": "Organization"},
             "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=x|1"}});
         let b = txn(json!([entry.clone(), entry]));
-        let p = prepare(b.clone(), &server(&[])).await;
+        let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.already_present, 1);
-        let again = prepare(b.clone(), &server(&[])).await;
+        let again = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert_eq!(
             p.entries[0].target, again.entries[0].target,
             "stable across runs"
         );
         let ambiguous = server(&[("Organization?identifier=x|1", &["a", "b"])]);
-        let p = prepare(b.clone(), &ambiguous).await;
+        let p = prepare(&b.to_string(), &ambiguous).await.unwrap();
         assert!(
             p.failures[0].diagnostics.contains("matches 2"),
             "{:?}",
@@ -561,10 +623,10 @@ mod tests {
             "Organization?identifier=https://github.com/synthetichealth/synthea|org-1",
             &["org-1"],
         )]);
-        let p = prepare(b.clone(), &fake).await;
+        let p = prepare(&b.to_string(), &fake).await.unwrap();
         assert_eq!(p.entries.len(), 1, "the Claim resolves");
         assert_eq!(
-            p.entries[0].entry["resource"]["provider"]["reference"],
+            entry(&p.entries[0])["resource"]["provider"]["reference"],
             "Organization/org-1"
         );
         assert_eq!(
@@ -593,12 +655,12 @@ mod tests {
             {"resource": {"resourceType": "Patient"}},
             {"request": {"method": "DELETE", "url": "Patient/old"}}
         ]));
-        let p = prepare(b.clone(), &server(&[])).await;
+        let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert_eq!(p.failures.len(), 2);
         assert!(p.failures[0].diagnostics.contains("urn:uuid:not-here"));
         assert!(p.failures[1].diagnostics.contains("no request"));
         assert_eq!(p.entries.len(), 1);
-        assert_eq!(p.entries[0].entry["request"]["method"], "DELETE");
+        assert_eq!(entry(&p.entries[0])["request"]["method"], "DELETE");
     }
 
     #[tokio::test]
@@ -607,8 +669,8 @@ mod tests {
             {"resource": {"resourceType": "Patient", "name": [{"family": "A"}]}, "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "name": [{"family": "B"}]}, "request": {"method": "POST", "url": "Patient"}}
         ]});
-        let first = prepare(b.clone(), &server(&[])).await;
-        let second = prepare(b.clone(), &server(&[])).await;
+        let first = prepare(&b.to_string(), &server(&[])).await.unwrap();
+        let second = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert_eq!(first.entries[0].target, second.entries[0].target);
         assert_ne!(first.entries[0].target, first.entries[1].target);
     }
