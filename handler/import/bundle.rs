@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::sender::{OutgoingEntry, RefusedEntry, send_batch};
-use super::split::split;
+use super::split::{piece_dependencies, split};
 use super::transform::{BundleKind, SearchResolver, bundle_kind, prepare};
 use super::work::ImportError;
 use crate::config::TransactionMode;
@@ -20,6 +20,8 @@ use crate::fhir::batch_response::{diagnostics, read_batch_response};
 /// What happened to a Bundle before its pieces were sent.
 pub struct BundlePlan {
     pub pieces: Vec<Vec<OutgoingEntry>>,
+    /// For each piece, the earlier pieces it must wait for.
+    pub piece_deps: Vec<Vec<usize>>,
     /// Entries refused while preparing (dangling or unresolvable references ...).
     pub refused: Vec<RefusedEntry>,
     pub already_present: i64,
@@ -41,6 +43,7 @@ pub async fn plan_bundle(
     if kind == BundleKind::Transaction && mode == TransactionMode::Transaction {
         return Ok(BundlePlan {
             pieces: Vec::new(),
+            piece_deps: Vec::new(),
             refused: Vec::new(),
             already_present: 0,
             whole_transaction: Some(Bytes::copy_from_slice(bytes)),
@@ -50,11 +53,17 @@ pub async fn plan_bundle(
     let prepared = prepare(text, resolver)
         .await
         .map_err(ImportError::Rejected)?;
-    let pieces = split(prepared.entries, max_entries)
-        .into_iter()
+    // Pieces are cut over every entry position (sent or not), so they are the same on a
+    // resumed try even when the server's answers to searches have changed since.
+    let positions = split(&prepared.deps, max_entries);
+    let piece_deps = piece_dependencies(&positions, &prepared.deps);
+    let mut slots = prepared.slots;
+    let pieces = positions
+        .iter()
         .map(|piece| {
             piece
-                .into_iter()
+                .iter()
+                .filter_map(|&i| slots[i].take())
                 .map(|e| OutgoingEntry {
                     position: e.index as i64,
                     target: e.target,
@@ -75,6 +84,7 @@ pub async fn plan_bundle(
         .collect();
     Ok(BundlePlan {
         pieces,
+        piece_deps,
         refused,
         already_present: prepared.already_present as i64,
         whole_transaction: None,
@@ -92,6 +102,13 @@ pub async fn send_piece(
     fhir: &FhirClient,
     piece: Vec<OutgoingEntry>,
 ) -> Result<PieceDone, ImportError> {
+    if piece.is_empty() {
+        // Every entry of the piece was already present or refused while preparing.
+        return Ok(PieceDone {
+            loaded: 0,
+            refused: Vec::new(),
+        });
+    }
     let outcome = send_batch(fhir, piece).await?;
     Ok(PieceDone {
         loaded: outcome.loaded,
@@ -194,5 +211,59 @@ impl SearchResolver for FhirSearchResolver {
                 .insert(key, ids[0].clone());
         }
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Finds `Organization?identifier=x|1` or not, as told.
+    struct Server(bool);
+
+    #[async_trait]
+    impl SearchResolver for Server {
+        async fn find_ids(&self, _: &str, _: &str) -> Result<Vec<String>, String> {
+            Ok(if self.0 { vec!["org".into()] } else { vec![] })
+        }
+    }
+
+    /// A resumed try must cut the same pieces as the first, even though the Organization the
+    /// first try created is now found by its ifNoneExist search.
+    #[tokio::test]
+    async fn pieces_do_not_move_when_a_search_answer_changes() {
+        let mut entries = vec![
+            json!({"fullUrl": "urn:uuid:o", "resource": {"resourceType": "Organization"},
+            "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=x|1"}}),
+        ];
+        for i in 0..9 {
+            entries.push(json!({"fullUrl": format!("urn:uuid:p{i}"),
+                "resource": {"resourceType": "Patient", "managingOrganization": {"reference": "urn:uuid:o"}},
+                "request": {"method": "POST", "url": "Patient"}}));
+        }
+        let bundle =
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
+        let positions = |plan: &BundlePlan| -> Vec<Vec<i64>> {
+            plan.pieces
+                .iter()
+                .map(|p| p.iter().map(|e| e.position).filter(|&i| i != 0).collect())
+                .collect()
+        };
+        let first = plan_bundle(bundle.as_bytes(), TransactionMode::Batch, 3, &Server(false))
+            .await
+            .unwrap();
+        let resumed = plan_bundle(bundle.as_bytes(), TransactionMode::Batch, 3, &Server(true))
+            .await
+            .unwrap();
+        assert_eq!(first.already_present, 0);
+        assert_eq!(resumed.already_present, 1);
+        assert_eq!(positions(&first), positions(&resumed));
+        assert_eq!(first.piece_deps, resumed.piece_deps);
+        assert_eq!(
+            first.piece_deps[1],
+            vec![0],
+            "Patients wait for the Organization's piece"
+        );
     }
 }

@@ -3,10 +3,13 @@
 //! a zip by entry and line. Checkpoints are written at most once a second (errors first),
 //! and with the ETag last read, so two deliveries of one work item never both advance it.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::AsyncWriteExt;
 
 use super::bundle::{plan_bundle, send_piece, send_transaction};
@@ -14,7 +17,7 @@ use super::engine::Importer;
 use super::ledger::{Counts, ErrorRecord};
 use super::ndjson::{ChunkStream, LineReader};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
-use super::sender::RefusedEntry;
+use super::sender::{OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, gunzip_blob};
 use super::work::{FileKind, ImportError, ImportWork};
 use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
@@ -52,6 +55,21 @@ impl<'a> PartProgress<'a> {
 
     fn set_cursor(&mut self, name: &str, value: i64) {
         self.row.set_i64(name, value);
+    }
+
+    /// A set of piece numbers stored as `"0,1,4"`.
+    fn piece_set(&self, name: &str) -> BTreeSet<usize> {
+        self.row
+            .str(name)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    fn set_piece_set(&mut self, name: &str, set: &BTreeSet<usize>) {
+        let text: Vec<String> = set.iter().map(usize::to_string).collect();
+        self.row.set_str(name, text.join(","));
     }
 
     /// Records refused lines (`per_line`) or Bundle entries as errors.
@@ -198,28 +216,48 @@ async fn load_bundle_bytes(
     drop(bytes);
     drop(reservation);
     let plan = plan?;
-    let done_pieces = progress.cursor(cursor);
-    if done_pieces == 0 {
+    // The pieces already loaded, exactly (they may finish out of order).
+    let mut done = progress.piece_set(cursor);
+    if done.is_empty() {
         progress.counts.present += plan.already_present;
         progress.refuse(plan.refused, false);
     }
     if let Some(body) = plan.whole_transaction {
-        if done_pieces == 0 {
+        if done.is_empty() {
             let result = send_transaction(&importer.fhir, body, plan.entry_count).await?;
             progress.counts.loaded += result.loaded;
             progress.refuse(result.refused, false);
         }
-        progress.set_cursor(cursor, 1);
+        progress.set_piece_set(cursor, &BTreeSet::from([0]));
         return progress.save().await;
     }
-    for (i, piece) in plan.pieces.into_iter().enumerate() {
-        if (i as i64) < done_pieces {
-            continue;
+    // A piece goes out as soon as the earlier pieces it references are loaded, up to the
+    // part's window at once.
+    let mut pieces: Vec<Option<Vec<OutgoingEntry>>> = plan
+        .pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (!done.contains(&i)).then_some(p))
+        .collect();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        for (i, slot) in pieces.iter_mut().enumerate() {
+            if in_flight.len() >= importer.fhir_window() {
+                break;
+            }
+            if slot.is_some() && plan.piece_deps[i].iter().all(|d| done.contains(d)) {
+                let piece = slot.take().expect("checked");
+                in_flight.push(async move { (i, send_piece(&importer.fhir, piece).await) });
+            }
         }
-        let result = send_piece(&importer.fhir, piece).await?;
+        let Some((i, result)) = in_flight.next().await else {
+            break;
+        };
+        let result = result?;
+        done.insert(i);
         progress.counts.loaded += result.loaded;
         progress.refuse(result.refused, false);
-        progress.set_cursor(cursor, i as i64 + 1);
+        progress.set_piece_set(cursor, &done);
         progress.save_if_due().await?;
     }
     Ok(())
@@ -417,7 +455,7 @@ pub async fn run_zip(
         }
         progress.set_cursor("entry", index as i64 + 1);
         progress.set_cursor("line", 0);
-        progress.set_cursor("entryPiece", 0);
+        progress.set_piece_set("entryPiece", &BTreeSet::new());
         progress.save().await?;
     }
     progress.zip_entry = None;

@@ -1,30 +1,24 @@
-//! Cutting a prepared Bundle into batches of at most N entries, in dependency order: an entry
-//! comes after the entries of the same Bundle it references, so when pieces are sent one after
-//! another a referenced resource is on the server before (or with) what points at it.
-//! Reference cycles are broken in original order.
+//! Cutting a Bundle into batches of at most N entries, in dependency order: an entry comes
+//! after the entries of the same Bundle it references, so a referenced resource is on the
+//! server before (or with) what points at it. Reference cycles are broken in upload order.
+//!
+//! Everything here works on entry positions and on dependencies read from the file alone
+//! (fullUrls, ids, ifNoneExist criteria), never on what the server answered: a resumed work
+//! item must cut the same pieces as the first try, or its checkpoint would name other entries.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use super::transform::PreparedEntry;
-
-/// Orders entries so dependencies come first (stable: ties keep upload order).
-pub fn dependency_order(entries: Vec<PreparedEntry>) -> Vec<PreparedEntry> {
-    let position: HashMap<String, usize> = entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.target.clone().map(|t| (t, i)))
-        .collect();
-    let n = entries.len();
+/// Orders entry positions so dependencies come first (stable: ties keep upload order).
+/// `deps[i]` lists the positions entry `i` references.
+pub fn dependency_order(deps: &[Vec<usize>]) -> Vec<usize> {
+    let n = deps.len();
     let mut waiting_on = vec![0usize; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, e) in entries.iter().enumerate() {
-        for dep in &e.depends_on {
-            if let Some(&j) = position.get(dep)
-                && j != i
-            {
-                waiting_on[i] += 1;
-                dependents[j].push(i);
-            }
+    for (i, ds) in deps.iter().enumerate() {
+        let unique: BTreeSet<usize> = ds.iter().copied().filter(|&j| j != i && j < n).collect();
+        for j in unique {
+            waiting_on[i] += 1;
+            dependents[j].push(i);
         }
     }
     let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
@@ -48,90 +42,79 @@ pub fn dependency_order(entries: Vec<PreparedEntry>) -> Vec<PreparedEntry> {
             }
         }
     }
-    let mut slots: Vec<Option<PreparedEntry>> = entries.into_iter().map(Some).collect();
     order
-        .into_iter()
-        .map(|i| slots[i].take().expect("each entry once"))
+}
+
+/// Dependency order, then pieces of at most `max` entry positions.
+pub fn split(deps: &[Vec<usize>], max: usize) -> Vec<Vec<usize>> {
+    dependency_order(deps)
+        .chunks(max.max(1))
+        .map(<[usize]>::to_vec)
         .collect()
 }
 
-/// Dependency order, then pieces of at most `max` entries.
-pub fn split(entries: Vec<PreparedEntry>, max: usize) -> Vec<Vec<PreparedEntry>> {
-    let ordered = dependency_order(entries);
-    let mut pieces = Vec::with_capacity(ordered.len().div_ceil(max.max(1)));
-    let mut current = Vec::with_capacity(max.min(ordered.len()));
-    for e in ordered {
-        current.push(e);
-        if current.len() == max {
-            pieces.push(std::mem::take(&mut current));
+/// For each piece, the earlier pieces holding entries it references: a piece may be sent as
+/// soon as those are loaded. Only earlier pieces count (a reference cycle was broken by the
+/// ordering), so waiting on them can never deadlock.
+pub fn piece_dependencies(pieces: &[Vec<usize>], deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut home = vec![usize::MAX; deps.len()];
+    for (p, piece) in pieces.iter().enumerate() {
+        for &i in piece {
+            home[i] = p;
         }
     }
-    if !current.is_empty() {
-        pieces.push(current);
-    }
     pieces
+        .iter()
+        .enumerate()
+        .map(|(p, piece)| {
+            let waits: BTreeSet<usize> = piece
+                .iter()
+                .flat_map(|&i| deps[i].iter())
+                .filter_map(|&j| home.get(j).copied())
+                .filter(|&q| q < p)
+                .collect();
+            waits.into_iter().collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(index: usize, target: &str, deps: &[&str]) -> PreparedEntry {
-        PreparedEntry {
-            index,
-            target: Some(target.to_string()),
-            json: String::new(),
-            depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        }
-    }
-
-    fn targets(pieces: &[Vec<PreparedEntry>]) -> Vec<Vec<String>> {
-        pieces
-            .iter()
-            .map(|p| p.iter().map(|e| e.target.clone().unwrap()).collect())
-            .collect()
-    }
-
     #[test]
-    fn referenced_resources_come_first_and_pieces_respect_the_limit() {
-        // Observations listed before the Encounter and Patient they reference.
-        let entries = vec![
-            entry(0, "Observation/o1", &["Patient/p", "Encounter/e"]),
-            entry(1, "Observation/o2", &["Patient/p", "Encounter/e"]),
-            entry(2, "Encounter/e", &["Patient/p", "Practitioner/x"]),
-            entry(3, "Patient/p", &[]),
-            entry(4, "Condition/c", &["Patient/p"]),
-        ];
-        let pieces = split(entries, 2);
-        assert_eq!(
-            targets(&pieces),
-            vec![
-                vec!["Patient/p", "Encounter/e"],
-                vec!["Observation/o1", "Observation/o2"],
-                vec!["Condition/c"],
-            ]
-        );
+    fn referenced_entries_come_first_and_pieces_respect_the_limit() {
+        // 0, 1: Observations listed before the Encounter (2) and Patient (3) they reference.
+        let deps = vec![vec![3, 2], vec![3, 2], vec![3], vec![], vec![3]];
+        assert_eq!(split(&deps, 2), vec![vec![3, 2], vec![0, 1], vec![4]]);
     }
 
     #[test]
     fn every_entry_appears_once_even_with_cycles() {
-        let entries = vec![
-            entry(0, "A/1", &["B/1"]),
-            entry(1, "B/1", &["A/1"]),
-            entry(2, "C/1", &["A/1"]),
-        ];
-        let pieces = split(entries, 500);
-        assert_eq!(targets(&pieces), vec![vec!["A/1", "B/1", "C/1"]]);
+        let deps = vec![vec![1], vec![0], vec![0]];
+        assert_eq!(split(&deps, 500), vec![vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn pieces_wait_only_for_earlier_pieces_they_reference() {
+        // Patient 0, Encounter 1 -> 0, Observations 2 -> 0,1 and 3 -> 1, Organizations 4, 5.
+        let deps = vec![vec![], vec![0], vec![0, 1], vec![1], vec![], vec![]];
+        let pieces = split(&deps, 2);
+        assert_eq!(pieces, vec![vec![0, 1], vec![2, 3], vec![4, 5]]);
+        assert_eq!(
+            piece_dependencies(&pieces, &deps),
+            vec![vec![], vec![0], vec![]]
+        );
     }
 
     #[test]
     fn no_dependencies_keeps_upload_order() {
-        let entries: Vec<_> = (0..7).map(|i| entry(i, &format!("P/{i}"), &[])).collect();
-        let pieces = split(entries, 3);
+        let deps = vec![Vec::new(); 7];
+        let pieces = split(&deps, 3);
         assert_eq!(
             pieces.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![3, 3, 1]
         );
-        assert_eq!(pieces[2][0].index, 6);
+        assert_eq!(pieces[2], vec![6]);
     }
 }

@@ -7,7 +7,7 @@
 //! rewritten to `Type/id`; conditional references (`Practitioner?identifier=...`) are resolved
 //! by search, and one that matches nothing is an entry error, not a dangling reference.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use std::borrow::Cow;
 
@@ -18,7 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::raw_json::{rewrite, scan_resource};
+use super::raw_json::{ResourceScan, rewrite, scan_resource};
 use super::references::{ReferenceForm, classify, is_fhir_id, is_resource_type, relative_from_url};
 
 /// Namespace for ids this loader derives (UUID v5), so they are stable across runs.
@@ -114,8 +114,6 @@ pub struct PreparedEntry {
     pub target: Option<String>,
     /// The batch entry, serialised: `{"resource": ..., "request": ...}`.
     pub json: String,
-    /// `Type/id` of other entries of this Bundle that this one references.
-    pub depends_on: Vec<String>,
 }
 
 /// An entry that was not loaded, and why.
@@ -130,10 +128,21 @@ pub struct EntryFailure {
 
 #[derive(Debug, Default)]
 pub struct PreparedBundle {
-    pub entries: Vec<PreparedEntry>,
+    /// One slot per uploaded entry, by position: `Some` when it is to be sent.
+    pub slots: Vec<Option<PreparedEntry>>,
+    /// For each entry, the positions of the entries of this Bundle it references, read from
+    /// the file alone (fullUrls, ids, ifNoneExist criteria) so that it is the same on every try.
+    pub deps: Vec<Vec<usize>>,
     pub failures: Vec<EntryFailure>,
     /// Entries whose `ifNoneExist` matched a resource the server already has.
     pub already_present: usize,
+}
+
+impl PreparedBundle {
+    /// The entries to send, in upload order.
+    pub fn entries(&self) -> Vec<&PreparedEntry> {
+        self.slots.iter().flatten().collect()
+    }
 }
 
 /// How one entry writes, decided in the first pass.
@@ -158,16 +167,29 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     let bundle: RawBundle =
         serde_json::from_str(text).map_err(|e| format!("the Bundle cannot be read: {e}"))?;
     let entries = bundle.entry;
-    let mut out = PreparedBundle::default();
+    let heads: Vec<Option<ResourceHead>> = entries
+        .iter()
+        .map(|e| e.resource.and_then(|r| serde_json::from_str(r.get()).ok()))
+        .collect();
+    let scans: Vec<ResourceScan> = entries
+        .iter()
+        .map(|e| {
+            e.resource
+                .map(|r| scan_resource(r.get()))
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut out = PreparedBundle {
+        slots: (0..entries.len()).map(|_| None).collect(),
+        deps: static_dependencies(&entries, &heads, &scans),
+        ..Default::default()
+    };
 
     // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
     let mut aliases: HashMap<String, String> = HashMap::new();
     let mut criteria_ids: HashMap<String, String> = HashMap::new();
     let mut plans = Vec::with_capacity(entries.len());
-    for (index, entry) in entries.iter().enumerate() {
-        let head = entry
-            .resource
-            .and_then(|r| serde_json::from_str::<ResourceHead>(r.get()).ok());
+    for (index, (entry, head)) in entries.iter().zip(&heads).enumerate() {
         let plan = plan_entry(index, entry, head.as_ref(), resolver, &mut criteria_ids).await;
         if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
             let target = format!("{resource_type}/{id}");
@@ -182,17 +204,10 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
         }
         plans.push(plan);
     }
-    let written: HashSet<String> = plans
-        .iter()
-        .filter_map(|p| match p {
-            Plan::Write { resource_type, id } => Some(format!("{resource_type}/{id}")),
-            _ => None,
-        })
-        .collect();
 
     // Pass 2: rewrite references in the text and serialise the batch entries.
     let mut conditional_cache: HashMap<String, Result<String, String>> = HashMap::new();
-    for (index, (entry, plan)) in entries.iter().zip(plans).enumerate() {
+    for (index, ((entry, plan), scan)) in entries.iter().zip(plans).zip(&scans).enumerate() {
         match plan {
             Plan::Failed(reason) => out.failures.push(EntryFailure {
                 index,
@@ -207,11 +222,10 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     Some(r) => format!(r#"{{"resource":{},"request":{request}}}"#, r.get()),
                     None => format!(r#"{{"request":{request}}}"#),
                 };
-                out.entries.push(PreparedEntry {
+                out.slots[index] = Some(PreparedEntry {
                     index,
                     target: None,
                     json,
-                    depends_on: Vec::new(),
                 });
             }
             Plan::Write { resource_type, id } => {
@@ -220,7 +234,6 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     .resource
                     .expect("planned writes have a resource")
                     .get();
-                let scan = scan_resource(text);
                 let mut problems = Vec::new();
                 let mut replacements: HashMap<&str, String> = HashMap::new();
                 for reference in &scan.references {
@@ -269,28 +282,62 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     });
                     continue;
                 }
-                let mut depends_on: Vec<String> = Vec::new();
-                for reference in &scan.references {
-                    let r = reference.value.as_str();
-                    let points_at = replacements.get(r).map(String::as_str).unwrap_or(r);
-                    if points_at != target
-                        && written.contains(points_at)
-                        && !depends_on.iter().any(|d| d == points_at)
-                    {
-                        depends_on.push(points_at.to_string());
-                    }
-                }
-                let resource = rewrite(text, &scan, |r| replacements.get(r).cloned(), &id);
-                out.entries.push(PreparedEntry {
+                let resource = rewrite(text, scan, |r| replacements.get(r).cloned(), &id);
+                out.slots[index] = Some(PreparedEntry {
                     index,
                     json: put_entry_json(&target, &resource),
                     target: Some(target),
-                    depends_on,
                 });
             }
         }
     }
     Ok(out)
+}
+
+/// Which entries each entry references, from the file alone: a reference naming another
+/// entry's fullUrl, its `Type/id` as written, or its `ifNoneExist` criteria.
+fn static_dependencies(
+    entries: &[RawEntry<'_>],
+    heads: &[Option<ResourceHead<'_>>],
+    scans: &[ResourceScan],
+) -> Vec<Vec<usize>> {
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, (entry, head)) in entries.iter().zip(heads).enumerate() {
+        if let Some(full_url) = entry.full_url.as_deref() {
+            names.entry(full_url.to_string()).or_insert(i);
+        }
+        let Some(ty) = head.as_ref().and_then(|h| h.resource_type.as_deref()) else {
+            continue;
+        };
+        if let Some(id) = head.as_ref().and_then(|h| h.id.as_deref()) {
+            names.entry(format!("{ty}/{id}")).or_insert(i);
+        }
+        if let Some(criteria) = entry
+            .request
+            .as_ref()
+            .and_then(|r| r.get("ifNoneExist"))
+            .and_then(Value::as_str)
+        {
+            names
+                .entry(format!("{ty}?{}", criteria.trim_start_matches('?')))
+                .or_insert(i);
+        }
+    }
+    scans
+        .iter()
+        .enumerate()
+        .map(|(i, scan)| {
+            let mut deps: Vec<usize> = scan
+                .references
+                .iter()
+                .filter_map(|r| names.get(r.value.as_str()).copied())
+                .filter(|&j| j != i)
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            deps
+        })
+        .collect()
 }
 
 /// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`.
@@ -521,7 +568,7 @@ mod tests {
         let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert!(p.failures.is_empty(), "{:?}", p.failures);
         let targets: Vec<_> = p
-            .entries
+            .entries()
             .iter()
             .map(|e| e.target.clone().unwrap())
             .collect();
@@ -533,7 +580,7 @@ mod tests {
                 "Observation/obs-1"
             ]
         );
-        let obs = &entry(&p.entries[2]);
+        let obs = &entry(p.entries()[2]);
         assert_eq!(
             obs["request"],
             json!({"method": "PUT", "url": "Observation/obs-1"})
@@ -555,7 +602,11 @@ mod tests {
             obs["resource"]["extension"][0]["valueReference"]["reference"],
             "Organization/org-9"
         );
-        assert_eq!(p.entries[2].depends_on.len(), 2);
+        assert_eq!(
+            p.deps[2],
+            vec![0, 1],
+            "the Observation references the Patient and Encounter"
+        );
     }
 
     #[tokio::test]
@@ -579,9 +630,9 @@ mod tests {
             p.already_present, 1,
             "the existing Practitioner is not written again"
         );
-        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries().len(), 1);
         assert_eq!(
-            entry(&p.entries[0])["resource"]["participant"][0]["individual"]["reference"],
+            entry(p.entries()[0])["resource"]["participant"][0]["individual"]["reference"],
             "Practitioner/pr-7"
         );
     }
@@ -592,11 +643,12 @@ mod tests {
             "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=x|1"}});
         let b = txn(json!([entry.clone(), entry]));
         let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
-        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries().len(), 1);
         assert_eq!(p.already_present, 1);
         let again = prepare(&b.to_string(), &server(&[])).await.unwrap();
         assert_eq!(
-            p.entries[0].target, again.entries[0].target,
+            p.entries()[0].target,
+            again.entries()[0].target,
             "stable across runs"
         );
         let ambiguous = server(&[("Organization?identifier=x|1", &["a", "b"])]);
@@ -624,9 +676,9 @@ mod tests {
             &["org-1"],
         )]);
         let p = prepare(&b.to_string(), &fake).await.unwrap();
-        assert_eq!(p.entries.len(), 1, "the Claim resolves");
+        assert_eq!(p.entries().len(), 1, "the Claim resolves");
         assert_eq!(
-            entry(&p.entries[0])["resource"]["provider"]["reference"],
+            entry(p.entries()[0])["resource"]["provider"]["reference"],
             "Organization/org-1"
         );
         assert_eq!(
@@ -659,8 +711,8 @@ mod tests {
         assert_eq!(p.failures.len(), 2);
         assert!(p.failures[0].diagnostics.contains("urn:uuid:not-here"));
         assert!(p.failures[1].diagnostics.contains("no request"));
-        assert_eq!(p.entries.len(), 1);
-        assert_eq!(entry(&p.entries[0])["request"]["method"], "DELETE");
+        assert_eq!(p.entries().len(), 1);
+        assert_eq!(entry(p.entries()[0])["request"]["method"], "DELETE");
     }
 
     #[tokio::test]
@@ -671,7 +723,7 @@ mod tests {
         ]});
         let first = prepare(&b.to_string(), &server(&[])).await.unwrap();
         let second = prepare(&b.to_string(), &server(&[])).await.unwrap();
-        assert_eq!(first.entries[0].target, second.entries[0].target);
-        assert_ne!(first.entries[0].target, first.entries[1].target);
+        assert_eq!(first.entries()[0].target, second.entries()[0].target);
+        assert_ne!(first.entries()[0].target, first.entries()[1].target);
     }
 }
