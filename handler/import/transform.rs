@@ -301,28 +301,44 @@ fn static_dependencies(
     heads: &[Option<ResourceHead<'_>>],
     scans: &[ResourceScan],
 ) -> Vec<Vec<usize>> {
-    let mut names: HashMap<String, usize> = HashMap::new();
+    // Borrowed keys: no string is built per entry (criteria are rare and owned).
+    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+    let mut ids: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
+    let mut criteria: HashMap<String, usize> = HashMap::new();
     for (i, (entry, head)) in entries.iter().zip(heads).enumerate() {
         if let Some(full_url) = entry.full_url.as_deref() {
-            names.entry(full_url.to_string()).or_insert(i);
+            full_urls.entry(full_url).or_insert(i);
         }
-        let Some(ty) = head.as_ref().and_then(|h| h.resource_type.as_deref()) else {
+        let Some(head) = head else { continue };
+        let Some(ty) = head.resource_type.as_deref() else {
             continue;
         };
-        if let Some(id) = head.as_ref().and_then(|h| h.id.as_deref()) {
-            names.entry(format!("{ty}/{id}")).or_insert(i);
+        if let Some(id) = head.id.as_deref() {
+            ids.entry((ty, id)).or_insert(i);
         }
-        if let Some(criteria) = entry
+        if let Some(c) = entry
             .request
             .as_ref()
             .and_then(|r| r.get("ifNoneExist"))
             .and_then(Value::as_str)
         {
-            names
-                .entry(format!("{ty}?{}", criteria.trim_start_matches('?')))
+            criteria
+                .entry(format!("{ty}?{}", c.trim_start_matches('?')))
                 .or_insert(i);
         }
     }
+    let find = |r: &str| -> Option<usize> {
+        full_urls.get(r).copied().or_else(|| {
+            if let Some((ty, rest)) = r.split_once('/') {
+                let id = rest.split('/').next().unwrap_or(rest);
+                ids.get(&(ty, id)).copied()
+            } else if r.contains('?') {
+                criteria.get(r).copied()
+            } else {
+                None
+            }
+        })
+    };
     scans
         .iter()
         .enumerate()
@@ -330,7 +346,7 @@ fn static_dependencies(
             let mut deps: Vec<usize> = scan
                 .references
                 .iter()
-                .filter_map(|r| names.get(r.value.as_str()).copied())
+                .filter_map(|r| find(&r.value))
                 .filter(|&j| j != i)
                 .collect();
             deps.sort_unstable();
