@@ -340,17 +340,36 @@ pub async fn run_ndjson_gz(
         0,
         work.end,
     );
-    let mut reader = LineReader::new(gunzip_blob(chunks), 0, u64::MAX, false);
+    progress.counts.lines = load_unseekable(
+        importer,
+        &mut progress,
+        gunzip_blob(chunks),
+        lines_done,
+        "gzip",
+    )
+    .await?;
+    progress.finish().await
+}
+
+/// Loads a stream that cannot seek (gzip, a zip entry) from its start, skipping the lines a
+/// previous try loaded. Returns the lines read; a decoding failure is `Rejected`.
+async fn load_unseekable<S: ChunkStream>(
+    importer: &Importer,
+    progress: &mut PartProgress<'_>,
+    stream: S,
+    lines_done: i64,
+    what: &str,
+) -> Result<i64, ImportError> {
+    let mut reader = LineReader::new(stream, 0, u64::MAX, false);
     let result = pump_lines(
         &importer.fhir,
         &mut reader,
         &pump_options(importer, 0, lines_done),
-        &mut progress,
+        progress,
     )
     .await;
-    map_decode_error(result, "gzip")?;
-    progress.counts.lines = reader.lines_read() as i64;
-    progress.finish().await
+    map_decode_error(result, what)?;
+    Ok(reader.lines_read() as i64)
 }
 
 /// A decoder failure is a property of the file, not a passing fault.
@@ -439,19 +458,11 @@ pub async fn run_zip(
             } else {
                 0
             };
-            let mut reader = LineReader::new(stream, 0, u64::MAX, false);
-            let result = pump_lines(
-                &importer.fhir,
-                &mut reader,
-                &pump_options(importer, 0, lines_done),
-                &mut progress,
-            )
-            .await;
-            match map_decode_error(result, "zip entry") {
+            match load_unseekable(importer, &mut progress, stream, lines_done, "zip entry").await {
+                Ok(lines) => progress.counts.lines += lines - lines_done,
                 Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
-                other => other?,
+                Err(other) => return Err(other),
             }
-            progress.counts.lines += reader.lines_read() as i64 - lines_done;
         }
         progress.set_cursor("entry", index as i64 + 1);
         progress.set_cursor("line", 0);
