@@ -109,10 +109,17 @@ impl ChunkStream for ChannelChunks {
     }
 }
 
-/// Runs `read` on a blocking thread; at most four 1 MiB chunks wait in the channel.
-pub fn spawn_reader<R: Read + Send + 'static>(mut read: R) -> ChannelChunks {
+/// Runs the reader `open` builds on a blocking thread (it is built there too: decoders such as
+/// flate2's read their header as soon as they are made); at most four 1 MiB chunks wait in
+/// the channel.
+pub fn spawn_reader<R, F>(open: F) -> ChannelChunks
+where
+    R: Read,
+    F: FnOnce() -> R + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let mut read = open();
         let mut buf = vec![0u8; 1024 * 1024];
         loop {
             match read.read(&mut buf) {
@@ -138,5 +145,5 @@ pub fn spawn_reader<R: Read + Send + 'static>(mut read: R) -> ChannelChunks {
 /// The decompressed bytes of a gzip blob (several concatenated members are allowed).
 pub fn gunzip_blob(chunks: BlobChunks) -> ChannelChunks {
     let raw = BlobRead::new(chunks);
-    spawn_reader(flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
+    spawn_reader(move || flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
 }

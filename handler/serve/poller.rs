@@ -38,7 +38,16 @@ pub async fn poll(importer: Arc<Importer>, shutdown: CancellationToken) {
         let current = Arc::new(Mutex::new(message.clone()));
         let keepalive = tokio::spawn(keep_hidden(importer.clone(), current.clone(), visibility));
         let payload = peel(serde_json::Value::String(message.text.clone()));
-        let outcome = handle_message(&importer, payload, message.dequeue_count).await;
+        // A panic in one work item must not take the poller with it: it counts as a failed try.
+        let work = tokio::spawn({
+            let importer = importer.clone();
+            let attempt = message.dequeue_count;
+            async move { handle_message(&importer, payload, attempt).await }
+        });
+        let outcome = work.await.unwrap_or_else(|e| {
+            warn!(message = "Import work panicked; it will be retried.", error = %e);
+            WorkOutcome::Retry("the work panicked".into())
+        });
         keepalive.abort();
         let held = current.lock().await.clone();
         let settled = match outcome {

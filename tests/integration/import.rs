@@ -284,3 +284,45 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
     assert_eq!(again.iter().filter(|i| i["status"] == "loaded").count(), 8);
     assert_server_holds_exactly_the_expected_resources(fhir_url).await;
 }
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_ndjson_loads_from_the_ndjson_container_and_from_zips() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let handler = Handler::start(&azurite, &fhir.base_url, &[]);
+    let store = blobs(&azurite);
+    let lines =
+        |from: usize, to: usize| -> String { (from..to).map(|n| patient_line(n) + "\n").collect() };
+    store
+        .upload(
+            "ndjson",
+            "Patient.ndjson.gz",
+            Bytes::from(gzip(&lines(100, 103))),
+        )
+        .await
+        .unwrap();
+    let archive = zip_of(&[("export/Patient.ndjson.gz", gzip(&lines(200, 202)))]);
+    store
+        .upload("zip", "gz.zip", Bytes::from(archive))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(2, 120).await;
+    for i in &imports {
+        assert_eq!(i["status"], "loaded", "{imports:#?}");
+    }
+    assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 5);
+    assert!(
+        store
+            .properties("ndjsonprocessed", "Patient.ndjson.gz")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
