@@ -142,14 +142,17 @@ pub async fn send_transaction(
             })
         }
         Err(e) if e.is_transient() => Err(e.into()),
+        // All or nothing: every entry of a refused transaction failed, for the same reason.
         Err(e) => Ok(PieceDone {
             loaded: 0,
-            refused: vec![RefusedEntry {
-                position: -1,
-                target: None,
-                status: e.status().unwrap_or(0),
-                diagnostics: format!("the transaction was refused as a whole: {e}"),
-            }],
+            refused: (0..entries)
+                .map(|i| RefusedEntry {
+                    position: i as i64,
+                    target: None,
+                    status: e.status().unwrap_or(0),
+                    diagnostics: format!("the transaction was refused as a whole: {e}"),
+                })
+                .collect(),
         }),
     }
 }

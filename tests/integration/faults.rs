@@ -203,3 +203,64 @@ async fn a_large_bundle_sent_in_parallel_pieces_resumes_with_exact_counts() {
     );
     assert_eq!(fhir_count(&fhir.base_url, "Encounter").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let faults = Faults {
+        throttle_posts: usize::MAX,
+        retry_after_secs: 0,
+        ..Default::default()
+    };
+    let (_standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_FHIR_MAX_RETRIES", "1"),
+            ("FHIRBULK_FHIR_RETRY_BASE_MS", "10"),
+            ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
+        ],
+    );
+    let store = blobs(&azurite);
+    store
+        .upload(
+            "bundles",
+            "p1.json",
+            Bytes::from(patient_bundle(1, 2).to_string()),
+        )
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(1, 90).await;
+    assert_eq!(
+        imports[0]["status"], "completed-with-errors",
+        "{imports:#?}"
+    );
+    let size = store
+        .properties("bundleserr", "p1.json.errors.ndjson")
+        .await
+        .unwrap()
+        .unwrap()
+        .size;
+    let report = String::from_utf8(
+        store
+            .read_range("bundleserr", "p1.json.errors.ndjson", 0, size)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        report.contains("gave up after 2 attempts") && report.contains("HTTP 429"),
+        "{report}"
+    );
+    assert!(
+        store
+            .properties("bundleserr", "p1.json")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 0);
+}

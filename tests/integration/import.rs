@@ -326,3 +326,80 @@ async fn gzip_ndjson_loads_from_the_ndjson_container_and_from_zips() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_posts_transactions_unchanged() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let handler = Handler::start(
+        &azurite,
+        &fhir.base_url,
+        &[("FHIRBULK_TRANSACTION_MODE", "transaction")],
+    );
+    // Without the conditional reference: the server creates all of it atomically.
+    let mut simple = patient_bundle(3, 4);
+    simple["entry"][2]["resource"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceProvider");
+    let store = blobs(&azurite);
+    store
+        .upload("bundles", "ok.json", Bytes::from(simple.to_string()))
+        .await
+        .unwrap();
+    // sekmet does not resolve a conditional reference to an entry of the same transaction:
+    // it refuses the whole transaction, and every entry is reported with its reason.
+    let mut refused = patient_bundle(4, 2);
+    refused["entry"][0]["request"]["ifNoneExist"] = json!("identifier=urn:test:org|only-here");
+    refused["entry"][2]["resource"]["serviceProvider"]["reference"] =
+        json!("Organization?identifier=urn:test:org|only-here");
+    store
+        .upload("bundles", "refused.json", Bytes::from(refused.to_string()))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(2, 60).await;
+    let find = |blob: &str| imports.iter().find(|i| i["blob"] == blob).unwrap().clone();
+    let ok = find("ok.json");
+    assert_eq!(ok["status"], "loaded", "{imports:#?}");
+    assert_eq!(ok["resources"]["loaded"], 7);
+    let refused = find("refused.json");
+    assert_eq!(refused["status"], "completed-with-errors");
+    assert_eq!(
+        refused["resources"]["failed"], 5,
+        "all five entries failed together"
+    );
+    let size = store
+        .properties("bundleserr", "refused.json.errors.ndjson")
+        .await
+        .unwrap()
+        .unwrap()
+        .size;
+    let report = store
+        .read_range("bundleserr", "refused.json.errors.ndjson", 0, size)
+        .await
+        .unwrap();
+    let report = String::from_utf8(report.to_vec()).unwrap();
+    assert_eq!(report.lines().count(), 5);
+    assert!(report.contains("refused as a whole"), "{report}");
+    // The server assigned the ids and resolved the urn:uuid references itself.
+    let obs: Value = reqwest::get(format!("{}/Observation", fhir.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let subject = obs["entry"][0]["resource"]["subject"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(subject.starts_with("Patient/"), "{subject}");
+    assert_eq!(
+        fhir_count(&fhir.base_url, &format!("Observation?subject={subject}")).await,
+        4
+    );
+    assert_eq!(
+        fhir_count(&fhir.base_url, "Patient").await,
+        1,
+        "nothing of the refused one"
+    );
+}
