@@ -5,6 +5,7 @@
 //! instead of duplicating.
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -65,9 +66,23 @@ impl FileStatus {
     }
 }
 
-/// The partition key of one file version.
+/// Table Storage keys hold at most 1 KiB; blob names alone may be that long.
+const MAX_KEY_CHARS: usize = 400;
+
+/// The partition key of one file version. Long names keep a readable head and end in a
+/// SHA-256 of the whole, so keys stay unique and within the service's limit.
 pub fn file_key(container: &str, blob: &str, etag: &str) -> String {
-    encode_key(&format!("{container}/{blob}#{}", etag.trim_matches('"')))
+    let key = encode_key(&format!("{container}/{blob}#{}", etag.trim_matches('"')));
+    if key.len() <= MAX_KEY_CHARS {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut head = 200;
+    while !key.is_char_boundary(head) {
+        head -= 1;
+    }
+    format!("{}~{hex}", &key[..head])
 }
 
 pub fn part_row(part: u32) -> String {
@@ -318,6 +333,17 @@ mod tests {
         let b = file_key("ndjson", "dir/Patient.ndjson", "\"0x8D2\"");
         assert_ne!(a, b);
         assert!(!a.contains('/') && !a.contains('#'), "{a}");
+    }
+
+    #[test]
+    fn long_blob_names_get_bounded_unique_keys() {
+        let long_a = format!("{}a.ndjson", "é/".repeat(400));
+        let long_b = format!("{}b.ndjson", "é/".repeat(400));
+        let a = file_key("ndjson", &long_a, "\"1\"");
+        let b = file_key("ndjson", &long_b, "\"1\"");
+        assert!(a.len() <= MAX_KEY_CHARS, "{}", a.len());
+        assert_ne!(a, b);
+        assert_eq!(a, file_key("ndjson", &long_a, "\"1\""));
     }
 
     #[test]
