@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::bundle_text::{BundleKind, bundle_kind};
 use super::sender::{OutgoingEntry, RefusedEntry, send_batch};
 use super::split::{piece_dependencies, split};
-use super::transform::{BundleKind, SearchResolver, bundle_kind, prepare};
+use super::transform::{SearchResolver, prepare};
 use super::work::ImportError;
 use crate::config::TransactionMode;
 use crate::fhir::FhirClient;

@@ -6,6 +6,7 @@
 //! checkpoint (`jobs`), and the last part to finish writes the reports and moves the file.
 
 pub mod bundle;
+pub mod bundle_text;
 pub mod engine;
 pub mod jobs;
 pub mod ledger;

@@ -9,15 +9,11 @@
 
 use std::collections::HashMap;
 
-use std::borrow::Cow;
-
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use super::bundle_text::{RawBundle, RawEntry, ResourceHead, static_dependencies};
 use super::raw_json::{ResourceScan, rewrite, scan_resource};
 use super::references::{ReferenceForm, classify, is_fhir_id, is_resource_type, relative_from_url};
 
@@ -28,81 +24,6 @@ const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b1e_8a3d_4c55_9e0f_4b7d_1a2c_
 #[async_trait]
 pub trait SearchResolver: Send + Sync {
     async fn find_ids(&self, resource_type: &str, query: &str) -> Result<Vec<String>, String>;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BundleKind {
-    Transaction,
-    Batch,
-}
-
-/// The top of a Bundle file: enough to decide whether it can be loaded, without building a
-/// tree of its entries.
-#[derive(Deserialize)]
-struct BundleHead<'a> {
-    #[serde(rename = "resourceType", borrow, default)]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default)]
-    entry: Vec<IgnoredAny>,
-}
-
-/// The kind and entry count of a Bundle file, or why it is not a loadable Bundle.
-pub fn bundle_kind(text: &str) -> Result<(BundleKind, usize), String> {
-    let head: BundleHead = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            "the file is JSON but not a FHIR resource object".to_string()
-        } else {
-            format!("the file is not valid JSON: {e}")
-        }
-    })?;
-    match head.resource_type.as_deref() {
-        Some("Bundle") => {}
-        Some(other) => return Err(format!("the file holds a {other}, not a Bundle")),
-        None => return Err("the file is JSON without a resourceType, not a FHIR Bundle".into()),
-    }
-    let kind = match head.kind.as_deref() {
-        Some("transaction") => BundleKind::Transaction,
-        Some("batch") => BundleKind::Batch,
-        Some(other) => {
-            return Err(format!(
-                "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
-            ));
-        }
-        None => {
-            return Err(
-                "the Bundle has no type; only transaction and batch Bundles can be loaded".into(),
-            );
-        }
-    };
-    Ok((kind, head.entry.len()))
-}
-
-/// One entry of an uploaded Bundle; its resource stays text borrowed from the file.
-#[derive(Deserialize)]
-struct RawEntry<'a> {
-    #[serde(rename = "fullUrl", borrow, default)]
-    full_url: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    resource: Option<&'a RawValue>,
-    #[serde(default)]
-    request: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RawBundle<'a> {
-    #[serde(borrow, default)]
-    entry: Vec<RawEntry<'a>>,
-}
-
-/// `resourceType` and `id` of a resource's text.
-#[derive(Deserialize)]
-struct ResourceHead<'a> {
-    #[serde(rename = "resourceType", borrow, default)]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
 }
 
 /// One entry ready to send in a batch.
@@ -294,68 +215,6 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     Ok(out)
 }
 
-/// Which entries each entry references, from the file alone: a reference naming another
-/// entry's fullUrl, its `Type/id` as written, or its `ifNoneExist` criteria.
-fn static_dependencies(
-    entries: &[RawEntry<'_>],
-    heads: &[Option<ResourceHead<'_>>],
-    scans: &[ResourceScan],
-) -> Vec<Vec<usize>> {
-    // Borrowed keys: no string is built per entry (criteria are rare and owned).
-    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-    let mut ids: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
-    let mut criteria: HashMap<String, usize> = HashMap::new();
-    for (i, (entry, head)) in entries.iter().zip(heads).enumerate() {
-        if let Some(full_url) = entry.full_url.as_deref() {
-            full_urls.entry(full_url).or_insert(i);
-        }
-        let Some(head) = head else { continue };
-        let Some(ty) = head.resource_type.as_deref() else {
-            continue;
-        };
-        if let Some(id) = head.id.as_deref() {
-            ids.entry((ty, id)).or_insert(i);
-        }
-        if let Some(c) = entry
-            .request
-            .as_ref()
-            .and_then(|r| r.get("ifNoneExist"))
-            .and_then(Value::as_str)
-        {
-            criteria
-                .entry(format!("{ty}?{}", c.trim_start_matches('?')))
-                .or_insert(i);
-        }
-    }
-    let find = |r: &str| -> Option<usize> {
-        full_urls.get(r).copied().or_else(|| {
-            if let Some((ty, rest)) = r.split_once('/') {
-                let id = rest.split('/').next().unwrap_or(rest);
-                ids.get(&(ty, id)).copied()
-            } else if r.contains('?') {
-                criteria.get(r).copied()
-            } else {
-                None
-            }
-        })
-    };
-    scans
-        .iter()
-        .enumerate()
-        .map(|(i, scan)| {
-            let mut deps: Vec<usize> = scan
-                .references
-                .iter()
-                .filter_map(|r| find(&r.value))
-                .filter(|&j| j != i)
-                .collect();
-            deps.sort_unstable();
-            deps.dedup();
-            deps
-        })
-        .collect()
-}
-
 /// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`.
 pub fn put_entry_json(target: &str, resource: &str) -> String {
     format!(
@@ -540,28 +399,6 @@ mod tests {
 
     fn txn(entries: Value) -> Value {
         json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
-    }
-
-    #[test]
-    fn only_transaction_and_batch_bundles_are_accepted() {
-        let kind = |v: Value| bundle_kind(&v.to_string()).map(|(k, _)| k);
-        assert_eq!(kind(txn(json!([{}, {}]))), Ok(BundleKind::Transaction));
-        assert_eq!(bundle_kind(&txn(json!([{}, {}])).to_string()).unwrap().1, 2);
-        assert_eq!(
-            kind(json!({"resourceType": "Bundle", "type": "batch"})),
-            Ok(BundleKind::Batch)
-        );
-        let e = kind(json!({"resourceType": "Bundle", "type": "collection"})).unwrap_err();
-        assert!(e.contains("collection"), "{e}");
-        let e = kind(json!({"resourceType": "Group"})).unwrap_err();
-        assert!(e.contains("Group"), "{e}");
-        assert!(kind(json!({"a": 1})).is_err());
-        assert!(
-            bundle_kind("{\"resourceType\": \"Bundle\"")
-                .unwrap_err()
-                .contains("not valid JSON")
-        );
-        assert!(bundle_kind("[1, 2]").is_err());
     }
 
     #[tokio::test]

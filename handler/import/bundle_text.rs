@@ -1,0 +1,182 @@
+//! Reading an uploaded Bundle's text without building a JSON tree: its kind and entry count,
+//! its entries with their resources as borrowed raw text, and which entries reference which,
+//! decided from the file alone so that every try of a work item agrees.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::raw_json::ResourceScan;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleKind {
+    Transaction,
+    Batch,
+}
+
+/// The top of a Bundle file: enough to decide whether it can be loaded, without building a
+/// tree of its entries.
+#[derive(Deserialize)]
+struct BundleHead<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    entry: Vec<IgnoredAny>,
+}
+
+/// The kind and entry count of a Bundle file, or why it is not a loadable Bundle.
+pub fn bundle_kind(text: &str) -> Result<(BundleKind, usize), String> {
+    let head: BundleHead = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            "the file is JSON but not a FHIR resource object".to_string()
+        } else {
+            format!("the file is not valid JSON: {e}")
+        }
+    })?;
+    match head.resource_type.as_deref() {
+        Some("Bundle") => {}
+        Some(other) => return Err(format!("the file holds a {other}, not a Bundle")),
+        None => return Err("the file is JSON without a resourceType, not a FHIR Bundle".into()),
+    }
+    let kind = match head.kind.as_deref() {
+        Some("transaction") => BundleKind::Transaction,
+        Some("batch") => BundleKind::Batch,
+        Some(other) => {
+            return Err(format!(
+                "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
+            ));
+        }
+        None => {
+            return Err(
+                "the Bundle has no type; only transaction and batch Bundles can be loaded".into(),
+            );
+        }
+    };
+    Ok((kind, head.entry.len()))
+}
+
+/// One entry of an uploaded Bundle; its resource stays text borrowed from the file.
+#[derive(Deserialize)]
+pub(crate) struct RawEntry<'a> {
+    #[serde(rename = "fullUrl", borrow, default)]
+    pub(crate) full_url: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) resource: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(crate) request: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RawBundle<'a> {
+    #[serde(borrow, default)]
+    pub(crate) entry: Vec<RawEntry<'a>>,
+}
+
+/// `resourceType` and `id` of a resource's text.
+#[derive(Deserialize)]
+pub(crate) struct ResourceHead<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    pub(crate) resource_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) id: Option<Cow<'a, str>>,
+}
+
+/// Which entries each entry references, from the file alone: a reference naming another
+/// entry's fullUrl, its `Type/id` as written, or its `ifNoneExist` criteria.
+pub(crate) fn static_dependencies(
+    entries: &[RawEntry<'_>],
+    heads: &[Option<ResourceHead<'_>>],
+    scans: &[ResourceScan],
+) -> Vec<Vec<usize>> {
+    // Borrowed keys: no string is built per entry (criteria are rare and owned).
+    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+    let mut ids: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
+    let mut criteria: HashMap<String, usize> = HashMap::new();
+    for (i, (entry, head)) in entries.iter().zip(heads).enumerate() {
+        if let Some(full_url) = entry.full_url.as_deref() {
+            full_urls.entry(full_url).or_insert(i);
+        }
+        let Some(head) = head else { continue };
+        let Some(ty) = head.resource_type.as_deref() else {
+            continue;
+        };
+        if let Some(id) = head.id.as_deref() {
+            ids.entry((ty, id)).or_insert(i);
+        }
+        if let Some(c) = entry
+            .request
+            .as_ref()
+            .and_then(|r| r.get("ifNoneExist"))
+            .and_then(Value::as_str)
+        {
+            criteria
+                .entry(format!("{ty}?{}", c.trim_start_matches('?')))
+                .or_insert(i);
+        }
+    }
+    let find = |r: &str| -> Option<usize> {
+        full_urls.get(r).copied().or_else(|| {
+            if let Some((ty, rest)) = r.split_once('/') {
+                let id = rest.split('/').next().unwrap_or(rest);
+                ids.get(&(ty, id)).copied()
+            } else if r.contains('?') {
+                criteria.get(r).copied()
+            } else {
+                None
+            }
+        })
+    };
+    scans
+        .iter()
+        .enumerate()
+        .map(|(i, scan)| {
+            let mut deps: Vec<usize> = scan
+                .references
+                .iter()
+                .filter_map(|r| find(&r.value))
+                .filter(|&j| j != i)
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            deps
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn txn(entries: Value) -> Value {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    }
+
+    #[test]
+    fn only_transaction_and_batch_bundles_are_accepted() {
+        let kind = |v: Value| bundle_kind(&v.to_string()).map(|(k, _)| k);
+        assert_eq!(kind(txn(json!([{}, {}]))), Ok(BundleKind::Transaction));
+        assert_eq!(bundle_kind(&txn(json!([{}, {}])).to_string()).unwrap().1, 2);
+        assert_eq!(
+            kind(json!({"resourceType": "Bundle", "type": "batch"})),
+            Ok(BundleKind::Batch)
+        );
+        let e = kind(json!({"resourceType": "Bundle", "type": "collection"})).unwrap_err();
+        assert!(e.contains("collection"), "{e}");
+        let e = kind(json!({"resourceType": "Group"})).unwrap_err();
+        assert!(e.contains("Group"), "{e}");
+        assert!(kind(json!({"a": 1})).is_err());
+        assert!(
+            bundle_kind("{\"resourceType\": \"Bundle\"")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(bundle_kind("[1, 2]").is_err());
+    }
+}
