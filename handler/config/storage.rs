@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use url::Url;
 
 /// The Azurite development account, used when the connection string says `UseDevelopmentStorage=true`.
+/// Its key is the well-known public Azurite key from the emulator's documentation, not a secret.
 pub const AZURITE_CONNECTION_STRING: &str = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;";
 
 /// How the handler reaches its storage account.
