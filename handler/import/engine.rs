@@ -241,12 +241,12 @@ impl Importer {
                 FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part.clone()).await,
                 FileKind::Zip => jobs::run_zip(self, work, part.clone()).await,
             };
-            match result {
-                Ok(()) => {}
+            let finished = match result {
+                Ok(row) => row,
                 Err(ImportError::Superseded) => return Ok(()),
                 Err(ImportError::Rejected(reason)) => {
                     warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
-                    self.close_part(work, "rejected", &reason).await?;
+                    self.close_part(work, "rejected", &reason).await?
                 }
                 Err(ImportError::Transient(reason))
                     if attempt < self.settings.max_work_attempts =>
@@ -258,11 +258,14 @@ impl Importer {
                     let why = format!(
                         "gave up after {attempt} attempts: {reason}; what follows the last checkpoint of this part was not loaded — drop the file again to retry"
                     );
-                    self.close_part(work, "gave-up", &why).await?;
+                    self.close_part(work, "gave-up", &why).await?
                 }
-            }
+            };
+            return self
+                .finalize_if_complete(work, Some(finished), Some(file))
+                .await;
         }
-        self.finalize_if_complete(work).await
+        self.finalize_if_complete(work, Some(part), None).await
     }
 
     /// Ends a part that cannot finish normally, with one error record saying why.
@@ -271,7 +274,7 @@ impl Importer {
         work: &ImportWork,
         how: &str,
         reason: &str,
-    ) -> Result<(), ImportError> {
+    ) -> Result<Entity, ImportError> {
         let record = ErrorRecord {
             part: work.part,
             position: how.to_string(),
@@ -294,23 +297,34 @@ impl Importer {
         part.set_str("status", "done");
         part.set_str(how, reason);
         part.etag.clear();
-        self.ledger.upsert(&part).await?;
-        Ok(())
+        part.etag = self.ledger.upsert(&part).await?;
+        Ok(part)
     }
 
     /// When every part is done: write the reports, move the file, close the ledger row.
     /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
-    async fn finalize_if_complete(&self, work: &ImportWork) -> Result<(), ImportError> {
-        // Most files have one part: a point read is much cheaper than a partition query.
-        let parts = if work.kind == FileKind::Ndjson {
-            self.ledger.parts(&work.file).await?
-        } else {
-            self.ledger.part(&work.file, 0).await?.into_iter().collect()
+    /// `part` and `file` are the rows this worker already holds: a single-part file (every
+    /// Bundle and zip) needs no further reads. The file row is only passed by the worker that
+    /// just finished the part, having found the file unfinished before it started.
+    async fn finalize_if_complete(
+        &self,
+        work: &ImportWork,
+        part: Option<Entity>,
+        file: Option<Entity>,
+    ) -> Result<(), ImportError> {
+        let parts = match (work.kind, part) {
+            (FileKind::Ndjson, _) => self.ledger.parts(&work.file).await?,
+            (_, Some(part)) => vec![part],
+            (_, None) => self.ledger.part(&work.file, 0).await?.into_iter().collect(),
         };
         if parts.iter().any(|p| p.str("status") != Some("done")) {
             return Ok(());
         }
-        let Some(mut file) = self.ledger.file(&work.file).await? else {
+        let file = match file {
+            Some(f) if work.kind != FileKind::Ndjson => Some(f),
+            _ => self.ledger.file(&work.file).await?,
+        };
+        let Some(mut file) = file else {
             return Ok(());
         };
         if file

@@ -138,9 +138,11 @@ impl<'a> PartProgress<'a> {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<(), ImportError> {
+    /// Marks the part done and returns its saved row.
+    async fn finish(mut self) -> Result<Entity, ImportError> {
         self.row.set_str("status", "done");
-        self.save().await
+        self.save().await?;
+        Ok(self.row)
     }
 }
 
@@ -160,7 +162,7 @@ pub async fn run_bundle(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
-) -> Result<(), ImportError> {
+) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
     let size = work.end;
     if size > settings.max_bundle_file_bytes {
@@ -287,7 +289,7 @@ pub async fn run_ndjson_range(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
-) -> Result<(), ImportError> {
+) -> Result<Entity, ImportError> {
     let mut progress = claim(importer, work, row).await?;
     let size = importer
         .blobs
@@ -330,7 +332,7 @@ pub async fn run_ndjson_gz(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
-) -> Result<(), ImportError> {
+) -> Result<Entity, ImportError> {
     let mut progress = claim(importer, work, row).await?;
     let lines_done = progress.cursor("line");
     let chunks = BlobChunks::new(
@@ -386,7 +388,7 @@ pub async fn run_zip(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
-) -> Result<(), ImportError> {
+) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
     let mut progress = claim(importer, work, row).await?;
     let copy = download_to_temp(importer, work).await?;
