@@ -121,16 +121,6 @@ impl FhirClient {
         &self.base
     }
 
-    /// The ceiling of the adaptive concurrency limit.
-    pub fn max_concurrency(&self) -> usize {
-        self.limiter.max()
-    }
-
-    /// The current adaptive concurrency limit.
-    pub fn concurrency(&self) -> usize {
-        self.limiter.limit()
-    }
-
     /// `Type?query` or `Type/id` relative to the base URL.
     pub fn url(&self, relative: &str) -> Url {
         let mut s = self.base.as_str().trim_end_matches('/').to_string();

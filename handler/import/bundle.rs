@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::bundle_text::{BundleKind, bundle_kind};
-use super::sender::{OutgoingEntry, RefusedEntry, send_batch};
+use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::split::{piece_dependencies, split};
 use super::transform::{SearchResolver, prepare};
 use super::work::ImportError;
@@ -93,28 +93,15 @@ pub async fn plan_bundle(
     })
 }
 
-/// Result of one piece (or of a whole transaction).
-pub struct PieceDone {
-    pub loaded: i64,
-    pub refused: Vec<RefusedEntry>,
-}
-
 pub async fn send_piece(
     fhir: &FhirClient,
     piece: Vec<OutgoingEntry>,
-) -> Result<PieceDone, ImportError> {
+) -> Result<BatchOutcome, ImportError> {
     if piece.is_empty() {
         // Every entry of the piece was already present or refused while preparing.
-        return Ok(PieceDone {
-            loaded: 0,
-            refused: Vec::new(),
-        });
+        return Ok(BatchOutcome::default());
     }
-    let outcome = send_batch(fhir, piece).await?;
-    Ok(PieceDone {
-        loaded: outcome.loaded,
-        refused: outcome.refused,
-    })
+    Ok(send_batch(fhir, piece).await?)
 }
 
 /// Posts a transaction unchanged; it loads or fails as a whole.
@@ -122,7 +109,7 @@ pub async fn send_transaction(
     fhir: &FhirClient,
     body: Bytes,
     entries: usize,
-) -> Result<PieceDone, ImportError> {
+) -> Result<BatchOutcome, ImportError> {
     match fhir.post_bundle_bytes(body).await {
         Ok(reply) => {
             let results = read_batch_response(&reply, entries);
@@ -137,14 +124,14 @@ pub async fn send_transaction(
                     diagnostics: r.outcome.as_ref().map(diagnostics).unwrap_or_default(),
                 })
                 .collect();
-            Ok(PieceDone {
+            Ok(BatchOutcome {
                 loaded: (entries - refused.len()) as i64,
                 refused,
             })
         }
         Err(e) if e.is_transient() => Err(e.into()),
         // All or nothing: every entry of a refused transaction failed, for the same reason.
-        Err(e) => Ok(PieceDone {
+        Err(e) => Ok(BatchOutcome {
             loaded: 0,
             refused: (0..entries)
                 .map(|i| RefusedEntry {

@@ -256,47 +256,47 @@ pub fn batch_bundle_json<'a>(entries: impl IntoIterator<Item = &'a str>) -> Stri
     s
 }
 
-/// An in-memory byte source in fixed-size chunks (tests, small payloads).
-pub struct MemoryChunks {
-    data: Bytes,
-    chunk: usize,
-}
-
-impl MemoryChunks {
-    pub fn new(data: Bytes, chunk: usize) -> Self {
-        MemoryChunks {
-            data,
-            chunk: chunk.max(1),
-        }
-    }
-}
-
-#[async_trait]
-impl ChunkStream for MemoryChunks {
-    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        if self.data.is_empty() {
-            return Ok(None);
-        }
-        let n = self.chunk.min(self.data.len());
-        Ok(Some(self.data.split_to(n)))
-    }
-}
-
-/// Reads the lines a range owns from an in-memory file (the same rule blob ranges use).
-pub async fn lines_of_range(file: &Bytes, start: u64, end: u64, chunk: usize) -> Vec<Line> {
-    let from = start.saturating_sub(1) as usize;
-    let src = MemoryChunks::new(file.slice(from..), chunk);
-    let mut reader = LineReader::new(src, from as u64, end, start > 0);
-    let mut out = Vec::new();
-    while let Some(line) = reader.next_line().await.expect("memory never fails") {
-        out.push(line);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An in-memory byte source in fixed-size chunks (tests, small payloads).
+    struct MemoryChunks {
+        data: Bytes,
+        chunk: usize,
+    }
+
+    impl MemoryChunks {
+        fn new(data: Bytes, chunk: usize) -> Self {
+            MemoryChunks {
+                data,
+                chunk: chunk.max(1),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ChunkStream for MemoryChunks {
+        async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+            if self.data.is_empty() {
+                return Ok(None);
+            }
+            let n = self.chunk.min(self.data.len());
+            Ok(Some(self.data.split_to(n)))
+        }
+    }
+
+    /// Reads the lines a range owns from an in-memory file (the same rule blob ranges use).
+    async fn lines_of_range(file: &Bytes, start: u64, end: u64, chunk: usize) -> Vec<Line> {
+        let from = start.saturating_sub(1) as usize;
+        let src = MemoryChunks::new(file.slice(from..), chunk);
+        let mut reader = LineReader::new(src, from as u64, end, start > 0);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.expect("memory never fails") {
+            out.push(line);
+        }
+        out
+    }
 
     #[test]
     fn ranges_cover_the_file() {

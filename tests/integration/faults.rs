@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::fixtures::{observation_line, patient_bundle, patient_id};
 use crate::standin::{Faults, StandIn};
-use crate::support::{Azurite, FhirServer, Handler, blobs, fhir_count};
+use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs, fhir_count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
@@ -237,20 +237,7 @@ async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
         imports[0]["status"], "completed-with-errors",
         "{imports:#?}"
     );
-    let size = store
-        .properties("bundleserr", "p1.json.errors.ndjson")
-        .await
-        .unwrap()
-        .unwrap()
-        .size;
-    let report = String::from_utf8(
-        store
-            .read_range("bundleserr", "p1.json.errors.ndjson", 0, size)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let report = blob_text(&store, "bundleserr", "p1.json.errors.ndjson").await;
     assert!(
         report.contains("gave up after 2 attempts") && report.contains("HTTP 429"),
         "{report}"

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::fixtures::{observation_line, patient_bundle, patient_id, patient_line, zip_of};
-use crate::support::{Azurite, FhirServer, Handler, blobs, fhir_count};
+use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs, fhir_count};
 
 /// 2,401 lines over two 1 MiB ranges: a Patient, then Observations, with a line without
 /// resourceType at line 5 and a broken line at line 2000 (in the second range).
@@ -43,23 +43,6 @@ fn bad_zip() -> Vec<u8> {
             format!("{}\n", patient_line(30)).into_bytes(),
         ),
     ])
-}
-
-async fn text(store: &fhir_bulk::storage::BlobStore, container: &str, name: &str) -> String {
-    let size = store
-        .properties(container, name)
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("{container}/{name} should exist"))
-        .size;
-    String::from_utf8(
-        store
-            .read_range(container, name, 0, size)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap()
 }
 
 async fn assert_server_holds_exactly_the_expected_resources(fhir: &str) {
@@ -202,7 +185,7 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
         "moved out of bundles"
     );
     let result: Value =
-        serde_json::from_str(&text(&store, "bundlesprocessed", "p1.json.result.json").await)
+        serde_json::from_str(&blob_text(&store, "bundlesprocessed", "p1.json.result.json").await)
             .unwrap();
     // The shared Organization is "loaded" by the file that created it, "already present" to the others.
     let resources = &result["resources"];
@@ -226,7 +209,7 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
             .is_some()
     );
 
-    let report = text(&store, "ndjsonerr", "mixed.ndjson.errors.ndjson").await;
+    let report = blob_text(&store, "ndjsonerr", "mixed.ndjson.errors.ndjson").await;
     let outcomes: Vec<Value> = report
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -253,11 +236,11 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
             .is_some()
     );
 
-    let group = text(&store, "bundleserr", "group.json.errors.ndjson").await;
+    let group = blob_text(&store, "bundleserr", "group.json.errors.ndjson").await;
     assert!(group.contains("holds a Group, not a Bundle"), "{group}");
-    let broken = text(&store, "bundleserr", "broken.json.errors.ndjson").await;
+    let broken = blob_text(&store, "bundleserr", "broken.json.errors.ndjson").await;
     assert!(broken.contains("not valid JSON"), "{broken}");
-    let zip_report = text(&store, "ziperr", "bad.zip.errors.ndjson").await;
+    let zip_report = blob_text(&store, "ziperr", "bad.zip.errors.ndjson").await;
     assert!(
         zip_report.contains("../evil.json") && zip_report.contains("climbs out"),
         "{zip_report}"
@@ -368,17 +351,7 @@ async fn transaction_mode_posts_transactions_unchanged() {
         refused["resources"]["failed"], 5,
         "all five entries failed together"
     );
-    let size = store
-        .properties("bundleserr", "refused.json.errors.ndjson")
-        .await
-        .unwrap()
-        .unwrap()
-        .size;
-    let report = store
-        .read_range("bundleserr", "refused.json.errors.ndjson", 0, size)
-        .await
-        .unwrap();
-    let report = String::from_utf8(report.to_vec()).unwrap();
+    let report = blob_text(&store, "bundleserr", "refused.json.errors.ndjson").await;
     assert_eq!(report.lines().count(), 5);
     assert!(report.contains("refused as a whole"), "{report}");
     // The server assigned the ids and resolved the urn:uuid references itself.

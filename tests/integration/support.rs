@@ -3,7 +3,7 @@
 //! cannot start fails the test: integration tests never skip.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 pub fn repo_root() -> PathBuf {
@@ -88,11 +88,6 @@ impl FhirServer {
             _service: service,
         }
     }
-}
-
-#[allow(dead_code)]
-pub fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// The real `handler serve` binary, pointed at a test's Azurite and FHIR URL; killed on drop.
@@ -191,6 +186,28 @@ pub fn blobs(azurite: &Azurite) -> fhir_bulk::storage::BlobStore {
     let settings = fhir_bulk::config::parse_connection_string(&azurite.connection_string).unwrap();
     fhir_bulk::storage::BlobStore::new(
         &fhir_bulk::storage::StorageCredentials::new(&settings).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A blob's whole content as text.
+pub async fn blob_text(
+    store: &fhir_bulk::storage::BlobStore,
+    container: &str,
+    name: &str,
+) -> String {
+    let size = store
+        .properties(container, name)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{container}/{name} should exist"))
+        .size;
+    String::from_utf8(
+        store
+            .read_range(container, name, 0, size)
+            .await
+            .unwrap()
+            .to_vec(),
     )
     .unwrap()
 }
