@@ -354,7 +354,8 @@ pub async fn run_ndjson_gz(
 }
 
 /// Loads a stream that cannot seek (gzip, a zip entry) from its start, skipping the lines a
-/// previous try loaded. Returns the lines read; a decoding failure is `Rejected`.
+/// previous try loaded. Returns the lines read; undecodable data is `Rejected` (see
+/// `From<io::Error> for ImportError`), naming `what` was being read.
 async fn load_unseekable<S: ChunkStream>(
     importer: &Importer,
     progress: &mut PartProgress<'_>,
@@ -370,17 +371,11 @@ async fn load_unseekable<S: ChunkStream>(
         progress,
     )
     .await;
-    map_decode_error(result, what)?;
-    Ok(reader.lines_read() as i64)
-}
-
-/// A decoder failure is a property of the file, not a passing fault.
-fn map_decode_error(result: Result<(), ImportError>, what: &str) -> Result<(), ImportError> {
     match result {
-        Err(ImportError::Transient(msg)) if msg.starts_with("reading the file") => Err(
-            ImportError::Rejected(format!("the {what} data cannot be read: {msg}")),
-        ),
-        other => other,
+        Err(ImportError::Rejected(reason)) => {
+            Err(ImportError::Rejected(format!("the {what} {reason}")))
+        }
+        other => other.map(|()| reader.lines_read() as i64),
     }
 }
 

@@ -70,7 +70,31 @@ impl From<FhirError> for ImportError {
 }
 
 impl From<std::io::Error> for ImportError {
+    /// Bytes that cannot be decoded (corrupt gzip or zip data, an entry larger than its limit)
+    /// are a property of the file: final. Anything else (storage unreachable) may pass.
     fn from(e: std::io::Error) -> Self {
-        ImportError::Transient(format!("reading the file: {e}"))
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {
+                ImportError::Rejected(format!("data cannot be read: {e}"))
+            }
+            _ => ImportError::Transient(format!("reading the file: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn undecodable_bytes_are_final_and_storage_failures_pass() {
+        let corrupt: ImportError = Error::new(ErrorKind::InvalidData, "invalid gzip header").into();
+        assert!(matches!(corrupt, ImportError::Rejected(r) if r.contains("gzip header")));
+        let truncated: ImportError = Error::from(ErrorKind::UnexpectedEof).into();
+        assert!(matches!(truncated, ImportError::Rejected(_)));
+        let unreachable: ImportError = Error::other("read blob range ndjson/a: timed out").into();
+        assert!(matches!(unreachable, ImportError::Transient(_)));
     }
 }

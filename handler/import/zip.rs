@@ -160,11 +160,11 @@ pub fn stream_entry(path: PathBuf, index: usize, gzip: bool, limit: u64) -> Chan
         };
         let mut archive = match zip::ZipArchive::new(file) {
             Ok(a) => a,
-            Err(e) => return send_err(io::Error::other(e)),
+            Err(e) => return send_err(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
         let entry = match archive.by_index(index) {
             Ok(e) => e,
-            Err(e) => return send_err(io::Error::other(e)),
+            Err(e) => return send_err(io::Error::new(io::ErrorKind::InvalidData, e)),
         };
         let mut reader: Box<dyn Read> = if gzip {
             Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(entry)))
@@ -179,10 +179,13 @@ pub fn stream_entry(path: PathBuf, index: usize, gzip: bool, limit: u64) -> Chan
                 Ok(n) => {
                     total += n as u64;
                     if total > limit {
-                        return send_err(io::Error::other(format!(
-                            "the entry expands past {} MiB, more than the archive allows",
-                            limit / (1024 * 1024)
-                        )));
+                        return send_err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the entry expands past {} MiB, more than the archive allows",
+                                limit / (1024 * 1024)
+                            ),
+                        ));
                     }
                     if tx
                         .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
