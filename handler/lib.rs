@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod fhir;
 pub mod functions;
 pub mod import;

@@ -5,7 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use fhir_bulk::functions::{FUNCTION_NAMES, import_blob_created, import_status, import_worker};
+use fhir_bulk::functions::{
+    FUNCTION_NAMES, export_blob_created, export_http, export_worker, import_blob_created,
+    import_status, import_worker,
+};
 use serde_json::Value;
 
 fn function_json(name: &str) -> Value {
@@ -89,6 +92,30 @@ fn bindings_are_valid_and_named_as_the_handler_reads_them() {
     assert_eq!(
         function_json("ImportStatus")["bindings"][1]["name"],
         import_status::RESPONSE_BINDING
+    );
+    assert_eq!(trigger_name("ExportWorker"), export_worker::BINDING);
+    assert_eq!(
+        trigger_name("ExportBlobCreated"),
+        export_blob_created::BINDING
+    );
+    for f in [
+        "ExportStart",
+        "ExportStatus",
+        "ExportTerminate",
+        "ExportPurge",
+        "ExportList",
+    ] {
+        assert_eq!(trigger_name(f), export_http::REQUEST_BINDING, "{f}");
+        assert_eq!(
+            function_json(f)["bindings"][1]["name"],
+            export_http::RESPONSE_BINDING,
+            "{f}"
+        );
+    }
+    // The export queue trigger reads the queue the handler writes.
+    assert_eq!(
+        function_json("ExportWorker")["bindings"][0]["queueName"],
+        "%FHIRBULK_EXPORT_QUEUE%"
     );
 }
 

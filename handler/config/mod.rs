@@ -2,6 +2,7 @@
 //! one place. Read once at start-up (`Settings::from_env`); an invalid value stops start-up with
 //! a message that names the variable. Tests build settings from a `HashMap` (no `set_var`).
 
+mod export;
 mod storage;
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use export::*;
 use storage::valid_account_name;
 pub use storage::{AZURITE_CONNECTION_STRING, StorageSettings, parse_connection_string};
 
@@ -190,6 +192,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub fhir: FhirSettings,
     pub import: ImportSettings,
+    pub export: ExportSettings,
     pub serve: ServeSettings,
 }
 
@@ -202,6 +205,7 @@ impl Settings {
         let r = Reader(src);
         let fhir = FhirSettings::read(&r)?;
         let import = ImportSettings::read(&r)?;
+        let export = ExportSettings::read(&r)?;
         let serve = ServeSettings {
             port: r.number(ENV_PORT, DEFAULT_PORT, 1)?,
             workers: r.number(ENV_WORKERS, DEFAULT_WORKERS, 1)?,
@@ -215,6 +219,7 @@ impl Settings {
             storage: StorageSettings::read(&r)?,
             fhir,
             import,
+            export,
             serve,
         })
     }

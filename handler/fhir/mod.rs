@@ -154,17 +154,37 @@ impl FhirClient {
         self.send(Method::GET, url.clone(), None).await
     }
 
+    /// GETs a URL and returns the reply's bytes unparsed (export copies resources as text).
+    pub async fn get_bytes(&self, url: &Url) -> Result<Bytes, FhirError> {
+        self.send_raw(Method::GET, url.clone(), None).await
+    }
+
     async fn send(
         &self,
         method: Method,
         url: Url,
         body: Option<Bytes>,
     ) -> Result<Value, FhirError> {
-        let method_name: &'static str = if method == Method::POST {
-            "POST"
-        } else {
-            "GET"
-        };
+        let method_name = method_name(&method);
+        let path = url.path().to_string();
+        let bytes = self.send_raw(method, url, body).await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
+            method: method_name,
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, FhirError> {
+        let method_name = method_name(&method);
         let path = url.path().to_string();
         let mut attempt = 0u32;
         let mut refreshed_token = false;
@@ -212,16 +232,7 @@ impl FhirClient {
                                 message: e.to_string(),
                             })?;
                             self.limiter.record(Signal::Healthy(started.elapsed()));
-                            if bytes.is_empty() {
-                                return Ok(Value::Null);
-                            }
-                            return serde_json::from_slice(&bytes).map_err(|e| {
-                                FhirError::InvalidResponse {
-                                    method: method_name,
-                                    path,
-                                    message: e.to_string(),
-                                }
-                            });
+                            return Ok(bytes);
                         }
                         decision => {
                             let text = resp.text().await.unwrap_or_default();
@@ -291,6 +302,14 @@ impl FhirClient {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    if method == Method::POST {
+        "POST"
+    } else {
+        "GET"
     }
 }
 

@@ -9,22 +9,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tracing::warn;
 
-use super::AppState;
+use super::{AppState, WorkOutcome};
 use crate::import::{ImportError, ImportWork, Importer};
 use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
 
 /// The binding name in `functions/ImportWorker/function.json`.
 pub const BINDING: &str = "work";
-
-/// How a queue message ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WorkOutcome {
-    Done,
-    /// Try again later (leave the message on the queue).
-    Retry(String),
-    /// Not a work item: delete it, it can never succeed.
-    Invalid(String),
-}
 
 pub async fn handle_message(importer: &Importer, message: Value, attempt: u32) -> WorkOutcome {
     let work: ImportWork = match serde_json::from_value(message) {

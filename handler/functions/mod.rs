@@ -2,6 +2,9 @@
 //! HTTP request in `serve` mode) to the engine. Function names are the folder names under
 //! `functions/` and the paths the Functions host POSTs to.
 
+pub mod export_blob_created;
+pub mod export_http;
+pub mod export_worker;
 pub mod import_blob_created;
 pub mod import_status;
 pub mod import_worker;
@@ -11,23 +14,54 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::export::Exporter;
 use crate::import::Importer;
 
 pub const IMPORT_BLOB_CREATED: &str = "ImportBlobCreated";
 pub const IMPORT_WORKER: &str = "ImportWorker";
 pub const IMPORT_STATUS: &str = "ImportStatus";
+pub const EXPORT_START: &str = "ExportStart";
+pub const EXPORT_STATUS: &str = "ExportStatus";
+pub const EXPORT_TERMINATE: &str = "ExportTerminate";
+pub const EXPORT_PURGE: &str = "ExportPurge";
+pub const EXPORT_LIST: &str = "ExportList";
+pub const EXPORT_WORKER: &str = "ExportWorker";
+pub const EXPORT_BLOB_CREATED: &str = "ExportBlobCreated";
 
 /// Every function this handler implements, for the layout check against `functions/`.
-pub const FUNCTION_NAMES: &[&str] = &[IMPORT_BLOB_CREATED, IMPORT_WORKER, IMPORT_STATUS];
+pub const FUNCTION_NAMES: &[&str] = &[
+    IMPORT_BLOB_CREATED,
+    IMPORT_WORKER,
+    IMPORT_STATUS,
+    EXPORT_START,
+    EXPORT_STATUS,
+    EXPORT_TERMINATE,
+    EXPORT_PURGE,
+    EXPORT_LIST,
+    EXPORT_WORKER,
+    EXPORT_BLOB_CREATED,
+];
+
+/// How a queue message ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WorkOutcome {
+    Done,
+    /// Try again later (leave the message on the queue).
+    Retry(String),
+    /// Not a work item: delete it, it can never succeed.
+    Invalid(String),
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub importer: Arc<Importer>,
+    pub exporter: Arc<Exporter>,
 }
 
 /// The handler's routes: `/<FunctionName>` for the Functions host, plus the same HTTP
 /// functions at their public paths for `serve` mode and local use.
 pub fn router(state: AppState) -> Router {
+    use export_http as x;
     Router::new()
         .route(
             &format!("/{IMPORT_BLOB_CREATED}"),
@@ -35,11 +69,28 @@ pub fn router(state: AppState) -> Router {
         )
         .route(&format!("/{IMPORT_WORKER}"), post(import_worker::invoke))
         .route(&format!("/{IMPORT_STATUS}"), post(import_status::invoke))
+        .route(&format!("/{EXPORT_START}"), post(x::start_invoke))
+        .route(&format!("/{EXPORT_STATUS}"), post(x::status_invoke))
+        .route(&format!("/{EXPORT_TERMINATE}"), post(x::terminate_invoke))
+        .route(&format!("/{EXPORT_PURGE}"), post(x::purge_invoke))
+        .route(&format!("/{EXPORT_LIST}"), post(x::list_invoke))
+        .route(&format!("/{EXPORT_WORKER}"), post(export_worker::invoke))
+        .route(
+            &format!("/{EXPORT_BLOB_CREATED}"),
+            post(export_blob_created::invoke),
+        )
         .route("/imports", get(import_status::list_direct))
         .route(
             "/imports/{container}/{*blob}",
             get(import_status::file_direct),
         )
+        .route("/$alt-export", post(x::start_direct))
+        .route("/$alt-export-status", get(x::list_direct))
+        .route(
+            "/$alt-export/{id}",
+            get(x::status_direct).delete(x::purge_direct),
+        )
+        .route("/$alt-export/{id}/terminate", post(x::terminate_direct))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }

@@ -1,11 +1,13 @@
 //! `handler serve`: the functions without the Functions host. HTTP routes are served directly,
-//! a blob watcher stands in for Event Grid and queue pollers for the queue trigger. SIGTERM or
+//! a blob watcher stands in for Event Grid and queue pollers for the queue triggers (import and
+//! export). SIGTERM or
 //! Ctrl-C stops taking work and lets work in flight finish (up to a drain timeout); anything
 //! unfinished is redelivered from the queue later, from its checkpoint.
 
 pub mod poller;
 pub mod watcher;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -14,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::app::build_state;
 use crate::config::Settings;
-use crate::functions::router;
+use crate::functions::{AppState, export_worker, import_worker, router};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,12 +29,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(watcher::watch(
-        state.importer.clone(),
+        state.clone(),
         settings.serve.watch_interval,
         shutdown.clone(),
     ));
+    let (imports, exports) = queue_work(&state);
     for _ in 0..settings.serve.workers {
-        tasks.spawn(poller::poll(state.importer.clone(), shutdown.clone()));
+        tasks.spawn(poller::poll(imports.clone(), shutdown.clone()));
+        tasks.spawn(poller::poll(exports.clone(), shutdown.clone()));
     }
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -53,6 +57,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         warn!(message = "Drain timeout reached; unfinished work will be redelivered.");
     }
     Ok(())
+}
+
+/// The two work queues and their handlers, as the queue triggers would run them.
+fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
+    let importer = state.importer.clone();
+    let imports = poller::QueueWork {
+        name: "import",
+        queue: importer.queue.clone(),
+        visibility: importer.settings.work_visibility,
+        handle: Arc::new(move |payload, attempt| {
+            let importer = importer.clone();
+            Box::pin(
+                async move { import_worker::handle_message(&importer, payload, attempt).await },
+            )
+        }),
+    };
+    let exporter = state.exporter.clone();
+    let exports = poller::QueueWork {
+        name: "export",
+        queue: exporter.queue.clone(),
+        visibility: exporter.settings.work_visibility,
+        handle: Arc::new(move |payload, attempt| {
+            let exporter = exporter.clone();
+            Box::pin(
+                async move { export_worker::handle_message(&exporter, payload, attempt).await },
+            )
+        }),
+    };
+    (imports, exports)
 }
 
 pub async fn wait_for_signal() {

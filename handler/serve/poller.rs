@@ -1,24 +1,39 @@
-//! Queue pollers of `serve` mode, standing in for the queue trigger: take a message, keep it
+//! Queue pollers of `serve` mode, standing in for the queue triggers: take a message, keep it
 //! hidden while its work runs, delete it when done, or make it visible again after a backoff
-//! when the work must be retried.
+//! when the work must be retried. One poller serves one queue (import or export).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::functions::import_worker::{WorkOutcome, handle_message};
-use crate::import::Importer;
+use crate::functions::WorkOutcome;
 use crate::protocol::event_grid::peel;
-use crate::storage::ReceivedWork;
+use crate::storage::{ReceivedWork, WorkQueue};
 
-pub async fn poll(importer: Arc<Importer>, shutdown: CancellationToken) {
-    let visibility = importer.settings.work_visibility;
+/// Runs one message's work: (payload, dequeue count) → outcome.
+pub type Handle =
+    Arc<dyn Fn(Value, u32) -> Pin<Box<dyn Future<Output = WorkOutcome> + Send>> + Send + Sync>;
+
+/// A queue and what to do with its messages.
+#[derive(Clone)]
+pub struct QueueWork {
+    pub name: &'static str,
+    pub queue: WorkQueue,
+    pub visibility: Duration,
+    pub handle: Handle,
+}
+
+pub async fn poll(work: QueueWork, shutdown: CancellationToken) {
+    let visibility = work.visibility;
     let mut idle = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let message = match importer.queue.receive(1, visibility).await {
+        let message = match work.queue.receive(1, visibility).await {
             Ok(mut m) if !m.is_empty() => m.remove(0),
             Ok(_) => {
                 tokio::select! {
@@ -29,56 +44,50 @@ pub async fn poll(importer: Arc<Importer>, shutdown: CancellationToken) {
                 continue;
             }
             Err(e) => {
-                warn!(message = "Cannot read the import queue.", error = %e);
+                warn!(message = "Cannot read a work queue.", queue = work.name, error = %e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         idle = Duration::from_millis(100);
         let current = Arc::new(Mutex::new(message.clone()));
-        let keepalive = tokio::spawn(keep_hidden(importer.clone(), current.clone(), visibility));
-        let payload = peel(serde_json::Value::String(message.text.clone()));
+        let keepalive = tokio::spawn(keep_hidden(work.clone(), current.clone()));
+        let payload = peel(Value::String(message.text.clone()));
         // A panic in one work item must not take the poller with it: it counts as a failed try.
-        let work = tokio::spawn({
-            let importer = importer.clone();
-            let attempt = message.dequeue_count;
-            async move { handle_message(&importer, payload, attempt).await }
-        });
-        let outcome = work.await.unwrap_or_else(|e| {
-            warn!(message = "Import work panicked; it will be retried.", error = %e);
+        let running = tokio::spawn((work.handle)(payload, message.dequeue_count));
+        let outcome = running.await.unwrap_or_else(|e| {
+            warn!(message = "Queued work panicked; it will be retried.", queue = work.name, error = %e);
             WorkOutcome::Retry("the work panicked".into())
         });
         keepalive.abort();
         let held = current.lock().await.clone();
         let settled = match outcome {
-            WorkOutcome::Done => importer.queue.delete(&held).await,
+            WorkOutcome::Done => work.queue.delete(&held).await,
             WorkOutcome::Invalid(why) => {
-                warn!(message = "Invalid import queue message dropped.", reason = %why);
-                importer.queue.delete(&held).await
+                warn!(message = "Invalid queue message dropped.", queue = work.name, reason = %why);
+                work.queue.delete(&held).await
             }
             WorkOutcome::Retry(_) => {
                 let delay = retry_delay(held.dequeue_count);
-                importer.queue.extend(&held, delay).await.map(|_| ())
+                work.queue.extend(&held, delay).await.map(|_| ())
             }
         };
         if let Err(e) = settled {
-            warn!(message = "Cannot settle an import queue message; it will be delivered again.", error = %e);
+            warn!(message = "Cannot settle a queue message; it will be delivered again.", queue = work.name, error = %e);
         }
     }
 }
 
 /// Renews the message's invisibility at half its timeout while the work runs.
-async fn keep_hidden(
-    importer: Arc<Importer>,
-    current: Arc<Mutex<ReceivedWork>>,
-    visibility: Duration,
-) {
+async fn keep_hidden(work: QueueWork, current: Arc<Mutex<ReceivedWork>>) {
     loop {
-        tokio::time::sleep(visibility / 2).await;
+        tokio::time::sleep(work.visibility / 2).await;
         let mut held = current.lock().await;
-        match importer.queue.extend(&held, visibility).await {
+        match work.queue.extend(&held, work.visibility).await {
             Ok(receipt) => held.pop_receipt = receipt,
-            Err(e) => warn!(message = "Cannot extend an import message's visibility.", error = %e),
+            Err(e) => {
+                warn!(message = "Cannot extend a message's visibility.", queue = work.name, error = %e)
+            }
         }
     }
 }

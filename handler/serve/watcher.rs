@@ -1,21 +1,27 @@
 //! The blob watcher of `serve` mode: Azurite has no Event Grid, so new blobs in the input
-//! containers are found by listing, and registered exactly as a BlobCreated event would be.
+//! containers are found by listing, and handled exactly as a BlobCreated event would be: import
+//! files registered, query definitions in the export trigger container started.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::import::{Importer, Registration};
+use crate::export::trigger::start_from_blob;
+use crate::functions::AppState;
+use crate::import::Registration;
 
-pub async fn watch(importer: Arc<Importer>, interval: Duration, shutdown: CancellationToken) {
+pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationToken) {
+    let importer = state.importer.clone();
+    let trigger = state.exporter.settings.trigger_container.clone();
     // (container, blob, etag) already registered: listing again costs nothing more.
     let mut seen: HashSet<(String, String, String)> = HashSet::new();
     loop {
         let mut present = HashSet::new();
-        for container in importer.settings.input_containers() {
+        let containers = importer.settings.input_containers().map(str::to_string);
+        for container in containers.iter().chain(std::iter::once(&trigger)) {
+            let container = container.as_str();
             let blobs = match importer.blobs.list(container, None).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -27,6 +33,18 @@ pub async fn watch(importer: Arc<Importer>, interval: Duration, shutdown: Cancel
                 let key = (container.to_string(), blob.name.clone(), blob.etag.clone());
                 present.insert(key.clone());
                 if seen.contains(&key) {
+                    continue;
+                }
+                if container == trigger {
+                    match start_from_blob(&state.exporter, container, &blob.name).await {
+                        Ok(outcome) => {
+                            debug!(message = "Export trigger handled.", outcome = %outcome);
+                            seen.insert(key);
+                        }
+                        Err(e) => {
+                            warn!(message = "Cannot start an export from a trigger file yet; will retry.", blob = %blob.name, error = %e)
+                        }
+                    }
                     continue;
                 }
                 match importer.register(container, &blob.name).await {

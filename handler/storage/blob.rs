@@ -15,13 +15,18 @@ use azure_storage_blob::models::{
 };
 use azure_storage_blob::{BlobClient, BlobServiceClient, BlobServiceClientOptions};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{StorageError, StorageResult, credentials::StorageCredentials};
 
 /// Azurite 3.35 accepts service versions up to this one; newer SDK defaults are refused unless
 /// Azurite runs with `--skipApiVersionCheck`. Pinning keeps both working.
 const AZURITE_SERVICE_VERSION: &str = "2025-11-05";
+
+/// The id of the `index`-th block of a blob written in order (ids of one blob share a length).
+pub fn block_id(index: usize) -> Vec<u8> {
+    format!("block-{index:08}").into_bytes()
+}
 
 /// A blob as listed: name, size and entity tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +73,11 @@ impl BlobStore {
 
     /// The blob's URL as the service knows it (used for server-side copies and manifests).
     pub fn url(&self, container: &str, name: &str) -> String {
-        self.blob(container, name).url().to_string()
+        // Virtual folders read as folders (`export/<id>/Patient-1.ndjson`, not `%2F`).
+        self.blob(container, name)
+            .url()
+            .to_string()
+            .replace("%2F", "/")
     }
 
     /// Creates the container unless it exists.
@@ -159,29 +168,53 @@ impl BlobStore {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>>,
     {
-        let block_blob = self.blob(container, name).block_blob_client();
-        let context = || where_(container, name);
         let mut ids = Vec::new();
         let mut total = 0u64;
         futures::pin_mut!(chunks);
         while let Some(chunk) = chunks.try_next().await.map_err(|e| StorageError::Io {
             operation: "read upload source",
-            target: context(),
+            target: where_(container, name),
             source: e,
         })? {
-            let id = format!("block-{:08}", ids.len()).into_bytes();
+            let id = block_id(ids.len());
             total += chunk.len() as u64;
-            block_blob
-                .stage_block(
-                    &id,
-                    chunk.len() as u64,
-                    RequestContent::from(chunk.to_vec()),
-                    None,
-                )
-                .await
-                .map_err(|e| StorageError::sdk("stage block", &context(), e))?;
+            self.stage_block(container, name, &id, chunk).await?;
             ids.push(id);
         }
+        self.commit_blocks(container, name, ids).await?;
+        Ok(total)
+    }
+
+    /// Stages one block of a block blob (visible only once a block list naming it is committed).
+    /// Staging the same id again replaces the block, so a repeated writer converges.
+    pub async fn stage_block(
+        &self,
+        container: &str,
+        name: &str,
+        id: &[u8],
+        content: Bytes,
+    ) -> StorageResult<()> {
+        self.blob(container, name)
+            .block_blob_client()
+            .stage_block(
+                id,
+                content.len() as u64,
+                RequestContent::from(content.to_vec()),
+                None,
+            )
+            .await
+            .map_err(|e| StorageError::sdk("stage block", &where_(container, name), e))?;
+        Ok(())
+    }
+
+    /// Commits staged blocks, in this order, as the whole content of the blob.
+    pub async fn commit_blocks(
+        &self,
+        container: &str,
+        name: &str,
+        ids: Vec<Vec<u8>>,
+    ) -> StorageResult<()> {
+        let context = || where_(container, name);
         let list = BlockLookupList {
             committed: Some(Vec::new()),
             latest: Some(ids),
@@ -190,11 +223,37 @@ impl BlobStore {
         let content = list
             .try_into()
             .map_err(|e| StorageError::sdk("commit block list", &context(), e))?;
-        block_blob
+        self.blob(container, name)
+            .block_blob_client()
             .commit_block_list(content, None)
             .await
             .map_err(|e| StorageError::sdk("commit block list", &context(), e))?;
-        Ok(total)
+        Ok(())
+    }
+
+    /// Reads a whole (small) blob; `None` when it does not exist.
+    pub async fn read_all(&self, container: &str, name: &str) -> StorageResult<Option<Bytes>> {
+        let Some(props) = self.properties(container, name).await? else {
+            return Ok(None);
+        };
+        if props.size == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        self.read_range(container, name, 0, props.size)
+            .await
+            .map(Some)
+    }
+
+    /// Deletes every blob whose name starts with `prefix`; returns how many were deleted.
+    pub async fn delete_prefix(&self, container: &str, prefix: &str) -> StorageResult<usize> {
+        let blobs = self.list(container, Some(prefix)).await?;
+        let count = blobs.len();
+        futures::stream::iter(blobs)
+            .map(|b| async move { self.delete(container, &b.name).await })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(count)
     }
 
     /// Every blob in the container whose name starts with `prefix`.

@@ -7,7 +7,7 @@ pub mod queue;
 pub mod shared_key;
 pub mod table;
 
-pub use blob::{BlobEntry, BlobStore, MoveOutcome};
+pub use blob::{BlobEntry, BlobStore, MoveOutcome, block_id};
 pub use credentials::StorageCredentials;
 pub use queue::{ReceivedWork, WorkQueue};
 pub use table::{Entity, TableClient};

@@ -1,0 +1,87 @@
+//! Settings of the patient-centric export (`$alt-export`): where its state and output live, how
+//! many exports may run at once, and how searches are cut and files rolled over.
+
+use std::time::Duration;
+
+use super::{
+    DEFAULT_MAX_WORK_ATTEMPTS, DEFAULT_WORK_VISIBILITY_SECS, ENV_MAX_WORK_ATTEMPTS,
+    ENV_WORK_VISIBILITY_SECS, Reader, SettingError,
+};
+
+pub const ENV_CONTAINER_EXPORT: &str = "FHIRBULK_CONTAINER_EXPORT";
+pub const ENV_CONTAINER_EXPORT_TRIGGER: &str = "FHIRBULK_CONTAINER_EXPORT_TRIGGER";
+pub const ENV_EXPORT_QUEUE: &str = "FHIRBULK_EXPORT_QUEUE";
+pub const DEFAULT_EXPORT_QUEUE: &str = "export-work";
+pub const ENV_EXPORTS_TABLE: &str = "FHIRBULK_EXPORTS_TABLE";
+pub const DEFAULT_EXPORTS_TABLE: &str = "exports";
+pub const ENV_MAX_EXPORTS: &str = "FHIRBULK_MAX_EXPORTS";
+pub const DEFAULT_MAX_EXPORTS: usize = 10;
+pub const ENV_EXPORT_MAX_URL_LENGTH: &str = "FHIRBULK_EXPORT_MAX_URL_LENGTH";
+pub const DEFAULT_EXPORT_MAX_URL_LENGTH: usize = 4096;
+pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
+pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
+pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
+pub const DEFAULT_EXPORT_MAX_FILE_MIB: u64 = 256;
+
+#[derive(Clone, Debug)]
+pub struct ExportSettings {
+    /// Output: `<container>/<export id>/<Type>-<n>.ndjson`.
+    pub container: String,
+    /// Query definitions dropped here start an export (then move to `<trigger>-processed`).
+    pub trigger_container: String,
+    pub queue: String,
+    pub table: String,
+    /// Exports running at once; 0 means no limit.
+    pub max_exports: usize,
+    /// Longest search URL sent: patient ids are batched so that every include stays under it.
+    pub max_url_length: usize,
+    /// `_count` added to searches that do not set one.
+    pub page_size: usize,
+    /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
+    pub max_file_bytes: u64,
+    pub work_visibility: Duration,
+    pub max_work_attempts: u32,
+}
+
+impl ExportSettings {
+    pub(super) fn read(r: &Reader) -> Result<Self, SettingError> {
+        const MIB: u64 = 1024 * 1024;
+        Ok(ExportSettings {
+            container: r.container(ENV_CONTAINER_EXPORT, "export")?,
+            trigger_container: r.container(ENV_CONTAINER_EXPORT_TRIGGER, "export-trigger")?,
+            queue: r
+                .0
+                .get(ENV_EXPORT_QUEUE)
+                .unwrap_or(DEFAULT_EXPORT_QUEUE.into()),
+            table: r
+                .0
+                .get(ENV_EXPORTS_TABLE)
+                .unwrap_or(DEFAULT_EXPORTS_TABLE.into()),
+            max_exports: r.number(ENV_MAX_EXPORTS, DEFAULT_MAX_EXPORTS, 0)?,
+            max_url_length: r.number(
+                ENV_EXPORT_MAX_URL_LENGTH,
+                DEFAULT_EXPORT_MAX_URL_LENGTH,
+                256,
+            )?,
+            page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
+            max_file_bytes: MIB
+                * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,
+            work_visibility: Duration::from_secs(r.number(
+                ENV_WORK_VISIBILITY_SECS,
+                DEFAULT_WORK_VISIBILITY_SECS,
+                10,
+            )?),
+            max_work_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+        })
+    }
+
+    /// Where a trigger file goes once its export started.
+    pub fn trigger_processed_container(&self) -> String {
+        format!("{}-processed", self.trigger_container)
+    }
+
+    /// Where a trigger file goes when it is not a valid query definition.
+    pub fn trigger_err_container(&self) -> String {
+        format!("{}-err", self.trigger_container)
+    }
+}

@@ -1,0 +1,371 @@
+//! The export's HTTP surface, independent of how a request arrives (Functions host or
+//! `serve`): start, status, terminate, purge and the listing. Every answer is a [`Reply`].
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::compose::{MANIFEST_NAME, manifest};
+use super::definition::ExportDefinition;
+use super::state::{JobStatus, Progress};
+use super::{ExportWork, Exporter, valid_export_id};
+use crate::fhir::batch_response::operation_outcome;
+use crate::import::ledger::now_rfc3339;
+use crate::storage::Entity;
+
+/// Seconds a client is asked to wait between status polls.
+pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
+/// Largest definition accepted (it is stored in one table property).
+const MAX_DEFINITION_BYTES: usize = 30_000;
+
+/// An HTTP answer: status, headers and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+impl Reply {
+    fn new(status: u16, body: Value) -> Self {
+        Reply {
+            status,
+            headers: BTreeMap::new(),
+            body,
+        }
+    }
+
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.insert(name.to_string(), value.into());
+        self
+    }
+
+    fn outcome(status: u16, code: &str, message: &str) -> Self {
+        Reply::new(status, operation_outcome("error", code, message))
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        Reply::outcome(
+            503,
+            "transient",
+            &format!("export state cannot be read or written right now ({e}); try again"),
+        )
+    }
+}
+
+/// Where the answer's links point: the public base URL of the function app (scheme, host,
+/// optional port) and the function key to carry along, if the request had one.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    pub base: String,
+    pub code: Option<String>,
+}
+
+impl Links {
+    /// From the request URL the caller used (`https://app.azurewebsites.net/$alt-export?code=...`).
+    pub fn from_request_url(url: &str) -> Self {
+        match url::Url::parse(url) {
+            Ok(u) => Links {
+                base: u.origin().ascii_serialization(),
+                code: u
+                    .query_pairs()
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v.into_owned()),
+            },
+            Err(_) => Links::default(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let mut url = format!("{}/{path}", self.base);
+        if let Some(code) = &self.code {
+            url.push_str("?code=");
+            url.push_str(
+                &percent_encoding::utf8_percent_encode(code, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string(),
+            );
+        }
+        url
+    }
+
+    fn status(&self, id: &str) -> String {
+        self.url(&format!("$alt-export/{id}"))
+    }
+}
+
+/// `POST /$alt-export`: checks the definition, applies the concurrency cap, records the export
+/// and queues its first step. `id` is given for trigger files (derived from the file, so a
+/// repeated event starts nothing new).
+pub async fn start(
+    ex: &Exporter,
+    body: &str,
+    links: &Links,
+    request: &str,
+    id: Option<String>,
+) -> Reply {
+    if body.len() > MAX_DEFINITION_BYTES {
+        return Reply::outcome(
+            400,
+            "too-long",
+            &format!(
+                "the query definition is {} bytes; at most {MAX_DEFINITION_BYTES} are accepted",
+                body.len()
+            ),
+        );
+    }
+    let definition = match ExportDefinition::parse(body, ex.fhir.base()) {
+        Ok(d) => d,
+        Err(why) => return Reply::outcome(400, "invalid", &why),
+    };
+    if ex.settings.max_exports > 0 {
+        let running = match ex.store.jobs().await {
+            Ok(jobs) => jobs
+                .iter()
+                .filter(|j| JobStatus::of(j).is_some_and(JobStatus::is_running))
+                .count(),
+            Err(e) => return Reply::unavailable(e),
+        };
+        if running >= ex.settings.max_exports {
+            return Reply::new(
+                429,
+                json!({"error": format!(
+                    "Unable to start export: {running} exports are running and at most {} may run at once (FHIRBULK_MAX_EXPORTS); try again when one finishes",
+                    ex.settings.max_exports
+                )}),
+            )
+            .header("Retry-After", "60");
+        }
+    }
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    // The first step is queued before the job row exists; it waits for the row (see gather).
+    if let Err(e) = ex.enqueue(&ExportWork::Gather { export: id.clone() }).await {
+        return Reply::unavailable(e);
+    }
+    let mut job = Entity::new(&id, super::state::JOB_ROW);
+    job.set_str("status", JobStatus::Gathering.as_str());
+    job.set_str("definition", definition.to_json().to_string());
+    job.set_str("created", now_rfc3339());
+    job.set_str("request", request);
+    job.set_str("gatherNext", ex.search_url(&definition.query));
+    job.set_i64("gatherSeq", 0);
+    match ex.store.insert(&job).await {
+        Ok(Some(_)) => {
+            info!(message = "Export started.", export = %id, includes = definition.include.len())
+        }
+        Ok(None) => {} // the same trigger file again: the export exists already
+        Err(e) => return Reply::unavailable(e),
+    }
+    let status_uri = links.status(&id);
+    Reply::new(
+        202,
+        json!({
+            "id": id,
+            "statusQueryGetUri": status_uri,
+            "terminatePostUri": links.url(&format!("$alt-export/{id}/terminate")),
+            "purgeHistoryDeleteUri": status_uri,
+        }),
+    )
+    .header("Content-Location", status_uri)
+}
+
+async fn load(ex: &Exporter, id: &str) -> Result<(Entity, JobStatus), Reply> {
+    if !valid_export_id(id) {
+        return Err(Reply::outcome(
+            404,
+            "not-found",
+            &format!(
+                "{id:?} is not an export id (ids are the \"id\" of the answer to POST /$alt-export)"
+            ),
+        ));
+    }
+    match ex.job(id).await {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(Reply::outcome(
+            404,
+            "not-found",
+            &format!("no export {id}: it was never started here, or it was purged"),
+        )),
+        Err(e) => Err(Reply::unavailable(e)),
+    }
+}
+
+/// `GET /$alt-export/{id}`: 202 with `X-Progress` while running, 200 with the manifest when
+/// finished, an OperationOutcome when failed or terminated.
+pub async fn status(ex: &Exporter, id: &str) -> Reply {
+    let (job, status) = match load(ex, id).await {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    match status {
+        JobStatus::Completed | JobStatus::CompletedWithErrors => {
+            let name = Exporter::blob_name(id, MANIFEST_NAME);
+            match ex.blobs.read_all(&ex.settings.container, &name).await {
+                Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                    Ok(body) => Reply::new(200, body),
+                    Err(_) => Reply::new(200, manifest(ex, &job, &[], None)),
+                },
+                Ok(None) => Reply::outcome(
+                    500,
+                    "not-found",
+                    &format!(
+                        "export {id} is {} but its manifest {name} is missing",
+                        status.as_str()
+                    ),
+                ),
+                Err(e) => Reply::unavailable(e),
+            }
+        }
+        JobStatus::Failed => Reply::outcome(
+            500,
+            "exception",
+            &format!(
+                "export {id} failed: {}",
+                job.str("error").unwrap_or("no reason recorded")
+            ),
+        ),
+        JobStatus::Terminated => Reply::outcome(
+            410,
+            "deleted",
+            &format!(
+                "export {id} was terminated at {}; files written before that stay until it is purged (DELETE /$alt-export/{id})",
+                job.str("terminated").unwrap_or_default()
+            ),
+        ),
+        running => {
+            let rows = match ex.store.work_rows(id).await {
+                Ok(r) => r,
+                Err(e) => return Reply::unavailable(e),
+            };
+            let p = Progress::of(&rows);
+            let progress = match running {
+                JobStatus::Gathering => format!(
+                    "gathering patients: {} found on {} pages",
+                    job.i64("idsFound"),
+                    job.i64("pages")
+                ),
+                JobStatus::Exporting => format!(
+                    "exporting: {} patients, {}/{} work items, {} resources",
+                    job.i64("patients"),
+                    p.finished,
+                    p.items,
+                    p.resources
+                ),
+                _ => format!("writing files: {} resources fetched", p.resources),
+            };
+            Reply::new(
+                202,
+                json!({
+                    "id": id,
+                    "status": running.as_str(),
+                    "created": job.str("created").unwrap_or_default(),
+                    "patients": job.i64("patients").max(job.i64("idsFound")),
+                    "workItems": {"total": p.items, "finished": p.finished, "failed": p.failed},
+                    "resourcesFetched": p.resources,
+                    "perType": p.per_type,
+                }),
+            )
+            .header("X-Progress", progress)
+            .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
+        }
+    }
+}
+
+/// `POST /$alt-export/{id}/terminate`: stops scheduling; work in flight stops at its next page.
+pub async fn terminate(ex: &Exporter, id: &str) -> Reply {
+    loop {
+        let (mut job, status) = match load(ex, id).await {
+            Ok(found) => found,
+            Err(reply) => return reply,
+        };
+        if !status.is_running() {
+            return Reply::new(
+                200,
+                json!({"id": id, "status": status.as_str(), "message": format!("export {id} had already ended ({}); nothing to terminate", status.as_str())}),
+            );
+        }
+        job.set_str("status", JobStatus::Terminated.as_str());
+        job.set_str("terminated", now_rfc3339());
+        match ex.store.replace_if_unchanged(&mut job).await {
+            Ok(true) => {
+                info!(message = "Export terminated.", export = %id);
+                return Reply::new(
+                    200,
+                    json!({"id": id, "status": "terminated", "message": format!("export {id} terminated; purge it with DELETE /$alt-export/{id}")}),
+                );
+            }
+            Ok(false) => continue, // changed meanwhile: look again
+            Err(e) => return Reply::unavailable(e),
+        }
+    }
+}
+
+/// `DELETE /$alt-export/{id}`: terminates if running, then deletes its files and its state.
+pub async fn purge(ex: &Exporter, id: &str) -> Reply {
+    let (_, status) = match load(ex, id).await {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    if status.is_running() {
+        let reply = terminate(ex, id).await;
+        if reply.status >= 500 {
+            return reply;
+        }
+    }
+    let blobs = match ex
+        .blobs
+        .delete_prefix(&ex.settings.container, &format!("{id}/"))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return Reply::unavailable(e),
+    };
+    if let Err(e) = ex.store.delete_export(id).await {
+        return Reply::unavailable(e);
+    }
+    info!(message = "Export purged.", export = %id, blobs);
+    Reply::new(
+        200,
+        json!({"id": id, "purged": true, "blobsDeleted": blobs, "message": format!("export {id}, its files and its state are deleted")}),
+    )
+}
+
+/// `GET /$alt-export-status`: every export, newest first (fhir-loader's fields plus ours).
+pub async fn list(ex: &Exporter, links: &Links) -> Reply {
+    let jobs = match ex.store.jobs().await {
+        Ok(j) => j,
+        Err(e) => return Reply::unavailable(e),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let mut items: Vec<Value> = jobs
+        .iter()
+        .map(|job| {
+            let id = job.str("PartitionKey").unwrap_or_default();
+            let created = job.str("created").unwrap_or_default();
+            let elapsed = time::OffsetDateTime::parse(
+                created,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|t| ((now - t).as_seconds_f64() / 60.0 * 100.0).round() / 100.0)
+            .unwrap_or(0.0);
+            let input: Value = job
+                .str("definition")
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            json!({
+                "instanceId": id,
+                "createdDateTime": created,
+                "status": job.str("status").unwrap_or_default(),
+                "elapsedtimeinminutes": elapsed,
+                "input": input,
+                "statusQueryGetUri": links.status(id),
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| {
+        b["createdDateTime"]
+            .as_str()
+            .cmp(&a["createdDateTime"].as_str())
+    });
+    Reply::new(200, Value::Array(items))
+}

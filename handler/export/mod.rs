@@ -1,0 +1,221 @@
+//! Patient-centric export (`$alt-export`): a durable-style orchestration whose state lives in
+//! Table Storage and whose work travels on a Storage Queue, so any number of instances share
+//! it and a killed instance's work is redelivered.
+//!
+//! Steps, each a queue message safe to run twice:
+//! 1. `gather`: page the query for patient ids (checkpointed), then plan: ids batched so every
+//!    include URL stays under the length limit, one work item per batch × include.
+//! 2. `fetch`: one work item pages through its search and stages the resources in a blob of
+//!    its own (`_work/<batch>-<include>.ndjson`), written whole or not at all.
+//! 3. `compose`: once every work item is finished, the staged blobs are merged into
+//!    `<Type>-<n>.ndjson` (each resource once, files rolled over by size), the manifest is
+//!    written to `_completed_run.json`, and the staging blobs are deleted.
+
+pub mod compose;
+pub mod control;
+pub mod definition;
+pub mod fetch;
+pub mod gather;
+pub mod page;
+pub mod patients;
+pub mod state;
+pub mod trigger;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::ExportSettings;
+use crate::fhir::FhirClient;
+use crate::storage::{BlobStore, Entity, StorageError, WorkQueue};
+use definition::ExportDefinition;
+use state::{ExportStore, JobStatus};
+
+/// One queued step of an export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "lowercase")]
+pub enum ExportWork {
+    Gather {
+        export: String,
+    },
+    Fetch {
+        export: String,
+        batch: u32,
+        include: u32,
+        ids: Vec<String>,
+    },
+    Compose {
+        export: String,
+    },
+}
+
+impl ExportWork {
+    pub fn export(&self) -> &str {
+        match self {
+            ExportWork::Gather { export }
+            | ExportWork::Fetch { export, .. }
+            | ExportWork::Compose { export } => export,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Try the step again later (storage or FHIR server unavailable).
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<StorageError> for ExportError {
+    fn from(e: StorageError) -> Self {
+        ExportError::Transient(e.to_string())
+    }
+}
+
+pub struct Exporter {
+    pub settings: ExportSettings,
+    pub blobs: BlobStore,
+    pub queue: WorkQueue,
+    pub store: ExportStore,
+    pub fhir: Arc<FhirClient>,
+}
+
+impl Exporter {
+    pub fn new(
+        settings: ExportSettings,
+        blobs: BlobStore,
+        queue: WorkQueue,
+        store: ExportStore,
+        fhir: Arc<FhirClient>,
+    ) -> Self {
+        Exporter {
+            settings,
+            blobs,
+            queue,
+            store,
+            fhir,
+        }
+    }
+
+    /// Creates the containers, queue and table export uses (idempotent).
+    pub async fn ensure_resources(&self) -> Result<(), StorageError> {
+        for c in [
+            self.settings.container.clone(),
+            self.settings.trigger_container.clone(),
+            self.settings.trigger_processed_container(),
+            self.settings.trigger_err_container(),
+        ] {
+            self.blobs.ensure_container(&c).await?;
+        }
+        self.queue.ensure().await?;
+        self.store.ensure_table().await
+    }
+
+    /// Runs one queued step. `Err` leaves the message for a later delivery.
+    pub async fn run(&self, work: &ExportWork, attempt: u32) -> Result<(), ExportError> {
+        match work {
+            ExportWork::Gather { export } => gather::run(self, export, attempt).await,
+            ExportWork::Fetch {
+                export,
+                batch,
+                include,
+                ids,
+            } => fetch::run(self, export, *batch, *include, ids, attempt).await,
+            ExportWork::Compose { export } => compose::run(self, export).await,
+        }
+    }
+
+    pub(crate) async fn enqueue(&self, work: &ExportWork) -> Result<(), StorageError> {
+        let text = serde_json::to_string(work).expect("work items serialise");
+        self.queue.send(&text, std::time::Duration::ZERO).await
+    }
+
+    /// The definition stored with an export.
+    pub(crate) fn definition(&self, job: &Entity) -> Result<ExportDefinition, String> {
+        ExportDefinition::parse(job.str("definition").unwrap_or_default(), self.fhir.base())
+    }
+
+    /// The absolute URL of a relative search, with `_count` added when it has none.
+    pub(crate) fn search_url(&self, relative: &str) -> String {
+        let base = self.fhir.base().as_str().trim_end_matches('/');
+        let mut url = format!("{base}/{relative}");
+        if !relative
+            .split(['?', '&'])
+            .skip(1)
+            .any(|p| p.starts_with("_count="))
+        {
+            url.push(if relative.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("_count={}", self.settings.page_size));
+        }
+        url
+    }
+
+    /// Characters a search URL adds around the include text: base URL, `/`, `&_count=N`.
+    pub(crate) fn url_overhead(&self) -> usize {
+        self.fhir.base().as_str().trim_end_matches('/').len()
+            + 1
+            + "&_count=".len()
+            + self.settings.page_size.to_string().len()
+    }
+
+    /// Parses a URL to follow (a `next` link); only this FHIR server is ever called, so a
+    /// token is never sent elsewhere.
+    pub(crate) fn same_server_url(&self, link: &str) -> Result<Url, String> {
+        let base = self.fhir.base();
+        let url = base
+            .join(link)
+            .map_err(|e| format!("the link {link:?} is not a URL: {e}"))?;
+        if url.origin() != base.origin() {
+            return Err(format!(
+                "the server's next link points at {}, not at {}; set FHIRBULK_FHIR_URL to the base URL the server advertises",
+                url.origin().ascii_serialization(),
+                base.origin().ascii_serialization()
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The job row, and its status, if the export exists.
+    pub(crate) async fn job(&self, id: &str) -> Result<Option<(Entity, JobStatus)>, StorageError> {
+        Ok(self.store.job(id).await?.map(|job| {
+            let status = JobStatus::of(&job).unwrap_or(JobStatus::Failed);
+            (job, status)
+        }))
+    }
+
+    /// Blob name of a file of an export.
+    pub(crate) fn blob_name(export: &str, name: &str) -> String {
+        format!("{export}/{name}")
+    }
+}
+
+/// An export id: lowercase hex, as generated (also keeps ids safe as table keys and paths).
+pub fn valid_export_id(id: &str) -> bool {
+    (8..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_items_round_trip_as_tagged_json() {
+        let w = ExportWork::Fetch {
+            export: "abc".into(),
+            batch: 2,
+            include: 1,
+            ids: vec!["p1".into()],
+        };
+        let text = serde_json::to_string(&w).unwrap();
+        assert!(text.contains(r#""step":"fetch""#), "{text}");
+        assert_eq!(serde_json::from_str::<ExportWork>(&text).unwrap(), w);
+        assert_eq!(w.export(), "abc");
+        assert!(valid_export_id("0123456789abcdef0123456789abcdef"));
+        assert!(!valid_export_id("../etc"));
+        assert!(!valid_export_id("ABCDEF0123"));
+    }
+}

@@ -1,0 +1,84 @@
+//! Starting an export from a query definition dropped into the trigger container: the export id
+//! is derived from the file (name and version), so a repeated event starts nothing new. The
+//! file then moves to `<trigger>-processed` with the start answer beside it, or, when the
+//! definition is invalid, to `<trigger>-err` with an OperationOutcome saying why.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::control::{self, Links};
+use super::{ExportError, Exporter};
+
+/// What became of a trigger file (a line for the invocation log).
+pub async fn start_from_blob(
+    ex: &Exporter,
+    container: &str,
+    blob: &str,
+) -> Result<String, ExportError> {
+    if container != ex.settings.trigger_container {
+        return Ok(format!(
+            "ignored: {container} is not the export trigger container"
+        ));
+    }
+    let Some(props) = ex.blobs.properties(container, blob).await? else {
+        return Ok(format!(
+            "{container}/{blob} no longer exists (already started and moved?)"
+        ));
+    };
+    let Some(body) = ex.blobs.read_all(container, blob).await? else {
+        return Ok(format!("{container}/{blob} no longer exists"));
+    };
+    let id = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("{container}/{blob}#{}", props.etag).as_bytes(),
+    )
+    .simple()
+    .to_string();
+    let text = String::from_utf8_lossy(&body);
+    let reply = control::start(
+        ex,
+        &text,
+        &Links::default(),
+        &format!("{container}/{blob}"),
+        Some(id),
+    )
+    .await;
+    let (target, note, line) = match reply.status {
+        202 => (
+            ex.settings.trigger_processed_container(),
+            format!("{blob}.result.json"),
+            format!(
+                "export {} started from {container}/{blob}",
+                reply.body["id"].as_str().unwrap_or_default()
+            ),
+        ),
+        400 => (
+            ex.settings.trigger_err_container(),
+            format!("{blob}.error.json"),
+            format!("{container}/{blob} is not a valid query definition"),
+        ),
+        _ => {
+            // At the concurrency cap, or storage unavailable: leave the file and try again.
+            let why = reply
+                .body
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| reply.body.to_string());
+            return Err(ExportError::Transient(format!(
+                "cannot start the export of {container}/{blob} yet: {why}"
+            )));
+        }
+    };
+    ex.blobs
+        .upload(
+            &target,
+            &note,
+            Bytes::from(serde_json::to_vec_pretty(&reply.body).expect("JSON serialises")),
+        )
+        .await?;
+    ex.blobs
+        .move_blob(container, blob, &target, blob, Some(&props.etag))
+        .await?;
+    Ok(line)
+}

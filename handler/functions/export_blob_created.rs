@@ -1,0 +1,76 @@
+//! `ExportBlobCreated` (Event Grid trigger on the export trigger container): a query definition
+//! dropped there starts an export, exactly as `POST /$alt-export` would.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::AppState;
+use crate::export::Exporter;
+use crate::export::trigger::start_from_blob;
+use crate::protocol::event_grid::{GridEvent, parse_events};
+use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
+
+/// The binding name in `functions/ExportBlobCreated/function.json`.
+pub const BINDING: &str = "event";
+
+/// Starts an export per BlobCreated event of a delivery; returns one log line per event, or
+/// the reason to have the delivery retried.
+pub async fn handle_events(exporter: &Exporter, payload: Value) -> Result<Vec<String>, String> {
+    let mut logs = Vec::new();
+    let events = match parse_events(payload) {
+        Ok(events) => events,
+        // Not an event at all: redelivery would not help. Record and acknowledge.
+        Err(e) => {
+            return Ok(vec![format!(
+                "invalid event acknowledged without work: {e}"
+            )]);
+        }
+    };
+    for event in events {
+        match event {
+            GridEvent::BlobCreated(blob) => logs.push(
+                start_from_blob(exporter, &blob.container, &blob.blob)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            GridEvent::SubscriptionValidation { .. } => {
+                logs.push("subscription validation is answered by the Event Grid extension".into())
+            }
+            GridEvent::Other { event_type } => {
+                logs.push(format!("ignored event type {event_type}"))
+            }
+        }
+    }
+    Ok(logs)
+}
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Json(request): Json<InvocationRequest>,
+) -> Response {
+    let Some(payload) = request.binding(BINDING) else {
+        let body =
+            InvocationResponse::default().log(format!("no '{BINDING}' in Data; nothing done"));
+        return Json(body).into_response();
+    };
+    match handle_events(&state.exporter, payload).await {
+        Ok(logs) => {
+            for l in &logs {
+                info!(message = "Export trigger handled.", outcome = %l);
+            }
+            Json(InvocationResponse {
+                logs,
+                ..Default::default()
+            })
+            .into_response()
+        }
+        Err(why) => {
+            warn!(message = "Export trigger failed; Event Grid will redeliver.", reason = %why);
+            (StatusCode::INTERNAL_SERVER_ERROR, why).into_response()
+        }
+    }
+}

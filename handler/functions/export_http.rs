@@ -1,0 +1,140 @@
+//! The export's HTTP functions, each a thin adapter from a host invocation (or a direct request
+//! in `serve` mode) to `export::control`:
+//! `ExportStart` (POST `$alt-export`), `ExportStatus` (GET `$alt-export/{id}`),
+//! `ExportTerminate` (POST `$alt-export/{id}/terminate`), `ExportPurge` (DELETE
+//! `$alt-export/{id}`) and `ExportList` (GET `$alt-export-status`).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::export::control::{self, Links, Reply};
+use crate::protocol::invocation::{
+    HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
+};
+
+/// The binding names in each export HTTP function's `function.json`.
+pub const REQUEST_BINDING: &str = "req";
+pub const RESPONSE_BINDING: &str = "res";
+
+fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
+    invocation
+        .binding(REQUEST_BINDING)
+        .map(|v| HttpRequestData::from_binding(&v))
+        .unwrap_or_default()
+}
+
+fn to_host(reply: Reply) -> Response {
+    let mut data = HttpResponseData::json(reply.status, &reply.body);
+    data.headers.extend(reply.headers);
+    Json(InvocationResponse::default().http(RESPONSE_BINDING, data)).into_response()
+}
+
+fn to_direct(reply: Reply) -> Response {
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        Json(reply.body),
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response
+}
+
+/// Links for a direct request: the Host it was sent to.
+fn direct_links(headers: &HeaderMap, uri: &Uri) -> Links {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    Links::from_request_url(&format!("http://{host}{uri}"))
+}
+
+fn id_param(req: &HttpRequestData) -> String {
+    req.params.get("id").cloned().unwrap_or_default()
+}
+
+pub async fn start_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let req = request_of(&invocation);
+    let links = Links::from_request_url(&req.url);
+    let body = req.body.unwrap_or_default();
+    let request = strip_query(&req.url);
+    to_host(control::start(&state.exporter, &body, &links, &request, None).await)
+}
+
+pub async fn start_direct(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let links = direct_links(&headers, &uri);
+    let request = format!("{}/$alt-export", links.base);
+    let body = String::from_utf8_lossy(&body);
+    to_direct(control::start(&state.exporter, &body, &links, &request, None).await)
+}
+
+pub async fn status_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let id = id_param(&request_of(&invocation));
+    to_host(control::status(&state.exporter, &id).await)
+}
+
+pub async fn status_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    to_direct(control::status(&state.exporter, &id).await)
+}
+
+pub async fn terminate_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let id = id_param(&request_of(&invocation));
+    to_host(control::terminate(&state.exporter, &id).await)
+}
+
+pub async fn terminate_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    to_direct(control::terminate(&state.exporter, &id).await)
+}
+
+pub async fn purge_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let id = id_param(&request_of(&invocation));
+    to_host(control::purge(&state.exporter, &id).await)
+}
+
+pub async fn purge_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    to_direct(control::purge(&state.exporter, &id).await)
+}
+
+pub async fn list_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let links = Links::from_request_url(&request_of(&invocation).url);
+    to_host(control::list(&state.exporter, &links).await)
+}
+
+pub async fn list_direct(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    to_direct(control::list(&state.exporter, &direct_links(&headers, &uri)).await)
+}
+
+/// The request URL without its query (which may carry the function key).
+fn strip_query(url: &str) -> String {
+    url.split('?').next().unwrap_or_default().to_string()
+}

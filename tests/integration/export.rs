@@ -1,0 +1,425 @@
+//! Export end to end: data loaded by the import engine into the real FHIR server, exported by
+//! the real `handler serve` into real Azurite, and every output file compared with what the
+//! server itself returns for the same searches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::fixtures::{observation_line, patient_bundle, patient_id};
+use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs};
+
+const PATIENTS: usize = 12;
+
+/// A Coverage whose subscriber is patient `n`, in class `class`.
+fn coverage_line(n: usize, class: &str) -> String {
+    json!({"resourceType": "Coverage", "id": format!("cov-{n}"), "status": "active",
+           "beneficiary": {"reference": format!("Patient/{}", patient_id(n))},
+           "subscriber": {"reference": format!("Patient/{}", patient_id(n))},
+           "payor": [{"display": "Payer"}],
+           "class": [{"type": {"text": "plan"}, "value": class}]})
+    .to_string()
+}
+
+/// Twelve patients by transaction Bundle (even ones born 1940), 600 padded Observations of
+/// patient 0 (about 1.3 MB: the Observation output rolls over at 1 MiB), and Coverages
+/// (Med1 for every third patient), all loaded through the import engine.
+async fn load(azurite: &Azurite, handler: &Handler) {
+    let store = blobs(azurite);
+    for n in 0..PATIENTS {
+        let bundle = patient_bundle(n, 3).to_string();
+        store
+            .upload("bundles", &format!("p{n}.json"), Bytes::from(bundle))
+            .await
+            .unwrap();
+    }
+    let heavy: Vec<String> = (0..600)
+        .map(|i| observation_line("heavy", 0, i, 2000))
+        .collect();
+    store
+        .upload(
+            "ndjson",
+            "heavy.ndjson",
+            Bytes::from(heavy.join("\n") + "\n"),
+        )
+        .await
+        .unwrap();
+    let coverages: Vec<String> = (0..PATIENTS)
+        .map(|n| coverage_line(n, if n % 3 == 0 { "Med1" } else { "Med2" }))
+        .collect();
+    store
+        .upload(
+            "ndjson",
+            "coverage.ndjson",
+            Bytes::from(coverages.join("\n") + "\n"),
+        )
+        .await
+        .unwrap();
+    handler.wait_imports(PATIENTS + 2, 300).await;
+}
+
+/// Every `Type/id` the server returns for a search, following `next` links.
+async fn server_ids(fhir: &str, search: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let sep = if search.contains('?') { '&' } else { '?' };
+    let mut next = Some(format!("{fhir}/{search}{sep}_count=100"));
+    while let Some(url) = next.take() {
+        let page: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        for e in page["entry"].as_array().cloned().unwrap_or_default() {
+            if e["search"]["mode"].as_str().unwrap_or("match") == "match" {
+                out.insert(format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                ));
+            }
+        }
+        next = page["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    out
+}
+
+async fn post_export(handler: &Handler, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/$alt-export", handler.base))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.unwrap_or(Value::Null), headers)
+}
+
+async fn get_status(handler: &Handler, id: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let resp = reqwest::get(format!("{}/$alt-export/{id}", handler.base))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.unwrap_or(Value::Null), headers)
+}
+
+/// Polls the status until it is no longer 202; returns the final answer.
+async fn wait_export(handler: &Handler, id: &str, timeout_secs: u64) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let (status, body, headers) = get_status(handler, id).await;
+        if status != 202 {
+            return (status, body);
+        }
+        assert!(headers.contains_key("x-progress"), "202 without X-Progress");
+        assert!(headers.contains_key("retry-after"), "202 without Retry-After");
+        assert!(
+            Instant::now() < deadline,
+            "export {id} still running after {timeout_secs}s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The export's files per type: every line, checked to be a resource of that type.
+async fn exported(azurite: &Azurite, manifest: &Value) -> BTreeMap<String, Vec<String>> {
+    let store = blobs(azurite);
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in manifest["output"].as_array().unwrap() {
+        let kind = file["type"].as_str().unwrap().to_string();
+        let url = file["url"].as_str().unwrap();
+        let name = url.split("/export/").nth(1).unwrap();
+        let text = blob_text(&store, "export", name).await;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(
+            lines.len() as u64,
+            file["count"].as_u64().unwrap(),
+            "manifest count of {name}"
+        );
+        assert_eq!(text.len() as u64, file["sizebytes"].as_u64().unwrap());
+        for line in &lines {
+            let v: Value = serde_json::from_str(line).expect("each line is one JSON resource");
+            assert_eq!(v["resourceType"], kind.as_str(), "{name}");
+        }
+        out.entry(kind).or_default().extend(lines);
+    }
+    out
+}
+
+fn ids_of(lines: &[String]) -> (BTreeSet<String>, usize) {
+    let set: BTreeSet<String> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{}/{}", v["resourceType"].as_str().unwrap(), v["id"].as_str().unwrap())
+        })
+        .collect();
+    let len = set.len();
+    (set, lines.len() - len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exports_hold_exactly_what_the_server_returns() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    // Short URLs and small pages: several id batches and several pages per search.
+    let handler = Handler::start(
+        &azurite,
+        &fhir.base_url,
+        &[
+            ("FHIRBULK_EXPORT_MAX_URL_LENGTH", "300"),
+            ("FHIRBULK_EXPORT_PAGE_SIZE", "40"),
+            ("FHIRBULK_EXPORT_MAX_FILE_MIB", "1"),
+        ],
+    );
+    load(&azurite, &handler).await;
+    let base = &fhir.base_url;
+
+    // Provider style: patients born before 1951; the two Observation searches overlap.
+    let definition = json!({
+        "query": "Patient?birthdate=lt1951-01-01",
+        "patientreferencefield": "id",
+        "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS",
+                    "Observation?patient=$IDS", "Observation?subject=$IDS&code=8867-4"]});
+    let (status, started, headers) = post_export(&handler, &definition.to_string()).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let status_uri = started["statusQueryGetUri"].as_str().unwrap();
+    assert!(status_uri.ends_with(&format!("/$alt-export/{id}")), "{status_uri}");
+    assert_eq!(headers["content-location"].to_str().unwrap(), status_uri);
+    assert!(started["terminatePostUri"].is_string() && started["purgeHistoryDeleteUri"].is_string());
+    let (status, manifest) = wait_export(&handler, &id, 240).await;
+    assert_eq!(status, 200, "{manifest}");
+    assert_eq!(manifest["extension"]["status"], "completed");
+    assert_eq!(manifest["error"], json!([]));
+    let old: Vec<String> = (0..PATIENTS).step_by(2).map(patient_id).collect();
+    assert_eq!(manifest["extension"]["patients"], old.len());
+    assert!(manifest["extension"]["batches"].as_i64().unwrap() > 1, "{manifest}");
+    let files = exported(&azurite, &manifest).await;
+    let ids = old.join(",");
+    for (kind, search) in [
+        ("Patient", format!("Patient?_id={ids}")),
+        ("Encounter", format!("Encounter?patient={ids}")),
+        ("Observation", format!("Observation?patient={ids}")),
+    ] {
+        let (got, duplicates) = ids_of(&files[kind]);
+        assert_eq!(duplicates, 0, "{kind} written once each");
+        assert_eq!(got, server_ids(base, &search).await, "{kind}");
+    }
+    assert_eq!(files.len(), 3, "only the included types: {:?}", files.keys());
+    assert_eq!(files["Observation"].len(), 6 * 3 + 600);
+    assert!(
+        manifest["extension"]["duplicatesDropped"].as_i64().unwrap() >= 18,
+        "the second Observation search found the same resources again: {manifest}"
+    );
+    let observation_files = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "Observation")
+        .count();
+    assert!(observation_files >= 2, "Observation rolled over at 1 MiB");
+    let store = blobs(&azurite);
+    let completed: Value = serde_json::from_str(
+        &blob_text(&store, "export", &format!("{id}/_completed_run.json")).await,
+    )
+    .unwrap();
+    assert_eq!(completed, manifest, "_completed_run.json is the status body");
+    assert!(
+        store
+            .list("export", Some(&format!("{id}/_")))
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.name.ends_with("_completed_run.json")),
+        "staging blobs are cleaned up"
+    );
+
+    // Payer style: subscribers of class Med1 found through Coverage.subscriber.
+    let definition = json!({
+        "query": "Coverage?class-value=Med1",
+        "patientreferencefield": "subscriber",
+        "include": ["Patient?_id=$IDS", "Coverage?patient=$IDS", "Encounter?patient=$IDS"]});
+    let (status, started, _) = post_export(&handler, &definition.to_string()).await;
+    assert_eq!(status, 202, "{started}");
+    let payer = started["id"].as_str().unwrap().to_string();
+    let (status, manifest) = wait_export(&handler, &payer, 240).await;
+    assert_eq!(status, 200, "{manifest}");
+    let subscribers: Vec<String> = (0..PATIENTS).step_by(3).map(patient_id).collect();
+    let files = exported(&azurite, &manifest).await;
+    let ids = subscribers.join(",");
+    for (kind, search) in [
+        ("Patient", format!("Patient?_id={ids}")),
+        ("Coverage", format!("Coverage?patient={ids}")),
+        ("Encounter", format!("Encounter?patient={ids}")),
+    ] {
+        let (got, duplicates) = ids_of(&files[kind]);
+        assert_eq!(duplicates, 0);
+        assert_eq!(got.len(), subscribers.len(), "{kind}");
+        assert_eq!(got, server_ids(base, &search).await, "{kind}");
+    }
+
+    // The listing shows both, newest first.
+    let list: Value = reqwest::get(format!("{}/$alt-export-status", handler.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["instanceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [payer.as_str(), id.as_str()]);
+
+    // Purge deletes files and state; then the id is unknown.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/$alt-export/{id}", handler.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(store.list("export", Some(&format!("{id}/"))).await.unwrap().is_empty());
+    let (status, body, _) = get_status(&handler, &id).await;
+    assert_eq!(status, 404, "{body}");
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/$alt-export/{id}", handler.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "purging twice says the export is unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_definitions_get_400s_that_say_why() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let handler = Handler::start(&azurite, &fhir.base_url, &[]);
+    for (body, expected) in [
+        ("{not json", "not valid JSON"),
+        (r#"{"patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#, "query is missing"),
+        (r#"{"query":"Patient","patientreferencefield":"id","include":["Encounter?patient=x"]}"#, "has no $IDS"),
+        (r#"{"query":"https://elsewhere.example.com/fhir/Patient","patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#, "points at another server"),
+    ] {
+        let (status, outcome, _) = post_export(&handler, body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains(expected), "{body}: {diagnostics}");
+    }
+    let (status, _, _) = get_status(&handler, "0123456789abcdef0123456789abcdef").await;
+    assert_eq!(status, 404);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/$alt-export/0123456789abcdef0123456789abcdef/terminate", handler.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+/// Sorted lines per type: what an export wrote, independent of file boundaries.
+fn sorted(files: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    files
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            (k, v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    // One id per batch and tiny pages: many work items, so the kill lands mid-export.
+    let env = [
+        ("FHIRBULK_EXPORT_MAX_URL_LENGTH", "256"),
+        ("FHIRBULK_EXPORT_PAGE_SIZE", "5"),
+        ("FHIRBULK_MAX_EXPORTS", "1"),
+        ("FHIRBULK_WORKERS", "2"),
+    ];
+    let mut handler = Handler::start(&azurite, &fhir.base_url, &env);
+    load(&azurite, &handler).await;
+    let definition = json!({
+        "query": "Patient?_count=3",
+        "patientreferencefield": "id",
+        "include": ["Patient?_id=$IDS", "Observation?patient=$IDS", "Encounter?patient=$IDS"]})
+    .to_string();
+    let (status, started, _) = post_export(&handler, &definition).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    // The cap is one export at a time.
+    let (status, busy, _) = post_export(&handler, &definition).await;
+    assert_eq!(status, 429, "{busy}");
+    assert!(busy["error"].as_str().unwrap().contains("FHIRBULK_MAX_EXPORTS"));
+    // Kill once some, not all, work items are finished.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body, _) = get_status(&handler, &id).await;
+        assert_eq!(status, 202, "the export finished before the kill: {body}");
+        let finished = body["workItems"]["finished"].as_u64().unwrap_or(0);
+        if finished >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handler.kill();
+    let handler = Handler::start(&azurite, &fhir.base_url, &env);
+    let (status, resumed) = wait_export(&handler, &id, 300).await;
+    assert_eq!(status, 200, "{resumed}");
+    let resumed_files = sorted(exported(&azurite, &resumed).await);
+
+    // The same definition, uninterrupted, writes the same resources.
+    let (status, again, _) = post_export(&handler, &definition).await;
+    assert_eq!(status, 202, "{again}");
+    let again_id = again["id"].as_str().unwrap().to_string();
+    let (status, clean) = wait_export(&handler, &again_id, 300).await;
+    assert_eq!(status, 200, "{clean}");
+    let clean_files = sorted(exported(&azurite, &clean).await);
+    assert_eq!(resumed_files, clean_files, "a killed export's output equals a clean run's");
+    assert_eq!(resumed_files["Patient"].len(), PATIENTS);
+    assert_eq!(resumed_files["Observation"].len(), PATIENTS * 3 + 600);
+    assert_eq!(
+        resumed["extension"]["resources"], clean["extension"]["resources"],
+        "counts agree"
+    );
+
+    // Terminate: stops a running export, is idempotent, and purge removes it.
+    let (status, third, _) = post_export(&handler, &definition).await;
+    assert_eq!(status, 202, "{third}");
+    let third = third["id"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let terminate = format!("{}/$alt-export/{third}/terminate", handler.base);
+    let first: Value = client.post(&terminate).send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["status"], "terminated", "{first}");
+    let second = client.post(&terminate).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert!(second["message"].as_str().unwrap().contains("already ended"), "{second}");
+    let (status, body, _) = get_status(&handler, &third).await;
+    assert_eq!(status, 410, "{body}");
+    // Nothing is scheduled any more: no compose, no manifest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let store = blobs(&azurite);
+    assert!(
+        store
+            .properties("export", &format!("{third}/_completed_run.json"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let purged = client
+        .delete(format!("{}/$alt-export/{third}", handler.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    assert!(store.list("export", Some(&format!("{third}/"))).await.unwrap().is_empty());
+}
