@@ -115,7 +115,10 @@ async fn wait_export(handler: &Handler, id: &str, timeout_secs: u64) -> (u16, Va
             return (status, body);
         }
         assert!(headers.contains_key("x-progress"), "202 without X-Progress");
-        assert!(headers.contains_key("retry-after"), "202 without Retry-After");
+        assert!(
+            headers.contains_key("retry-after"),
+            "202 without Retry-After"
+        );
         assert!(
             Instant::now() < deadline,
             "export {id} still running after {timeout_secs}s: {body}"
@@ -154,7 +157,11 @@ fn ids_of(lines: &[String]) -> (BTreeSet<String>, usize) {
         .iter()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            format!("{}/{}", v["resourceType"].as_str().unwrap(), v["id"].as_str().unwrap())
+            format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            )
         })
         .collect();
     let len = set.len();
@@ -170,7 +177,7 @@ async fn exports_hold_exactly_what_the_server_returns() {
         &azurite,
         &fhir.base_url,
         &[
-            ("FHIRBULK_EXPORT_MAX_URL_LENGTH", "300"),
+            ("FHIRBULK_EXPORT_MAX_URL_LENGTH", "256"),
             ("FHIRBULK_EXPORT_PAGE_SIZE", "40"),
             ("FHIRBULK_EXPORT_MAX_FILE_MIB", "1"),
         ],
@@ -188,16 +195,24 @@ async fn exports_hold_exactly_what_the_server_returns() {
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
     let status_uri = started["statusQueryGetUri"].as_str().unwrap();
-    assert!(status_uri.ends_with(&format!("/$alt-export/{id}")), "{status_uri}");
+    assert!(
+        status_uri.ends_with(&format!("/$alt-export/{id}")),
+        "{status_uri}"
+    );
     assert_eq!(headers["content-location"].to_str().unwrap(), status_uri);
-    assert!(started["terminatePostUri"].is_string() && started["purgeHistoryDeleteUri"].is_string());
+    assert!(
+        started["terminatePostUri"].is_string() && started["purgeHistoryDeleteUri"].is_string()
+    );
     let (status, manifest) = wait_export(&handler, &id, 240).await;
     assert_eq!(status, 200, "{manifest}");
     assert_eq!(manifest["extension"]["status"], "completed");
     assert_eq!(manifest["error"], json!([]));
     let old: Vec<String> = (0..PATIENTS).step_by(2).map(patient_id).collect();
     assert_eq!(manifest["extension"]["patients"], old.len());
-    assert!(manifest["extension"]["batches"].as_i64().unwrap() > 1, "{manifest}");
+    assert!(
+        manifest["extension"]["batches"].as_i64().unwrap() > 1,
+        "{manifest}"
+    );
     let files = exported(&azurite, &manifest).await;
     let ids = old.join(",");
     for (kind, search) in [
@@ -209,7 +224,12 @@ async fn exports_hold_exactly_what_the_server_returns() {
         assert_eq!(duplicates, 0, "{kind} written once each");
         assert_eq!(got, server_ids(base, &search).await, "{kind}");
     }
-    assert_eq!(files.len(), 3, "only the included types: {:?}", files.keys());
+    assert_eq!(
+        files.len(),
+        3,
+        "only the included types: {:?}",
+        files.keys()
+    );
     assert_eq!(files["Observation"].len(), 6 * 3 + 600);
     assert!(
         manifest["extension"]["duplicatesDropped"].as_i64().unwrap() >= 18,
@@ -227,7 +247,10 @@ async fn exports_hold_exactly_what_the_server_returns() {
         &blob_text(&store, "export", &format!("{id}/_completed_run.json")).await,
     )
     .unwrap();
-    assert_eq!(completed, manifest, "_completed_run.json is the status body");
+    assert_eq!(
+        completed, manifest,
+        "_completed_run.json is the status body"
+    );
     assert!(
         store
             .list("export", Some(&format!("{id}/_")))
@@ -284,7 +307,13 @@ async fn exports_hold_exactly_what_the_server_returns() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(store.list("export", Some(&format!("{id}/"))).await.unwrap().is_empty());
+    assert!(
+        store
+            .list("export", Some(&format!("{id}/")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let (status, body, _) = get_status(&handler, &id).await;
     assert_eq!(status, 404, "{body}");
     let resp = reqwest::Client::new()
@@ -292,7 +321,11 @@ async fn exports_hold_exactly_what_the_server_returns() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 404, "purging twice says the export is unknown");
+    assert_eq!(
+        resp.status(),
+        404,
+        "purging twice says the export is unknown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -302,9 +335,18 @@ async fn bad_definitions_get_400s_that_say_why() {
     let handler = Handler::start(&azurite, &fhir.base_url, &[]);
     for (body, expected) in [
         ("{not json", "not valid JSON"),
-        (r#"{"patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#, "query is missing"),
-        (r#"{"query":"Patient","patientreferencefield":"id","include":["Encounter?patient=x"]}"#, "has no $IDS"),
-        (r#"{"query":"https://elsewhere.example.com/fhir/Patient","patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#, "points at another server"),
+        (
+            r#"{"patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#,
+            "query is missing",
+        ),
+        (
+            r#"{"query":"Patient","patientreferencefield":"id","include":["Encounter?patient=x"]}"#,
+            "has no $IDS",
+        ),
+        (
+            r#"{"query":"https://elsewhere.example.com/fhir/Patient","patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#,
+            "points at another server",
+        ),
     ] {
         let (status, outcome, _) = post_export(&handler, body).await;
         assert_eq!(status, 400, "{body}");
@@ -315,7 +357,10 @@ async fn bad_definitions_get_400s_that_say_why() {
     let (status, _, _) = get_status(&handler, "0123456789abcdef0123456789abcdef").await;
     assert_eq!(status, 404);
     let resp = reqwest::Client::new()
-        .post(format!("{}/$alt-export/0123456789abcdef0123456789abcdef/terminate", handler.base))
+        .post(format!(
+            "{}/$alt-export/0123456789abcdef0123456789abcdef/terminate",
+            handler.base
+        ))
         .send()
         .await
         .unwrap();
@@ -343,6 +388,8 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
         ("FHIRBULK_EXPORT_PAGE_SIZE", "5"),
         ("FHIRBULK_MAX_EXPORTS", "1"),
         ("FHIRBULK_WORKERS", "2"),
+        // Work held by the killed process comes back after 10 s instead of 2 minutes.
+        ("FHIRBULK_WORK_VISIBILITY_SECS", "10"),
     ];
     let mut handler = Handler::start(&azurite, &fhir.base_url, &env);
     load(&azurite, &handler).await;
@@ -357,7 +404,12 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
     // The cap is one export at a time.
     let (status, busy, _) = post_export(&handler, &definition).await;
     assert_eq!(status, 429, "{busy}");
-    assert!(busy["error"].as_str().unwrap().contains("FHIRBULK_MAX_EXPORTS"));
+    assert!(
+        busy["error"]
+            .as_str()
+            .unwrap()
+            .contains("FHIRBULK_MAX_EXPORTS")
+    );
     // Kill once some, not all, work items are finished.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -383,7 +435,10 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
     let (status, clean) = wait_export(&handler, &again_id, 300).await;
     assert_eq!(status, 200, "{clean}");
     let clean_files = sorted(exported(&azurite, &clean).await);
-    assert_eq!(resumed_files, clean_files, "a killed export's output equals a clean run's");
+    assert_eq!(
+        resumed_files, clean_files,
+        "a killed export's output equals a clean run's"
+    );
     assert_eq!(resumed_files["Patient"].len(), PATIENTS);
     assert_eq!(resumed_files["Observation"].len(), PATIENTS * 3 + 600);
     assert_eq!(
@@ -397,12 +452,25 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
     let third = third["id"].as_str().unwrap().to_string();
     let client = reqwest::Client::new();
     let terminate = format!("{}/$alt-export/{third}/terminate", handler.base);
-    let first: Value = client.post(&terminate).send().await.unwrap().json().await.unwrap();
+    let first: Value = client
+        .post(&terminate)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(first["status"], "terminated", "{first}");
     let second = client.post(&terminate).send().await.unwrap();
     assert_eq!(second.status(), 200);
     let second: Value = second.json().await.unwrap();
-    assert!(second["message"].as_str().unwrap().contains("already ended"), "{second}");
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap()
+            .contains("already ended"),
+        "{second}"
+    );
     let (status, body, _) = get_status(&handler, &third).await;
     assert_eq!(status, 410, "{body}");
     // Nothing is scheduled any more: no compose, no manifest.
@@ -421,5 +489,11 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
         .await
         .unwrap();
     assert_eq!(purged.status(), 200);
-    assert!(store.list("export", Some(&format!("{third}/"))).await.unwrap().is_empty());
+    assert!(
+        store
+            .list("export", Some(&format!("{third}/")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
