@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Import benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
+# Import and export benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
 #   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink huge-bundles-sink
-#                               bundles-sink small-files ndjson-real bundles-real
+#                               bundles-sink small-files ndjson-real bundles-real export-real
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
 # RSS (VmHWM) and CPU time per resource of the handler process.
+# export-real loads EXPORT_PATIENTS carebundle patients into sekmet, then runs an `$alt-export`
+# of all of them (six includes) and, on the same server in the same run, the same searches by an
+# ideal client (scripts/export-baseline.py): resources/second of both, peak RSS and CPU/resource.
 # Env: NDJSON_LINES (default 1500000, ~1.5 GB), ZIP_LINES (800000, ~800 MB), SMALL_FILES (1000;
-# Azurite's tables slow down as they grow, so far larger counts measure the emulator).
+# Azurite's tables slow down as they grow, so far larger counts measure the emulator),
+# EXPORT_PATIENTS (300).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real}
+CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real}
+EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
 SMALL_FILES=${SMALL_FILES:-1000}
@@ -77,6 +82,54 @@ run_case() {
   echo "$out" | grep -E "with failures|Load time" | sed 's/^/    /' || true
 }
 
+# export_case: loads patients through the importer, then measures one export against the
+# ideal client on the same server.
+export_case() {
+  # A server of its own, holding only the export data.
+  rm -rf "$WORK/fhir-export"
+  STATE_DIR="$WORK/fhir-export" FHIR_PORT=31092 FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-export.pid"
+  PIDS+=("$(cat "$WORK/fhir-export.pid")")
+  local url=http://127.0.0.1:31092/fhir
+  [ -d "$WORK/export-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$EXPORT_PATIENTS" --sex mixed --age-range 30-90 --seed 17 --out "$WORK/export-patients" > /dev/null
+  run_case export-load bundles "$WORK/export-patients" "$url" "$EXPORT_PATIENTS"
+  cat > "$WORK/export-definition.json" <<'JSON'
+{"query": "Patient", "patientreferencefield": "id",
+ "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS",
+             "Condition?patient=$IDS", "DiagnosticReport?patient=$IDS", "MedicationRequest?patient=$IDS"]}
+JSON
+  rm -rf "$WORK/azurite"
+  STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
+    scripts/azurite-up.sh > "$WORK/azurite.pid"
+  local azurite_pid; azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+  export FHIRBULK_FHIR_URL=$url
+  "$HANDLER" serve > "$WORK/handler-export.log" 2>&1 &
+  local hpid=$!; PIDS+=("$hpid")
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$HANDLER_PORT/health" > /dev/null && break; sleep 0.1; done
+  local id status="" peak=0
+  id=$(curl -sf -X POST "http://127.0.0.1:$HANDLER_PORT/\$alt-export" --data-binary @"$WORK/export-definition.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  while :; do
+    status=$(curl -s -o "$WORK/export-status.json" -w '%{http_code}' "http://127.0.0.1:$HANDLER_PORT/\$alt-export/$id")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status")
+    [ "$status" = 202 ] || break
+    sleep 0.5
+  done
+  local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$hpid/stat")
+  kill "$hpid" "$azurite_pid" 2>/dev/null || true
+  wait "$hpid" 2>/dev/null || true
+  python3 - "$WORK/export-status.json" "$status" "$((peak / 1024))" "$ticks" "$CLK_TCK" <<'PY'
+import json, sys
+from datetime import datetime
+m = json.load(open(sys.argv[1])); x = m.get("extension", {})
+if sys.argv[2] != "200":
+    sys.exit(f"export-real: the export ended with HTTP {sys.argv[2]}: {m}")
+t = lambda s: datetime.fromisoformat(s[:26].rstrip("Z") if "." in s else s.rstrip("Z"))
+secs = (t(x["finished"]) - t(x["started"])).total_seconds()
+n = x["resources"]; cpu = int(sys.argv[4]) * 1e6 / int(sys.argv[5]) / max(n, 1)
+print(f"export-real    patients={x['patients']} work_items={x['workItems']} files={len(m['output'])} resources={n} seconds={secs:.1f} resources/s={n / secs:.0f} peak_rss_mb={sys.argv[3]} cpu_us/resource={cpu:.0f}")
+PY
+  echo "    $(python3 scripts/export-baseline.py "$url" "$WORK/export-definition.json" 4)"
+}
+
 for c in $CASES; do
   case $c in
     ndjson-sink)
@@ -114,6 +167,7 @@ for c in $CASES; do
       start_fhir
       [ -d "$WORK/carebundle-real" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 100 --sex mixed --age-range 30-90 --seed 5 --out "$WORK/carebundle-real" > /dev/null
       run_case bundles-real bundles "$WORK/carebundle-real" "$fhir_url" 100 ;;
+    export-real) export_case ;;
     *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
   esac
 done

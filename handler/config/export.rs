@@ -18,6 +18,7 @@ pub const ENV_MAX_EXPORTS: &str = "FHIRBULK_MAX_EXPORTS";
 pub const DEFAULT_MAX_EXPORTS: usize = 10;
 pub const ENV_EXPORT_MAX_URL_LENGTH: &str = "FHIRBULK_EXPORT_MAX_URL_LENGTH";
 pub const DEFAULT_EXPORT_MAX_URL_LENGTH: usize = 4096;
+const MAX_URL_LENGTH_LIMIT: usize = 32_768;
 pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
 pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
 pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
@@ -46,6 +47,19 @@ pub struct ExportSettings {
 impl ExportSettings {
     pub(super) fn read(r: &Reader) -> Result<Self, SettingError> {
         const MIB: u64 = 1024 * 1024;
+        let max_url_length = r.number(
+            ENV_EXPORT_MAX_URL_LENGTH,
+            DEFAULT_EXPORT_MAX_URL_LENGTH,
+            256,
+        )?;
+        if max_url_length > MAX_URL_LENGTH_LIMIT {
+            // A work item carries its ids in a queue message, which holds at most 64 KiB.
+            return Err(SettingError {
+                name: ENV_EXPORT_MAX_URL_LENGTH,
+                value: max_url_length.to_string(),
+                reason: format!("must be at most {MAX_URL_LENGTH_LIMIT}"),
+            });
+        }
         Ok(ExportSettings {
             container: r.container(ENV_CONTAINER_EXPORT, "export")?,
             trigger_container: r.container(ENV_CONTAINER_EXPORT_TRIGGER, "export-trigger")?,
@@ -58,11 +72,7 @@ impl ExportSettings {
                 .get(ENV_EXPORTS_TABLE)
                 .unwrap_or(DEFAULT_EXPORTS_TABLE.into()),
             max_exports: r.number(ENV_MAX_EXPORTS, DEFAULT_MAX_EXPORTS, 0)?,
-            max_url_length: r.number(
-                ENV_EXPORT_MAX_URL_LENGTH,
-                DEFAULT_EXPORT_MAX_URL_LENGTH,
-                256,
-            )?,
+            max_url_length,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB
                 * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,

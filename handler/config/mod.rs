@@ -501,6 +501,14 @@ mod tests {
         assert_eq!(s.import.transaction_mode, TransactionMode::Batch);
         assert_eq!(s.fhir.auth, FhirAuth::None);
         assert_eq!(s.fhir.audience, "http://127.0.0.1:8090");
+        assert_eq!(s.export.container, "export");
+        assert_eq!(
+            s.export.trigger_processed_container(),
+            "export-trigger-processed"
+        );
+        assert_eq!(s.export.max_exports, 10);
+        assert_eq!(s.export.max_url_length, 4096);
+        assert_eq!(s.export.max_file_bytes, 256 * 1024 * 1024);
         match &s.storage {
             StorageSettings::SharedKey { account, blob, .. } => {
                 assert_eq!(account, "devstoreaccount1");
@@ -524,6 +532,10 @@ mod tests {
         assert_eq!(err.name, ENV_CONTAINER_NDJSON);
         let err = settings(&[(ENV_FHIR_URL, "fhir.example.org")]).unwrap_err();
         assert_eq!(err.name, ENV_FHIR_URL);
+        let err = settings(&[(ENV_EXPORT_MAX_URL_LENGTH, "100000")]).unwrap_err();
+        assert!(err.to_string().contains("at most 32768"), "{err}");
+        let err = settings(&[(ENV_EXPORT_MAX_URL_LENGTH, "100")]).unwrap_err();
+        assert_eq!(err.name, ENV_EXPORT_MAX_URL_LENGTH);
     }
 
     #[test]

@@ -356,6 +356,59 @@ async fn bad_definitions_get_400s_that_say_why() {
     }
     let (status, _, _) = get_status(&handler, "0123456789abcdef0123456789abcdef").await;
     assert_eq!(status, 404);
+
+    // Trigger files: a valid definition starts an export (here of an empty server: a manifest
+    // with no output) and moves to -processed; an invalid one moves to -err with the reason.
+    let store = blobs(&azurite);
+    let good = json!({"query": "Patient", "patientreferencefield": "id",
+                      "include": ["Patient?_id=$IDS"]});
+    store
+        .upload(
+            "export-trigger",
+            "nightly.json",
+            Bytes::from(good.to_string()),
+        )
+        .await
+        .unwrap();
+    store
+        .upload(
+            "export-trigger",
+            "broken.json",
+            Bytes::from("{\"query\": 1}"),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !store.list("export-trigger", None).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "trigger files were not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started: Value = serde_json::from_str(
+        &blob_text(
+            &store,
+            "export-trigger-processed",
+            "nightly.json.result.json",
+        )
+        .await,
+    )
+    .unwrap();
+    let id = started["id"].as_str().unwrap();
+    let (status, manifest) = wait_export(&handler, id, 60).await;
+    assert_eq!(status, 200, "{manifest}");
+    assert_eq!(manifest["output"], json!([]));
+    assert_eq!(manifest["extension"]["patients"], 0);
+    assert!(
+        store
+            .properties("export-trigger-processed", "nightly.json")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let outcome = blob_text(&store, "export-trigger-err", "broken.json.error.json").await;
+    assert!(outcome.contains("query is missing"), "{outcome}");
     let resp = reqwest::Client::new()
         .post(format!(
             "{}/$alt-export/0123456789abcdef0123456789abcdef/terminate",
