@@ -3,16 +3,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
-use tracing::{info, warn};
 
-use super::AppState;
+use super::{AppState, EXPORT_BLOB_CREATED, delivery_response, missing_event};
 use crate::export::Exporter;
 use crate::export::trigger::start_from_blob;
 use crate::protocol::event_grid::{GridEvent, parse_events};
-use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
+use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ExportBlobCreated/function.json`.
 pub const BINDING: &str = "event";
@@ -53,24 +51,10 @@ pub async fn invoke(
     Json(request): Json<InvocationRequest>,
 ) -> Response {
     let Some(payload) = request.binding(BINDING) else {
-        let body =
-            InvocationResponse::default().log(format!("no '{BINDING}' in Data; nothing done"));
-        return Json(body).into_response();
+        return missing_event(BINDING);
     };
-    match handle_events(&state.exporter, payload).await {
-        Ok(logs) => {
-            for l in &logs {
-                info!(message = "Export trigger handled.", outcome = %l);
-            }
-            Json(InvocationResponse {
-                logs,
-                ..Default::default()
-            })
-            .into_response()
-        }
-        Err(why) => {
-            warn!(message = "Export trigger failed; Event Grid will redeliver.", reason = %why);
-            (StatusCode::INTERNAL_SERVER_ERROR, why).into_response()
-        }
-    }
+    delivery_response(
+        EXPORT_BLOB_CREATED,
+        handle_events(&state.exporter, payload).await,
+    )
 }

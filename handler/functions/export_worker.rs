@@ -4,14 +4,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
 use tracing::warn;
 
 use super::{AppState, WorkOutcome};
 use crate::export::{ExportWork, Exporter};
-use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
+use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ExportWorker/function.json`.
 pub const BINDING: &str = "work";
@@ -36,12 +35,7 @@ pub async fn invoke(
 ) -> Response {
     let attempt = request.dequeue_count();
     let message = request.binding(BINDING).unwrap_or(Value::Null);
-    match handle_message(&state.exporter, message, attempt).await {
-        WorkOutcome::Done => Json(InvocationResponse::default()).into_response(),
-        WorkOutcome::Invalid(why) => {
-            warn!(message = "Invalid export queue message dropped.", reason = %why);
-            Json(InvocationResponse::default().log(why)).into_response()
-        }
-        WorkOutcome::Retry(why) => (StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),
-    }
+    handle_message(&state.exporter, message, attempt)
+        .await
+        .into_invocation_response("export")
 }

@@ -4,22 +4,28 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
-use tracing::{info, warn};
 
-use super::AppState;
+use super::{AppState, IMPORT_BLOB_CREATED, delivery_response, missing_event};
 use crate::import::{Importer, Registration};
 use crate::protocol::event_grid::{GridEvent, parse_events};
-use crate::protocol::invocation::{InvocationRequest, InvocationResponse};
+use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ImportBlobCreated/function.json`.
 pub const BINDING: &str = "event";
 
 /// Registers every BlobCreated event of a delivery; returns one log line per event.
 pub async fn handle_events(importer: &Importer, payload: Value) -> Result<Vec<String>, String> {
-    let events = parse_events(payload)?;
+    let events = match parse_events(payload) {
+        Ok(events) => events,
+        // Not an event at all: redelivery would not help. Record and acknowledge.
+        Err(e) => {
+            return Ok(vec![format!(
+                "invalid event acknowledged without work: {e}"
+            )]);
+        }
+    };
     let mut logs = Vec::new();
     for event in events {
         match event {
@@ -60,33 +66,10 @@ pub async fn invoke(
     Json(request): Json<InvocationRequest>,
 ) -> Response {
     let Some(payload) = request.binding(BINDING) else {
-        warn!(
-            message = "Invocation without an event binding.",
-            binding = BINDING
-        );
-        let body =
-            InvocationResponse::default().log(format!("no '{BINDING}' in Data; nothing done"));
-        return Json(body).into_response();
+        return missing_event(BINDING);
     };
-    match handle_events(&state.importer, payload).await {
-        Ok(logs) => {
-            for l in &logs {
-                info!(message = "BlobCreated handled.", outcome = %l);
-            }
-            Json(InvocationResponse {
-                logs,
-                ..Default::default()
-            })
-            .into_response()
-        }
-        Err(e) if e.starts_with("cannot register") => {
-            warn!(message = "BlobCreated failed; Event Grid will redeliver.", error = %e);
-            (StatusCode::INTERNAL_SERVER_ERROR, e).into_response()
-        }
-        Err(e) => {
-            // Not an event at all: redelivery would not help. Record and acknowledge.
-            warn!(message = "Invalid Event Grid payload acknowledged without work.", error = %e);
-            Json(InvocationResponse::default().log(format!("invalid event: {e}"))).into_response()
-        }
-    }
+    delivery_response(
+        IMPORT_BLOB_CREATED,
+        handle_events(&state.importer, payload).await,
+    )
 }

@@ -11,11 +11,15 @@ pub mod import_worker;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
+use tracing::{info, warn};
 
 use crate::export::Exporter;
 use crate::import::Importer;
+use crate::protocol::invocation::InvocationResponse;
 
 pub const IMPORT_BLOB_CREATED: &str = "ImportBlobCreated";
 pub const IMPORT_WORKER: &str = "ImportWorker";
@@ -50,6 +54,48 @@ pub enum WorkOutcome {
     Retry(String),
     /// Not a work item: delete it, it can never succeed.
     Invalid(String),
+}
+
+impl WorkOutcome {
+    /// The answer to the host's queue-trigger invocation: 500 makes the host deliver again.
+    pub fn into_invocation_response(self, queue: &str) -> Response {
+        match self {
+            WorkOutcome::Done => Json(InvocationResponse::default()).into_response(),
+            WorkOutcome::Invalid(why) => {
+                warn!(message = "Invalid queue message dropped.", queue, reason = %why);
+                Json(InvocationResponse::default().log(why)).into_response()
+            }
+            WorkOutcome::Retry(why) => (StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),
+        }
+    }
+}
+
+/// The answer to an Event Grid delivery: its log lines, or 500 so that Event Grid redelivers.
+pub fn delivery_response(function: &str, handled: Result<Vec<String>, String>) -> Response {
+    match handled {
+        Ok(logs) => {
+            for l in &logs {
+                info!(message = "BlobCreated handled.", function, outcome = %l);
+            }
+            Json(InvocationResponse {
+                logs,
+                ..Default::default()
+            })
+            .into_response()
+        }
+        Err(why) => {
+            warn!(message = "BlobCreated failed; Event Grid will redeliver.", function, reason = %why);
+            (StatusCode::INTERNAL_SERVER_ERROR, why).into_response()
+        }
+    }
+}
+
+/// The answer to an Event Grid invocation without its event binding (acknowledged: a
+/// redelivery would not have one either).
+pub fn missing_event(binding: &str) -> Response {
+    warn!(message = "Invocation without an event binding.", binding);
+    let body = InvocationResponse::default().log(format!("no '{binding}' in Data; nothing done"));
+    Json(body).into_response()
 }
 
 #[derive(Clone)]

@@ -36,9 +36,12 @@ pub async fn poll(work: QueueWork, shutdown: CancellationToken) {
         let message = match work.queue.receive(1, visibility).await {
             Ok(mut m) if !m.is_empty() => m.remove(0),
             Ok(_) => {
+                // Another process's messages are found by polling (backing off to 1 s); this
+                // process's own are looked for as soon as they are sent.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(idle) => {}
+                    _ = work.queue.message_sent() => idle = Duration::from_millis(50),
                 }
                 idle = (idle * 2).min(Duration::from_secs(1));
                 continue;

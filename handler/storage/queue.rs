@@ -28,6 +28,8 @@ pub struct ReceivedWork {
 pub struct WorkQueue {
     client: Arc<QueueClient>,
     name: String,
+    /// Woken when this process sends a message, so its own idle pollers look at once.
+    sent: Arc<tokio::sync::Notify>,
 }
 
 impl WorkQueue {
@@ -47,11 +49,17 @@ impl WorkQueue {
         Ok(WorkQueue {
             client: Arc::new(client),
             name: name.to_string(),
+            sent: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Completes when this process next sends an immediately visible message.
+    pub async fn message_sent(&self) {
+        self.sent.notified().await
     }
 
     pub async fn ensure(&self) -> StorageResult<()> {
@@ -79,6 +87,9 @@ impl WorkQueue {
             .send_message(content, Some(options))
             .await
             .map_err(|e| StorageError::sdk("send queue message", &self.name, e))?;
+        if delay.is_zero() {
+            self.sent.notify_waiters();
+        }
         Ok(())
     }
 

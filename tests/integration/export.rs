@@ -550,3 +550,61 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_searches_end_in_completed_with_errors_and_are_listed() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let (_standin, url) = crate::standin::StandIn::start(
+        &fhir.base_url,
+        crate::standin::Faults {
+            fail_gets_containing: Some("/Encounter?".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_FHIR_MAX_RETRIES", "1"),
+            ("FHIRBULK_FHIR_RETRY_BASE_MS", "10"),
+            ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
+            ("FHIRBULK_EXPORT_PAGE_SIZE", "7"),
+        ],
+    );
+    load(&azurite, &handler).await;
+    let definition = json!({
+        "query": "Patient?birthdate=lt1951-01-01", "patientreferencefield": "id",
+        "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS"]});
+    let (status, started, _) = post_export(&handler, &definition.to_string()).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap();
+    let (status, manifest) = wait_export(&handler, id, 120).await;
+    assert_eq!(status, 200, "{manifest}");
+    assert_eq!(manifest["extension"]["status"], "completed-with-errors");
+    let files = exported(&azurite, &manifest).await;
+    assert_eq!(
+        files["Patient"].len(),
+        6,
+        "the searches that worked are complete"
+    );
+    assert!(!files.contains_key("Encounter"));
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    assert_eq!(errors[0]["type"], "OperationOutcome");
+    let name = errors[0]["url"]
+        .as_str()
+        .unwrap()
+        .split("/export/")
+        .nth(1)
+        .unwrap();
+    let text = blob_text(&blobs(&azurite), "export", name).await;
+    let outcome: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        diagnostics.contains("Encounter?patient=") && diagnostics.contains("503"),
+        "{diagnostics}"
+    );
+}

@@ -23,6 +23,9 @@ pub struct Faults {
     pub entry_429_every: usize,
     /// Delay every bundle POST.
     pub delay: Duration,
+    /// Answer every GET whose path and query contain this text with 503 (an outage that
+    /// outlasts all retries).
+    pub fail_gets_containing: Option<String>,
 }
 
 #[derive(Default)]
@@ -37,6 +40,8 @@ pub struct Seen {
 
 struct Inner {
     upstream: String,
+    /// This stand-in's own base URL: links in replies are rewritten to point here.
+    own: Mutex<String>,
     client: reqwest::Client,
     faults: Mutex<Faults>,
     seen: Mutex<Seen>,
@@ -49,6 +54,7 @@ impl StandIn {
     pub async fn start(upstream: &str, faults: Faults) -> (StandIn, String) {
         let inner = Arc::new(Inner {
             upstream: upstream.trim_end_matches('/').to_string(),
+            own: Mutex::new(String::new()),
             client: reqwest::Client::new(),
             faults: Mutex::new(faults),
             seen: Mutex::new(Seen::default()),
@@ -59,7 +65,9 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (StandIn(inner), format!("http://{addr}/fhir"))
+        let own = format!("http://{addr}/fhir");
+        *inner.own.lock().unwrap() = own.clone();
+        (StandIn(inner), own)
     }
 
     pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
@@ -79,6 +87,12 @@ async fn forward(
     let rest = path.strip_prefix("/fhir").unwrap_or(path);
     let is_bundle_post = method == Method::POST && (rest.is_empty() || rest == "/");
     let mut entry_targets = Vec::new();
+    if method == Method::GET {
+        let fail = s.faults.lock().unwrap().fail_gets_containing.clone();
+        if fail.is_some_and(|text| path.contains(&text)) {
+            return (StatusCode::SERVICE_UNAVAILABLE, "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\",\"code\":\"transient\",\"diagnostics\":\"down for maintenance\"}]}").into_response();
+        }
+    }
     if is_bundle_post {
         let delay = s.faults.lock().unwrap().delay;
         if !delay.is_zero() {
@@ -122,7 +136,10 @@ async fn forward(
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap();
     let bytes = upstream.bytes().await.unwrap_or_default();
     if !is_bundle_post {
-        return (status, [("Content-Type", "application/fhir+json")], bytes).into_response();
+        // Search pages link to the server's own base URL: point them here instead.
+        let own = s.own.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(&bytes).replace(&s.upstream, &own);
+        return (status, [("Content-Type", "application/fhir+json")], text).into_response();
     }
     // Per-entry 429s: report them as throttled although the server took them; the loader
     // must re-send exactly these (PUT by id makes the re-send harmless).
