@@ -3,7 +3,8 @@
 # Installs what is missing, builds the handler, starts Azurite + the sekmet FHIR server +
 # `handler serve` from a clean state, generates synthetic patients with carebundle, uploads
 # them through the Blob API as transaction Bundles, NDJSON and a zip, waits until every file
-# is imported, and prints what landed per resource type, the failures and resources/second.
+# is imported, and prints what landed per resource type, the failures and resources/second;
+# then exports the older patients with $alt-export and prints the manifest's files.
 # The stack stays up for exploration; stop it with scripts/stack-down.sh.
 # Env: PATIENTS (default 100).
 set -euo pipefail
@@ -38,10 +39,35 @@ for f in "$DATA"/ndjson/*.ndjson; do "$HANDLER" upload ndjson "$f" >/dev/null; f
 echo "Uploaded $files files; waiting for the imports ..."
 status=0
 "$HANDLER" summary --expect "$files" --wait 900 || status=$?
+
+echo
+echo "Exporting patients born before 1960 with their Encounters and Observations (\$alt-export) ..."
+definition='{"query": "Patient?birthdate=lt1960-01-01", "patientreferencefield": "id",
+  "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS"]}'
+export_id=$(curl -sf -X POST 'http://127.0.0.1:7071/$alt-export' -d "$definition" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+for _ in $(seq 1 600); do
+  code=$(curl -s -o .stack/export-status.json -w '%{http_code}' "http://127.0.0.1:7071/\$alt-export/$export_id")
+  [ "$code" = 202 ] || break
+  sleep 0.5
+done
+python3 - .stack/export-status.json "$code" <<'PY' || status=$?
+import json, sys
+m = json.load(open(sys.argv[1]))
+if sys.argv[2] != "200":
+    sys.exit(f"export ended with HTTP {sys.argv[2]}: {m}")
+x = m["extension"]
+print(f"Export {x['id']}: {x['status']}, {x['patients']} patients, {x['resources']} resources")
+for f in m["output"]:
+    print(f"  {f['type']:<20} {f['count']:>8}  {f['url']}")
+for f in m["error"]:
+    print(f"  errors: {f['url']}")
+PY
 cat <<EOT
 
 The stack is still running for exploration:
   curl -s http://127.0.0.1:7071/imports            # every import with its status and counts
+  curl -s 'http://127.0.0.1:7071/\$alt-export-status'   # every export
+  curl -s "http://127.0.0.1:7071/\$alt-export/$export_id"   # the manifest of the export above
   curl -s 'http://127.0.0.1:8090/fhir/Patient?_count=5'
 Stop it with: scripts/stack-down.sh
 EOT

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::fixtures::{observation_line, patient_bundle, patient_id};
-use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs};
+use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs};
 
 const PATIENTS: usize = 12;
 
@@ -563,16 +563,12 @@ async fn failed_searches_end_in_completed_with_errors_and_are_listed() {
         },
     )
     .await;
-    let handler = Handler::start(
-        &azurite,
-        &url,
-        &[
-            ("FHIRBULK_FHIR_MAX_RETRIES", "1"),
-            ("FHIRBULK_FHIR_RETRY_BASE_MS", "10"),
-            ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
-            ("FHIRBULK_EXPORT_PAGE_SIZE", "7"),
-        ],
-    );
+    let env = [
+        GIVE_UP_FAST.as_slice(),
+        &[("FHIRBULK_EXPORT_PAGE_SIZE", "7")],
+    ]
+    .concat();
+    let handler = Handler::start(&azurite, &url, &env);
     load(&azurite, &handler).await;
     let definition = json!({
         "query": "Patient?birthdate=lt1951-01-01", "patientreferencefield": "id",

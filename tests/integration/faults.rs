@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::fixtures::{observation_line, patient_bundle, patient_id};
 use crate::standin::{Faults, StandIn};
-use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs, fhir_count};
+use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
@@ -214,15 +214,7 @@ async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
         ..Default::default()
     };
     let (_standin, url) = StandIn::start(&fhir.base_url, faults).await;
-    let handler = Handler::start(
-        &azurite,
-        &url,
-        &[
-            ("FHIRBULK_FHIR_MAX_RETRIES", "1"),
-            ("FHIRBULK_FHIR_RETRY_BASE_MS", "10"),
-            ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
-        ],
-    );
+    let handler = Handler::start(&azurite, &url, &GIVE_UP_FAST);
     let store = blobs(&azurite);
     store
         .upload(
