@@ -145,23 +145,12 @@ impl ExportStore {
 
     /// Inserts a row; `Ok(None)` when it already exists.
     pub async fn insert(&self, row: &Entity) -> StorageResult<Option<String>> {
-        match self.tables.insert(&self.table, row).await {
-            Ok(etag) => Ok(Some(etag)),
-            Err(e) if e.status() == Some(409) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.tables.insert_new(&self.table, row).await
     }
 
     /// Replaces a row if nobody changed it since it was read; `Ok(false)` if somebody did.
     pub async fn replace_if_unchanged(&self, row: &mut Entity) -> StorageResult<bool> {
-        match self.tables.replace(&self.table, row).await {
-            Ok(etag) => {
-                row.etag = etag;
-                Ok(true)
-            }
-            Err(e) if e.status() == Some(412) || e.status() == Some(404) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.tables.replace_if_unchanged(&self.table, row).await
     }
 
     pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {

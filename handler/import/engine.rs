@@ -164,15 +164,11 @@ impl Importer {
             .collect();
         futures::stream::iter(parts)
             .map(|row| async move {
-                match self
-                    .ledger
+                self.ledger
                     .tables()
-                    .insert(self.ledger.imports_table(), &row)
+                    .insert_new(self.ledger.imports_table(), &row)
                     .await
-                {
-                    Err(e) if e.status() != Some(409) => Err(e),
-                    _ => Ok(()),
-                }
+                    .map(|_| ())
             })
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -201,7 +197,7 @@ impl Importer {
             .await?;
         // With the ETag from the insert: a worker that already moved the file on wins.
         file.set_str("status", FileStatus::Queued.as_str());
-        self.ledger.replace_if_unchanged(&file).await?;
+        self.ledger.replace_if_unchanged(&mut file).await?;
         info!(
             message = "Import registered.",
             container,
@@ -233,7 +229,7 @@ impl Importer {
             if matches!(status, Some(FileStatus::Queued | FileStatus::Registering)) {
                 file.set_str("status", FileStatus::Loading.as_str());
                 file.set_str("started", now_rfc3339());
-                self.ledger.replace_if_unchanged(&file).await?;
+                self.ledger.replace_if_unchanged(&mut file).await?;
             }
             let result = match work.kind {
                 FileKind::Bundle => jobs::run_bundle(self, work, part.clone()).await,

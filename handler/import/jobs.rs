@@ -116,16 +116,14 @@ impl<'a> PartProgress<'a> {
             self.pending.clear();
         }
         self.counts.write(&mut self.row);
-        match self
+        // Another delivery of this work item moved the checkpoint on: leave the part to it.
+        if !self
             .importer
             .ledger
-            .tables()
-            .replace(self.importer.ledger.imports_table(), &self.row)
-            .await
+            .replace_if_unchanged(&mut self.row)
+            .await?
         {
-            Ok(etag) => self.row.etag = etag,
-            Err(e) if e.status() == Some(412) => return Err(ImportError::Superseded),
-            Err(e) => return Err(e.into()),
+            return Err(ImportError::Superseded);
         }
         self.last_save = Instant::now();
         Ok(())

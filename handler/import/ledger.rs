@@ -241,11 +241,7 @@ impl Ledger {
 
     /// Inserts the file row; `Ok(None)` when it already exists (a redelivered event).
     pub async fn insert_file(&self, file: &Entity) -> StorageResult<Option<String>> {
-        match self.tables.insert(&self.imports, file).await {
-            Ok(etag) => Ok(Some(etag)),
-            Err(e) if e.status() == Some(409) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.tables.insert_new(&self.imports, file).await
     }
 
     pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {
@@ -253,12 +249,8 @@ impl Ledger {
     }
 
     /// Replaces a row if it is unchanged since it was read; `Ok(false)` when someone else won.
-    pub async fn replace_if_unchanged(&self, row: &Entity) -> StorageResult<bool> {
-        match self.tables.replace(&self.imports, row).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_conflict() || e.status() == Some(404) => Ok(false),
-            Err(e) => Err(e),
-        }
+    pub async fn replace_if_unchanged(&self, row: &mut Entity) -> StorageResult<bool> {
+        self.tables.replace_if_unchanged(&self.imports, row).await
     }
 
     pub async fn parts(&self, key: &str) -> StorageResult<Vec<Entity>> {

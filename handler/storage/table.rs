@@ -253,6 +253,32 @@ impl TableClient {
         Ok(etag_of(&headers))
     }
 
+    /// Inserts a new entity; `Ok(None)` when one with its keys exists already (a repeat).
+    pub async fn insert_new(&self, table: &str, entity: &Entity) -> StorageResult<Option<String>> {
+        match self.insert(table, entity).await {
+            Ok(etag) => Ok(Some(etag)),
+            Err(e) if e.status() == Some(409) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the entity if nobody changed it since it was read (its ETag); on success it
+    /// carries the new ETag. `Ok(false)` when another writer changed or deleted it first.
+    pub async fn replace_if_unchanged(
+        &self,
+        table: &str,
+        entity: &mut Entity,
+    ) -> StorageResult<bool> {
+        match self.replace(table, entity).await {
+            Ok(etag) => {
+                entity.etag = etag;
+                Ok(true)
+            }
+            Err(e) if e.is_conflict() || e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces the entity if its ETag still matches (`"*"` replaces unconditionally);
     /// a 412 means someone else changed it since it was read.
     pub async fn replace(&self, table: &str, entity: &Entity) -> StorageResult<String> {
