@@ -1,12 +1,7 @@
 //! Settings of the patient-centric export (`$alt-export`): where its state and output live, how
 //! many exports may run at once, and how searches are cut and files rolled over.
 
-use std::time::Duration;
-
-use super::{
-    DEFAULT_MAX_WORK_ATTEMPTS, DEFAULT_WORK_VISIBILITY_SECS, ENV_MAX_WORK_ATTEMPTS,
-    ENV_WORK_VISIBILITY_SECS, Reader, SettingError,
-};
+use super::{Reader, SettingError, WorkSettings};
 
 pub const ENV_CONTAINER_EXPORT: &str = "FHIRBULK_CONTAINER_EXPORT";
 pub const ENV_CONTAINER_EXPORT_TRIGGER: &str = "FHIRBULK_CONTAINER_EXPORT_TRIGGER";
@@ -40,12 +35,11 @@ pub struct ExportSettings {
     pub page_size: usize,
     /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
     pub max_file_bytes: u64,
-    pub work_visibility: Duration,
-    pub max_work_attempts: u32,
+    pub work: WorkSettings,
 }
 
 impl ExportSettings {
-    pub(super) fn read(r: &Reader) -> Result<Self, SettingError> {
+    pub(super) fn read(r: &Reader, work: WorkSettings) -> Result<Self, SettingError> {
         const MIB: u64 = 1024 * 1024;
         let max_url_length = r.number(
             ENV_EXPORT_MAX_URL_LENGTH,
@@ -63,25 +57,14 @@ impl ExportSettings {
         Ok(ExportSettings {
             container: r.container(ENV_CONTAINER_EXPORT, "export")?,
             trigger_container: r.container(ENV_CONTAINER_EXPORT_TRIGGER, "export-trigger")?,
-            queue: r
-                .0
-                .get(ENV_EXPORT_QUEUE)
-                .unwrap_or(DEFAULT_EXPORT_QUEUE.into()),
-            table: r
-                .0
-                .get(ENV_EXPORTS_TABLE)
-                .unwrap_or(DEFAULT_EXPORTS_TABLE.into()),
+            queue: r.text(ENV_EXPORT_QUEUE, DEFAULT_EXPORT_QUEUE),
+            table: r.text(ENV_EXPORTS_TABLE, DEFAULT_EXPORTS_TABLE),
             max_exports: r.number(ENV_MAX_EXPORTS, DEFAULT_MAX_EXPORTS, 0)?,
             max_url_length,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB
                 * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,
-            work_visibility: Duration::from_secs(r.number(
-                ENV_WORK_VISIBILITY_SECS,
-                DEFAULT_WORK_VISIBILITY_SECS,
-                10,
-            )?),
-            max_work_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+            work,
         })
     }
 

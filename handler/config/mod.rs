@@ -176,8 +176,29 @@ pub struct ImportSettings {
     pub zip_max_uncompressed_bytes: u64,
     pub zip_max_ratio: u64,
     pub zip_max_entries: usize,
-    pub work_visibility: Duration,
-    pub max_work_attempts: u32,
+    pub work: WorkSettings,
+}
+
+/// How queued work items are held and given up on; the same for import and export.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkSettings {
+    /// (serve) how long a taken work item stays hidden; renewed while it runs.
+    pub visibility: Duration,
+    /// Deliveries after which failing work is closed with a recorded error.
+    pub max_attempts: u32,
+}
+
+impl WorkSettings {
+    fn read(r: &Reader) -> Result<Self, SettingError> {
+        Ok(WorkSettings {
+            visibility: Duration::from_secs(r.number(
+                ENV_WORK_VISIBILITY_SECS,
+                DEFAULT_WORK_VISIBILITY_SECS,
+                10,
+            )?),
+            max_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -204,8 +225,9 @@ impl Settings {
     pub fn from_source(src: &dyn SettingSource) -> Result<Self, SettingError> {
         let r = Reader(src);
         let fhir = FhirSettings::read(&r)?;
-        let import = ImportSettings::read(&r)?;
-        let export = ExportSettings::read(&r)?;
+        let work = WorkSettings::read(&r)?;
+        let import = ImportSettings::read(&r, work)?;
+        let export = ExportSettings::read(&r, work)?;
         let serve = ServeSettings {
             port: r.number(ENV_PORT, DEFAULT_PORT, 1)?,
             workers: r.number(ENV_WORKERS, DEFAULT_WORKERS, 1)?,
@@ -268,12 +290,7 @@ impl FhirSettings {
             value: raw_url.clone(),
             reason,
         })?;
-        let auth = match r
-            .0
-            .get(ENV_FHIR_AUTH)
-            .unwrap_or_else(|| "none".into())
-            .as_str()
-        {
+        let auth = match r.text(ENV_FHIR_AUTH, "none").as_str() {
             "none" => FhirAuth::None,
             "managed-identity" => FhirAuth::ManagedIdentity {
                 client_id: r.0.get(ENV_MANAGED_IDENTITY_CLIENT_ID),
@@ -341,13 +358,8 @@ pub fn parse_base_url(raw: &str) -> Result<Url, String> {
 }
 
 impl ImportSettings {
-    fn read(r: &Reader) -> Result<Self, SettingError> {
-        let transaction_mode = match r
-            .0
-            .get(ENV_TRANSACTION_MODE)
-            .unwrap_or_else(|| "batch".into())
-            .as_str()
-        {
+    fn read(r: &Reader, work: WorkSettings) -> Result<Self, SettingError> {
+        let transaction_mode = match r.text(ENV_TRANSACTION_MODE, "batch").as_str() {
             "batch" => TransactionMode::Batch,
             "transaction" => TransactionMode::Transaction,
             other => {
@@ -364,14 +376,8 @@ impl ImportSettings {
             bundles_container: r.container(ENV_CONTAINER_BUNDLES, "bundles")?,
             ndjson_container: r.container(ENV_CONTAINER_NDJSON, "ndjson")?,
             zip_container: r.container(ENV_CONTAINER_ZIP, "zip")?,
-            queue: r
-                .0
-                .get(ENV_IMPORT_QUEUE)
-                .unwrap_or(DEFAULT_IMPORT_QUEUE.into()),
-            table: r
-                .0
-                .get(ENV_IMPORTS_TABLE)
-                .unwrap_or(DEFAULT_IMPORTS_TABLE.into()),
+            queue: r.text(ENV_IMPORT_QUEUE, DEFAULT_IMPORT_QUEUE),
+            table: r.text(ENV_IMPORTS_TABLE, DEFAULT_IMPORTS_TABLE),
             transaction_mode,
             max_bundle_entries: r.number(ENV_MAX_BUNDLE_ENTRIES, DEFAULT_MAX_BUNDLE_ENTRIES, 1)?,
             max_bundle_file_bytes: MIB
@@ -397,12 +403,7 @@ impl ImportSettings {
                 )?,
             zip_max_ratio: r.number(ENV_ZIP_MAX_RATIO, DEFAULT_ZIP_MAX_RATIO, 1)?,
             zip_max_entries: r.number(ENV_ZIP_MAX_ENTRIES, DEFAULT_ZIP_MAX_ENTRIES, 1)?,
-            work_visibility: Duration::from_secs(r.number(
-                ENV_WORK_VISIBILITY_SECS,
-                DEFAULT_WORK_VISIBILITY_SECS,
-                10,
-            )?),
-            max_work_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+            work,
         })
     }
 
@@ -450,6 +451,11 @@ impl Reader<'_> {
         Ok(value)
     }
 
+    /// A text setting with its default.
+    fn text(&self, name: &str, default: &str) -> String {
+        self.0.get(name).unwrap_or_else(|| default.into())
+    }
+
     fn required(&self, name: &'static str, why: &str) -> Result<String, SettingError> {
         self.0.get(name).ok_or_else(|| SettingError {
             name,
@@ -460,7 +466,7 @@ impl Reader<'_> {
 
     /// Container names: 3-63 chars of lowercase letters, digits and single hyphens.
     fn container(&self, name: &'static str, default: &str) -> Result<String, SettingError> {
-        let value = self.0.get(name).unwrap_or_else(|| default.into());
+        let value = self.text(name, default);
         let ok = (3..=63).contains(&value.len())
             && value
                 .chars()

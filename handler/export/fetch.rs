@@ -83,7 +83,7 @@ pub async fn run(
         };
         let bytes = match ex.fhir.get_bytes(&url).await {
             Ok(b) => b,
-            Err(e) if e.is_transient() && attempt < ex.settings.max_work_attempts => {
+            Err(e) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
                 return Err(ExportError::Transient(e.summary()));
             }
             Err(e) => {

@@ -61,7 +61,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         };
         let page = match ex.fhir.get(&url).await {
             Ok(p) => p,
-            Err(e) if e.is_transient() && attempt < ex.settings.max_work_attempts => {
+            Err(e) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
                 return Err(ExportError::Transient(e.summary()));
             }
             Err(e) => {

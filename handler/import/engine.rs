@@ -245,7 +245,7 @@ impl Importer {
                     self.close_part(work, "rejected", &reason).await?
                 }
                 Err(ImportError::Transient(reason))
-                    if attempt < self.settings.max_work_attempts =>
+                    if attempt < self.settings.work.max_attempts =>
                 {
                     warn!(message = "Import work will be retried.", container = %work.container, blob = %work.blob, part = work.part, attempt, reason = %reason);
                     return Err(ImportError::Transient(reason));

@@ -65,7 +65,7 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
     let imports = poller::QueueWork {
         name: "import",
         queue: importer.queue.clone(),
-        visibility: importer.settings.work_visibility,
+        visibility: importer.settings.work.visibility,
         handle: Arc::new(move |payload, attempt| {
             let importer = importer.clone();
             Box::pin(
@@ -77,7 +77,7 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
     let exports = poller::QueueWork {
         name: "export",
         queue: exporter.queue.clone(),
-        visibility: exporter.settings.work_visibility,
+        visibility: exporter.settings.work.visibility,
         handle: Arc::new(move |payload, attempt| {
             let exporter = exporter.clone();
             Box::pin(
