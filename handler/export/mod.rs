@@ -114,6 +114,14 @@ impl Exporter {
 
     /// Runs one queued step. `Err` leaves the message for a later delivery.
     pub async fn run(&self, work: &ExportWork, attempt: u32) -> Result<(), ExportError> {
+        let result = self.run_step(work, attempt).await;
+        if let Err(e) = &result {
+            tracing::warn!(message = "Export step will be retried.", export = %work.export(), attempt, reason = %e);
+        }
+        result
+    }
+
+    async fn run_step(&self, work: &ExportWork, attempt: u32) -> Result<(), ExportError> {
         match work {
             ExportWork::Gather { export } => gather::run(self, export, attempt).await,
             ExportWork::Fetch {

@@ -6,10 +6,11 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{AppState, EXPORT_BLOB_CREATED, delivery_response, missing_event};
+use super::{
+    AppState, EXPORT_BLOB_CREATED, delivery_response, for_each_blob_created, missing_event,
+};
 use crate::export::Exporter;
 use crate::export::trigger::start_from_blob;
-use crate::protocol::event_grid::{GridEvent, parse_events};
 use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ExportBlobCreated/function.json`.
@@ -18,32 +19,12 @@ pub const BINDING: &str = "event";
 /// Starts an export per BlobCreated event of a delivery; returns one log line per event, or
 /// the reason to have the delivery retried.
 pub async fn handle_events(exporter: &Exporter, payload: Value) -> Result<Vec<String>, String> {
-    let mut logs = Vec::new();
-    let events = match parse_events(payload) {
-        Ok(events) => events,
-        // Not an event at all: redelivery would not help. Record and acknowledge.
-        Err(e) => {
-            return Ok(vec![format!(
-                "invalid event acknowledged without work: {e}"
-            )]);
-        }
-    };
-    for event in events {
-        match event {
-            GridEvent::BlobCreated(blob) => logs.push(
-                start_from_blob(exporter, &blob.container, &blob.blob)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ),
-            GridEvent::SubscriptionValidation { .. } => {
-                logs.push("subscription validation is answered by the Event Grid extension".into())
-            }
-            GridEvent::Other { event_type } => {
-                logs.push(format!("ignored event type {event_type}"))
-            }
-        }
-    }
-    Ok(logs)
+    for_each_blob_created(payload, |blob| async move {
+        start_from_blob(exporter, &blob.container, &blob.blob)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 pub async fn invoke(

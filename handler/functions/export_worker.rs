@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
 use serde_json::Value;
-use tracing::warn;
 
 use super::{AppState, WorkOutcome};
 use crate::export::{ExportWork, Exporter};
@@ -16,17 +15,12 @@ use crate::protocol::invocation::InvocationRequest;
 pub const BINDING: &str = "work";
 
 pub async fn handle_message(exporter: &Exporter, message: Value, attempt: u32) -> WorkOutcome {
-    let work: ExportWork = match serde_json::from_value(message) {
-        Ok(w) => w,
-        Err(e) => return WorkOutcome::Invalid(format!("not an export work item: {e}")),
-    };
-    match exporter.run(&work, attempt).await {
-        Ok(()) => WorkOutcome::Done,
-        Err(e) => {
-            warn!(message = "Export step will be retried.", export = %work.export(), attempt, reason = %e);
-            WorkOutcome::Retry(e.to_string())
-        }
-    }
+    WorkOutcome::of_message(
+        message,
+        "an export work item",
+        |work: ExportWork| async move { exporter.run(&work, attempt).await },
+    )
+    .await
 }
 
 pub async fn invoke(

@@ -7,9 +7,10 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{AppState, IMPORT_BLOB_CREATED, delivery_response, missing_event};
+use super::{
+    AppState, IMPORT_BLOB_CREATED, delivery_response, for_each_blob_created, missing_event,
+};
 use crate::import::{Importer, Registration};
-use crate::protocol::event_grid::{GridEvent, parse_events};
 use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ImportBlobCreated/function.json`.
@@ -17,48 +18,23 @@ pub const BINDING: &str = "event";
 
 /// Registers every BlobCreated event of a delivery; returns one log line per event.
 pub async fn handle_events(importer: &Importer, payload: Value) -> Result<Vec<String>, String> {
-    let events = match parse_events(payload) {
-        Ok(events) => events,
-        // Not an event at all: redelivery would not help. Record and acknowledge.
-        Err(e) => {
-            return Ok(vec![format!(
-                "invalid event acknowledged without work: {e}"
-            )]);
-        }
-    };
-    let mut logs = Vec::new();
-    for event in events {
-        match event {
-            GridEvent::BlobCreated(blob) => {
-                let outcome = importer
-                    .register(&blob.container, &blob.blob)
-                    .await
-                    .map_err(|e| {
-                        format!("cannot register {}/{}: {e}", blob.container, blob.blob)
-                    })?;
-                let line = match outcome {
-                    Registration::Queued { parts, .. } => {
-                        format!("queued {}/{} in {parts} part(s)", blob.container, blob.blob)
-                    }
-                    Registration::AlreadyRegistered { status, .. } => {
-                        format!(
-                            "{}/{} was registered before ({status})",
-                            blob.container, blob.blob
-                        )
-                    }
-                    Registration::Ignored(why) => format!("ignored: {why}"),
-                };
-                logs.push(line);
+    for_each_blob_created(payload, |blob| async move {
+        let outcome = importer
+            .register(&blob.container, &blob.blob)
+            .await
+            .map_err(|e| format!("cannot register {}/{}: {e}", blob.container, blob.blob))?;
+        Ok(match outcome {
+            Registration::Queued { parts, .. } => {
+                format!("queued {}/{} in {parts} part(s)", blob.container, blob.blob)
             }
-            GridEvent::SubscriptionValidation { .. } => {
-                logs.push("subscription validation is answered by the Event Grid extension".into())
-            }
-            GridEvent::Other { event_type } => {
-                logs.push(format!("ignored event type {event_type}"))
-            }
-        }
-    }
-    Ok(logs)
+            Registration::AlreadyRegistered { status, .. } => format!(
+                "{}/{} was registered before ({status})",
+                blob.container, blob.blob
+            ),
+            Registration::Ignored(why) => format!("ignored: {why}"),
+        })
+    })
+    .await
 }
 
 pub async fn invoke(

@@ -8,22 +8,19 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::{AppState, WorkOutcome};
-use crate::import::{ImportError, ImportWork, Importer};
+use crate::import::{ImportWork, Importer};
 use crate::protocol::invocation::InvocationRequest;
 
 /// The binding name in `functions/ImportWorker/function.json`.
 pub const BINDING: &str = "work";
 
 pub async fn handle_message(importer: &Importer, message: Value, attempt: u32) -> WorkOutcome {
-    let work: ImportWork = match serde_json::from_value(message) {
-        Ok(w) => w,
-        Err(e) => return WorkOutcome::Invalid(format!("not an import work item: {e}")),
-    };
-    match importer.run(&work, attempt).await {
-        Ok(()) => WorkOutcome::Done,
-        Err(ImportError::Transient(why)) => WorkOutcome::Retry(why),
-        Err(other) => WorkOutcome::Retry(other.to_string()),
-    }
+    WorkOutcome::of_message(
+        message,
+        "an import work item",
+        |work: ImportWork| async move { importer.run(&work, attempt).await },
+    )
+    .await
 }
 
 pub async fn invoke(

@@ -9,16 +9,20 @@ pub mod import_blob_created;
 pub mod import_status;
 pub mod import_worker;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::export::Exporter;
 use crate::import::Importer;
+use crate::protocol::event_grid::{BlobCreated, GridEvent, parse_events};
 use crate::protocol::invocation::InvocationResponse;
 
 pub const IMPORT_BLOB_CREATED: &str = "ImportBlobCreated";
@@ -57,6 +61,25 @@ pub enum WorkOutcome {
 }
 
 impl WorkOutcome {
+    /// Decodes a queue message as a `W` work item and runs it: a message that is no work item
+    /// is `Invalid` (dropped: it can never succeed), a failed run is retried.
+    pub async fn of_message<W, F, Fut, E>(message: Value, what: &str, run: F) -> Self
+    where
+        W: DeserializeOwned,
+        F: FnOnce(W) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let work: W = match serde_json::from_value(message) {
+            Ok(w) => w,
+            Err(e) => return WorkOutcome::Invalid(format!("not {what}: {e}")),
+        };
+        match run(work).await {
+            Ok(()) => WorkOutcome::Done,
+            Err(e) => WorkOutcome::Retry(e.to_string()),
+        }
+    }
+
     /// The answer to the host's queue-trigger invocation: 500 makes the host deliver again.
     pub fn into_invocation_response(self, queue: &str) -> Response {
         match self {
@@ -88,6 +111,38 @@ pub fn delivery_response(function: &str, handled: Result<Vec<String>, String>) -
             (StatusCode::INTERNAL_SERVER_ERROR, why).into_response()
         }
     }
+}
+
+/// Runs `on_blob` for each BlobCreated event of a delivery and returns one log line per event.
+/// A payload that is no event is acknowledged (a redelivery would not help); an `Err` from
+/// `on_blob` asks for the delivery again.
+pub async fn for_each_blob_created<F, Fut>(
+    payload: Value,
+    mut on_blob: F,
+) -> Result<Vec<String>, String>
+where
+    F: FnMut(BlobCreated) -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    let events = match parse_events(payload) {
+        Ok(events) => events,
+        Err(e) => {
+            return Ok(vec![format!(
+                "invalid event acknowledged without work: {e}"
+            )]);
+        }
+    };
+    let mut logs = Vec::with_capacity(events.len());
+    for event in events {
+        logs.push(match event {
+            GridEvent::BlobCreated(blob) => on_blob(blob).await?,
+            GridEvent::SubscriptionValidation { .. } => {
+                "subscription validation is answered by the Event Grid extension".into()
+            }
+            GridEvent::Other { event_type } => format!("ignored event type {event_type}"),
+        });
+    }
+    Ok(logs)
 }
 
 /// The answer to an Event Grid invocation without its event binding (acknowledged: a
