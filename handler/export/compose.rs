@@ -263,8 +263,9 @@ impl<'a> OutputWriter<'a> {
         }
     }
 
-    fn file_name(&self, kind: &str, index: u32) -> String {
-        Exporter::blob_name(self.export, &format!("{kind}-{index}.ndjson"))
+    /// `<export>/<Type>-<n>.ndjson`.
+    fn file_name(export: &str, kind: &str, index: u32) -> String {
+        Exporter::blob_name(export, &format!("{kind}-{index}.ndjson"))
     }
 
     async fn push(&mut self, kind: &str, json: &[u8]) -> Result<(), ExportError> {
@@ -288,14 +289,14 @@ impl<'a> OutputWriter<'a> {
         file.bytes += size;
         file.count += 1;
         if file.buffer.len() >= BLOCK_BYTES {
-            let name = Exporter::blob_name(self.export, &format!("{kind}-{}.ndjson", file.index));
+            let name = Self::file_name(self.export, kind, file.index);
             stage(self.blobs, self.container, &name, file).await?;
         }
         Ok(())
     }
 
     async fn close(&mut self, kind: &str, mut file: TypeFile) -> Result<(), ExportError> {
-        let name = self.file_name(kind, file.index);
+        let name = Self::file_name(self.export, kind, file.index);
         stage(self.blobs, self.container, &name, &mut file).await?;
         self.blobs
             .commit_blocks(self.container, &name, std::mem::take(&mut file.blocks))

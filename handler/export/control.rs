@@ -201,7 +201,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
         JobStatus::Completed | JobStatus::CompletedWithErrors => {
             let name = Exporter::blob_name(id, MANIFEST_NAME);
             match ex.blobs.read_all(&ex.settings.container, &name).await {
-                Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(Some((_, bytes))) => match serde_json::from_slice(&bytes) {
                     Ok(body) => Reply::new(200, body),
                     Err(_) => Reply::new(200, manifest(ex, &job, &[], None)),
                 },

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use super::gather::schedule_compose_if_finished;
 use super::page::stage_page;
 use super::state::{WORK_DONE, WORK_FAILED, WORK_PENDING, work_row};
 use super::{ExportError, Exporter};
@@ -57,7 +56,7 @@ pub async fn run(
         return Ok(());
     };
     if row.str("status") != Some(WORK_PENDING) {
-        return schedule_compose_if_finished(ex, export).await;
+        return ex.schedule_compose_if_finished(export).await;
     }
     let definition = ex.definition(&job).map_err(ExportError::Transient)?;
     let Some(search) = definition.include.get(include as usize) else {
@@ -163,7 +162,7 @@ pub async fn run(
     }
     row.etag.clear();
     ex.store.upsert(&row).await?;
-    schedule_compose_if_finished(ex, export).await
+    ex.schedule_compose_if_finished(export).await
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::patients::{batch_ids, dedupe, next_link, patient_ids};
-use super::state::{JobStatus, Progress, WORK_PENDING, work_row};
+use super::state::{JobStatus, WORK_PENDING, work_row};
 use super::{ExportError, ExportWork, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::storage::Entity;
@@ -114,7 +114,7 @@ async fn plan(
 ) -> Result<(), ExportError> {
     let mut all = Vec::new();
     for seq in 0..job.i64("gatherSeq") {
-        if let Some(bytes) = ex
+        if let Some((_, bytes)) = ex
             .blobs
             .read_all(&ex.settings.container, &ids_blob(export, seq))
             .await?
@@ -186,29 +186,7 @@ async fn plan(
     );
     // Work items that finished before the job said "exporting" could not start the compose
     // step; and with no patients there is no work item to start it.
-    schedule_compose_if_finished(ex, export).await
-}
-
-/// Queues the compose step when every work item is finished. Called after each work item; the
-/// last one to finish always sees all the others finished (each checks after its own write).
-pub(crate) async fn schedule_compose_if_finished(
-    ex: &Exporter,
-    export: &str,
-) -> Result<(), ExportError> {
-    let rows = ex.store.work_rows(export).await?;
-    if !Progress::of(&rows).all_finished() {
-        return Ok(());
-    }
-    match ex.job(export).await? {
-        Some((_, JobStatus::Exporting | JobStatus::Composing)) => {
-            ex.enqueue(&ExportWork::Compose {
-                export: export.to_string(),
-            })
-            .await?;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
+    ex.schedule_compose_if_finished(export).await
 }
 
 /// Ends an export whose patients cannot be found, with the reason on the job row.

@@ -30,7 +30,7 @@ use crate::config::ExportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::{BlobStore, Entity, StorageError, WorkQueue};
 use definition::ExportDefinition;
-use state::{ExportStore, JobStatus};
+use state::{ExportStore, JobStatus, Progress};
 
 /// One queued step of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +132,26 @@ impl Exporter {
             } => fetch::run(self, export, *batch, *include, ids, attempt).await,
             ExportWork::Compose { export } => compose::run(self, export).await,
         }
+    }
+
+    /// Queues the compose step when every work item is finished. Called after each work item
+    /// and after planning; the last work item to finish always sees all the others finished
+    /// (each looks after its own write), and planning covers items finished before it.
+    pub(crate) async fn schedule_compose_if_finished(
+        &self,
+        export: &str,
+    ) -> Result<(), ExportError> {
+        let rows = self.store.work_rows(export).await?;
+        if !Progress::of(&rows).all_finished() {
+            return Ok(());
+        }
+        if let Some((_, JobStatus::Exporting | JobStatus::Composing)) = self.job(export).await? {
+            self.enqueue(&ExportWork::Compose {
+                export: export.to_string(),
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn enqueue(&self, work: &ExportWork) -> Result<(), StorageError> {

@@ -20,13 +20,10 @@ pub async fn start_from_blob(
             "ignored: {container} is not the export trigger container"
         ));
     }
-    let Some(props) = ex.blobs.properties(container, blob).await? else {
+    let Some((props, body)) = ex.blobs.read_all(container, blob).await? else {
         return Ok(format!(
             "{container}/{blob} no longer exists (already started and moved?)"
         ));
-    };
-    let Some(body) = ex.blobs.read_all(container, blob).await? else {
-        return Ok(format!("{container}/{blob} no longer exists"));
     };
     let id = uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_URL,

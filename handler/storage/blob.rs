@@ -231,17 +231,21 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Reads a whole (small) blob; `None` when it does not exist.
-    pub async fn read_all(&self, container: &str, name: &str) -> StorageResult<Option<Bytes>> {
+    /// Reads a whole (small) blob with its properties; `None` when it does not exist.
+    pub async fn read_all(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> StorageResult<Option<(BlobEntry, Bytes)>> {
         let Some(props) = self.properties(container, name).await? else {
             return Ok(None);
         };
-        if props.size == 0 {
-            return Ok(Some(Bytes::new()));
-        }
-        self.read_range(container, name, 0, props.size)
-            .await
-            .map(Some)
+        let content = if props.size == 0 {
+            Bytes::new()
+        } else {
+            self.read_range(container, name, 0, props.size).await?
+        };
+        Ok(Some((props, content)))
     }
 
     /// Deletes every blob whose name starts with `prefix`; returns how many were deleted.
