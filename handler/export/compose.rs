@@ -218,6 +218,7 @@ pub fn manifest(
         "error": errors.map(file).into_iter().collect::<Vec<_>>(),
         "extension": {
             "id": job.str("PartitionKey").unwrap_or_default(),
+            "kind": super::ExportKind::of(job).as_str(),
             "status": job.str("status").unwrap_or_default(),
             "definition": definition,
             "patients": job.i64("patients"),

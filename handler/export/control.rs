@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::compose::{MANIFEST_NAME, manifest};
+use super::all::AllDefinition;
+use super::compose::MANIFEST_NAME;
 use super::definition::ExportDefinition;
 use super::state::{JobStatus, Progress};
-use super::{ExportWork, Exporter, valid_export_id};
+use super::{ExportKind, ExportWork, Exporter, valid_export_id};
 use crate::fhir::batch_response::operation_outcome;
 use crate::import::ledger::now_rfc3339;
 use crate::storage::Entity;
@@ -94,11 +95,12 @@ impl Links {
     }
 }
 
-/// `POST /$alt-export`: checks the definition, applies the concurrency cap, records the export
-/// and queues its first step. `id` is given for trigger files (derived from the file, so a
-/// repeated event starts nothing new).
+/// `POST /$alt-export` (`kind` Patients) or `POST /$alt-export-all` (`kind` All): checks the
+/// definition, applies the concurrency cap, records the export and queues its first step. `id`
+/// is given for trigger files (derived from the file, so a repeated event starts nothing new).
 pub async fn start(
     ex: &Exporter,
+    kind: ExportKind,
     body: &str,
     links: &Links,
     request: &str,
@@ -114,7 +116,19 @@ pub async fn start(
             ),
         );
     }
-    let definition = match ExportDefinition::parse(body, ex.fhir.base()) {
+    // The definition as stored, and for a patient export the first page of its query.
+    let parsed = match kind {
+        ExportKind::Patients => ExportDefinition::parse(body, ex.fhir.base())
+            .map(|d| (d.to_json(), Some(ex.search_url(&d.query)))),
+        ExportKind::All => AllDefinition::parse(
+            body,
+            ex.fhir.base(),
+            ex.fhir.audience(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .map(|d| (d.to_json(), None)),
+    };
+    let (definition, query_page) = match parsed {
         Ok(d) => d,
         Err(why) => return Reply::outcome(400, "invalid", &why),
     };
@@ -143,16 +157,17 @@ pub async fn start(
         return Reply::unavailable(e);
     }
     let mut job = Entity::new(&id, super::state::JOB_ROW);
+    job.set_str("kind", kind.as_str());
     job.set_str("status", JobStatus::Gathering.as_str());
-    job.set_str("definition", definition.to_json().to_string());
+    job.set_str("definition", definition.to_string());
     job.set_str("created", now_rfc3339());
     job.set_str("request", request);
-    job.set_str("gatherNext", ex.search_url(&definition.query));
-    job.set_i64("gatherSeq", 0);
+    if let Some(page) = query_page {
+        job.set_str("gatherNext", page);
+        job.set_i64("gatherSeq", 0);
+    }
     match ex.store.insert(&job).await {
-        Ok(Some(_)) => {
-            info!(message = "Export started.", export = %id, includes = definition.include.len())
-        }
+        Ok(Some(_)) => info!(message = "Export started.", export = %id, kind = kind.as_str()),
         Ok(None) => {} // the same trigger file again: the export exists already
         Err(e) => return Reply::unavailable(e),
     }
@@ -203,7 +218,15 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
             match ex.blobs.read_all(&ex.settings.container, &name).await {
                 Ok(Some((_, bytes))) => match serde_json::from_slice(&bytes) {
                     Ok(body) => Reply::new(200, body),
-                    Err(_) => Reply::new(200, manifest(ex, &job, &[], None)),
+                    Err(e) => Reply::outcome(
+                        500,
+                        "exception",
+                        &format!(
+                            "export {id} is {} but its manifest {name} is not valid JSON ({e}); its files are in the {} container under {id}/",
+                            status.as_str(),
+                            ex.settings.container
+                        ),
+                    ),
                 },
                 Ok(None) => Reply::outcome(
                     500,
@@ -238,35 +261,44 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 Err(e) => return Reply::unavailable(e),
             };
             let p = Progress::of(&rows);
-            let progress = match running {
-                JobStatus::Gathering => format!(
+            let kind = ExportKind::of(&job);
+            let progress = match (running, kind) {
+                (JobStatus::Gathering, ExportKind::Patients) => format!(
                     "gathering patients: {} found on {} pages",
                     job.i64("idsFound"),
                     job.i64("pages")
                 ),
-                JobStatus::Exporting => format!(
+                (JobStatus::Gathering, ExportKind::All) => {
+                    "planning: counting resources per time window".to_string()
+                }
+                (JobStatus::Exporting, ExportKind::Patients) => format!(
                     "exporting: {} patients, {}/{} work items, {} resources",
                     job.i64("patients"),
                     p.finished,
                     p.items,
                     p.resources
                 ),
+                (JobStatus::Exporting, ExportKind::All) => format!(
+                    "exporting: {}/{} searches, {} resources",
+                    p.finished, p.items, p.resources
+                ),
                 _ => format!("writing files: {} resources fetched", p.resources),
             };
-            Reply::new(
-                202,
-                json!({
-                    "id": id,
-                    "status": running.as_str(),
-                    "created": job.str("created").unwrap_or_default(),
-                    "patients": job.i64("patients").max(job.i64("idsFound")),
-                    "workItems": {"total": p.items, "finished": p.finished, "failed": p.failed},
-                    "resourcesFetched": p.resources,
-                    "perType": p.per_type,
-                }),
-            )
-            .header("X-Progress", progress)
-            .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
+            let mut body = json!({
+                "id": id,
+                "kind": kind.as_str(),
+                "status": running.as_str(),
+                "created": job.str("created").unwrap_or_default(),
+                "workItems": {"total": p.items, "finished": p.finished, "failed": p.failed},
+                "resourcesFetched": p.resources,
+                "perType": p.per_type,
+            });
+            if kind == ExportKind::Patients {
+                body["patients"] = job.i64("patients").max(job.i64("idsFound")).into();
+            }
+            Reply::new(202, body)
+                .header("X-Progress", progress)
+                .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
         }
     }
 }
@@ -297,6 +329,23 @@ pub async fn terminate(ex: &Exporter, id: &str) -> Reply {
             Ok(false) => continue, // changed meanwhile: look again
             Err(e) => return Reply::unavailable(e),
         }
+    }
+}
+
+/// `GET /$alt-export-manage/{id}?action=terminate`: fhir-loader's terminate URL, kept so its
+/// users' scripts work (fhir-loader terminates whatever the action; other actions are refused
+/// here rather than mistaken for a terminate).
+pub async fn manage(ex: &Exporter, id: &str, action: Option<&str>) -> Reply {
+    match action.map(str::trim) {
+        None | Some("") => terminate(ex, id).await,
+        Some(a) if a.eq_ignore_ascii_case("terminate") => terminate(ex, id).await,
+        Some(other) => Reply::outcome(
+            400,
+            "not-supported",
+            &format!(
+                "action {other:?} is not supported: $alt-export-manage only terminates (action=terminate); purge with DELETE /$alt-export/{id}"
+            ),
+        ),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Step 2: one work item (a batch of patient ids × one include search) pages through its
-//! results and stages them in `<export>/_work/<batch>-<include>.ndjson`. The blob is written as
+//! Step 2: one work item (a batch of patient ids × one include search, or one time range of
+//! an export-all) pages through its results and stages them in `<export>/_work/<batch>-<include>.ndjson`. The blob is written as
 //! staged blocks committed at the end: a run that dies leaves nothing visible, and a second
 //! run writes the same blob again, so running a work item twice neither duplicates nor loses.
 //! A FHIR failure that outlives its retries is recorded on the work row (the export then
@@ -42,10 +42,10 @@ pub async fn run(
     export: &str,
     batch: u32,
     include: u32,
-    ids: &[String],
+    search: &str,
     attempt: u32,
 ) -> Result<(), ExportError> {
-    let Some((job, status)) = ex.job(export).await? else {
+    let Some((_, status)) = ex.job(export).await? else {
         return Ok(()); // purged
     };
     if !status.is_running() {
@@ -58,13 +58,9 @@ pub async fn run(
     if row.str("status") != Some(WORK_PENDING) {
         return ex.schedule_compose_if_finished(export).await;
     }
-    let definition = ex.definition(&job).map_err(ExportError::Transient)?;
-    let Some(search) = definition.include.get(include as usize) else {
-        return Ok(());
-    };
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
-    let mut next = Some(ex.search_url(&search.for_ids(ids)));
+    let mut next = Some(ex.search_url(search));
     let mut blocks = Vec::new();
     let mut buffer = String::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
@@ -158,7 +154,7 @@ pub async fn run(
         row.set_i64("errorStatus", f.status as i64);
         // Stored, not logged: server diagnostics can quote resource content.
         row.set_str("error", truncate(&f.message, 16_000));
-        row.set_str("search", truncate(&search.search, 4_000));
+        row.set_str("search", truncate(search, 4_000));
     }
     row.etag.clear();
     ex.store.upsert(&row).await?;

@@ -1,4 +1,5 @@
-//! Step 1: page the query for patient ids, then plan the work items.
+//! Step 1 of a patient export: page the query for patient ids, then plan the work items (an
+//! export-all plans its time windows instead: see `windows`).
 //!
 //! Progress is checkpointed at most every few seconds: the ids found since the last checkpoint
 //! go to `<export>/_state/ids-<n>.txt`, then the job row records the next page to read (with its
@@ -10,12 +11,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
+use super::definition::ExportDefinition;
 use super::patients::{batch_ids, dedupe, next_link, patient_ids};
-use super::state::{JobStatus, WORK_PENDING, work_row};
-use super::{ExportError, ExportWork, Exporter};
+use super::schedule::WorkItem;
+use super::state::JobStatus;
+use super::{ExportError, ExportKind, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::storage::Entity;
 
@@ -23,7 +25,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(3);
 /// Deliveries after which a gather step for an export with no job row is dropped (the start
 /// request queues the step just before writing the row, and fails if it cannot).
 const MISSING_JOB_ATTEMPTS: u32 = 3;
-const REGISTRATION_CONCURRENCY: usize = 16;
 
 pub(crate) fn ids_blob(export: &str, seq: i64) -> String {
     Exporter::blob_name(export, &format!("_state/ids-{seq:06}.txt"))
@@ -44,6 +45,12 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
     };
     if status != JobStatus::Gathering {
         return Ok(());
+    }
+    if ExportKind::of(&job) == ExportKind::All {
+        return match ex.all_definition(&job) {
+            Ok(d) => super::windows::plan(ex, export, job, &d, attempt).await,
+            Err(e) => fail(ex, job, &format!("the stored definition is invalid: {e}")).await,
+        };
     }
     let definition = match ex.definition(&job) {
         Ok(d) => d,
@@ -110,7 +117,7 @@ async fn plan(
     ex: &Exporter,
     export: &str,
     mut job: Entity,
-    definition: &super::definition::ExportDefinition,
+    definition: &ExportDefinition,
 ) -> Result<(), ExportError> {
     let mut all = Vec::new();
     for seq in 0..job.i64("gatherSeq") {
@@ -130,69 +137,33 @@ async fn plan(
         ex.url_overhead(),
         ex.settings.max_url_length,
     );
-    let mut items = Vec::new();
-    for (b, range) in batches.iter().enumerate() {
-        for (i, include) in definition.include.iter().enumerate() {
-            items.push((
-                b as u32,
-                i as u32,
-                include.resource_type.clone(),
-                range.clone(),
-            ));
-        }
-    }
-    let rows: Vec<Entity> = items
-        .iter()
-        .map(|(b, i, kind, _)| {
-            let mut row = Entity::new(export, &work_row(*b, *i));
-            row.set_str("status", WORK_PENDING);
-            row.set_str("type", kind.clone());
-            row
-        })
-        .collect();
-    futures::stream::iter(rows)
-        .map(|row| async move { ex.store.insert(&row).await.map(|_| ()) })
-        .buffer_unordered(REGISTRATION_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let messages: Vec<ExportWork> = items
-        .iter()
-        .map(|(b, i, _, range)| ExportWork::Fetch {
-            export: export.to_string(),
-            batch: *b,
-            include: *i,
-            ids: ids[range.clone()].to_vec(),
-        })
-        .collect();
-    futures::stream::iter(messages)
-        .map(|work| async move { ex.enqueue(&work).await })
-        .buffer_unordered(REGISTRATION_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    job.set_str("status", JobStatus::Exporting.as_str());
-    job.set_str("gathered", now_rfc3339());
-    job.set_i64("patients", ids.len() as i64);
-    job.set_i64("batches", batches.len() as i64);
-    job.set_i64("workItems", items.len() as i64);
-    if !ex.store.replace_if_unchanged(&mut job).await? {
-        return Ok(());
-    }
     info!(
-        message = "Export planned.",
+        message = "Export patients gathered.",
         export,
         patients = ids.len(),
-        batches = batches.len(),
-        work_items = items.len()
+        batches = batches.len()
     );
-    // Work items that finished before the job said "exporting" could not start the compose
-    // step; and with no patients there is no work item to start it.
-    ex.schedule_compose_if_finished(export).await
+    job.set_i64("patients", ids.len() as i64);
+    job.set_i64("batches", batches.len() as i64);
+    let includes = &definition.include;
+    let item = |n: usize| {
+        let (batch, include) = (n / includes.len(), n % includes.len());
+        WorkItem {
+            batch: batch as u32,
+            include: include as u32,
+            resource_type: includes[include].resource_type.clone(),
+            search: includes[include].for_ids(&ids[batches[batch].clone()]),
+        }
+    };
+    ex.register_work(export, job, batches.len() * includes.len(), item)
+        .await
 }
 
-/// Ends an export whose patients cannot be found, with the reason on the job row.
-async fn fail(ex: &Exporter, mut job: Entity, why: &str) -> Result<(), ExportError> {
+/// Ends an export that cannot be planned (its patients or its time windows cannot be found),
+/// with the reason on the job row.
+pub(crate) async fn fail(ex: &Exporter, mut job: Entity, why: &str) -> Result<(), ExportError> {
     let export = job.str("PartitionKey").unwrap_or_default().to_string();
-    warn!(message = "Export failed while gathering patients.", export = %export);
+    warn!(message = "Export failed while planning.", export = %export);
     job.set_str("status", JobStatus::Failed.as_str());
     job.set_str("error", why);
     job.set_str("finished", now_rfc3339());

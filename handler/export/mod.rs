@@ -1,16 +1,20 @@
-//! Patient-centric export (`$alt-export`): a durable-style orchestration whose state lives in
-//! Table Storage and whose work travels on a Storage Queue, so any number of instances share
-//! it and a killed instance's work is redelivered.
+//! Export (`$alt-export` for patients, `$alt-export-all` for a whole type): a durable-style
+//! orchestration whose state lives in Table Storage and whose work travels on a Storage Queue,
+//! so any number of instances share it and a killed instance's work is redelivered.
 //!
 //! Steps, each a queue message safe to run twice:
-//! 1. `gather`: page the query for patient ids (checkpointed), then plan: ids batched so every
-//!    include URL stays under the length limit, one work item per batch × include.
+//! 1. `gather`: plan the searches. A patient export pages its query for patient ids
+//!    (checkpointed) and batches them so every include URL stays under the length limit, one
+//!    work item per batch × include (`gather`); an export-all counts its time windows and
+//!    balances them into ranges, one work item per range (`windows`). Both register their work
+//!    the same way (`schedule`).
 //! 2. `fetch`: one work item pages through its search and stages the resources in a blob of
 //!    its own (`_work/<batch>-<include>.ndjson`), written whole or not at all.
 //! 3. `compose`: once every work item is finished, the staged blobs are merged into
 //!    `<Type>-<n>.ndjson` (each resource once, files rolled over by size), the manifest is
 //!    written to `_completed_run.json`, and the staging blobs are deleted.
 
+pub mod all;
 pub mod compose;
 pub mod control;
 pub mod definition;
@@ -18,8 +22,10 @@ pub mod fetch;
 pub mod gather;
 pub mod page;
 pub mod patients;
+pub mod schedule;
 pub mod state;
 pub mod trigger;
+pub mod windows;
 
 use std::sync::Arc;
 
@@ -29,8 +35,9 @@ use url::Url;
 use crate::config::ExportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::{BlobStore, Entity, StorageError, WorkQueue};
+use all::AllDefinition;
 use definition::ExportDefinition;
-use state::{ExportStore, JobStatus, Progress};
+use state::{ExportStore, JobStatus};
 
 /// One queued step of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +50,8 @@ pub enum ExportWork {
         export: String,
         batch: u32,
         include: u32,
-        ids: Vec<String>,
+        /// The search, relative to the FHIR base URL (ids or time range filled in).
+        search: String,
     },
     Compose {
         export: String,
@@ -79,6 +87,32 @@ pub struct Exporter {
     pub queue: WorkQueue,
     pub store: ExportStore,
     pub fhir: Arc<FhirClient>,
+}
+
+/// What an export exports, recorded on its job row (`kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportKind {
+    /// `$alt-export`: the patients a query finds, and the include searches for them.
+    Patients,
+    /// `$alt-export-all`: every resource of one type, optionally in a `_lastUpdated` range.
+    All,
+}
+
+impl ExportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportKind::Patients => "patients",
+            ExportKind::All => "all",
+        }
+    }
+
+    /// The kind of a job row (rows without one are patient exports).
+    pub fn of(job: &Entity) -> Self {
+        match job.str("kind") {
+            Some("all") => ExportKind::All,
+            _ => ExportKind::Patients,
+        }
+    }
 }
 
 impl Exporter {
@@ -128,40 +162,25 @@ impl Exporter {
                 export,
                 batch,
                 include,
-                ids,
-            } => fetch::run(self, export, *batch, *include, ids, attempt).await,
+                search,
+            } => fetch::run(self, export, *batch, *include, search, attempt).await,
             ExportWork::Compose { export } => compose::run(self, export).await,
         }
     }
 
-    /// Queues the compose step when every work item is finished. Called after each work item
-    /// and after planning; the last work item to finish always sees all the others finished
-    /// (each looks after its own write), and planning covers items finished before it.
-    pub(crate) async fn schedule_compose_if_finished(
-        &self,
-        export: &str,
-    ) -> Result<(), ExportError> {
-        let rows = self.store.work_rows(export).await?;
-        if !Progress::of(&rows).all_finished() {
-            return Ok(());
-        }
-        if let Some((_, JobStatus::Exporting | JobStatus::Composing)) = self.job(export).await? {
-            self.enqueue(&ExportWork::Compose {
-                export: export.to_string(),
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn enqueue(&self, work: &ExportWork) -> Result<(), StorageError> {
-        let text = serde_json::to_string(work).expect("work items serialise");
-        self.queue.send(&text, std::time::Duration::ZERO).await
-    }
-
-    /// The definition stored with an export.
+    /// The patient-export definition stored with an export.
     pub(crate) fn definition(&self, job: &Entity) -> Result<ExportDefinition, String> {
         ExportDefinition::parse(job.str("definition").unwrap_or_default(), self.fhir.base())
+    }
+
+    /// The export-all definition stored with an export (its `_till` already fixed).
+    pub(crate) fn all_definition(&self, job: &Entity) -> Result<AllDefinition, String> {
+        AllDefinition::parse(
+            job.str("definition").unwrap_or_default(),
+            self.fhir.base(),
+            self.fhir.audience(),
+            time::OffsetDateTime::now_utc(),
+        )
     }
 
     /// The absolute URL of a relative search, with `_count` added when it has none.
@@ -236,7 +255,7 @@ mod tests {
             export: "abc".into(),
             batch: 2,
             include: 1,
-            ids: vec!["p1".into()],
+            search: "Patient?_id=p1".into(),
         };
         let text = serde_json::to_string(&w).unwrap();
         assert!(text.contains(r#""step":"fetch""#), "{text}");

@@ -1,4 +1,5 @@
-//! Starting an export from a query definition dropped into the trigger container: the export id
+//! Starting an export from a query definition dropped into the trigger container (an
+//! export-all when the definition names `_type`, else a patient export): the export id
 //! is derived from the file (name and version), so a repeated event starts nothing new. The
 //! file then moves to `<trigger>-processed` with the start answer beside it, or, when the
 //! definition is invalid, to `<trigger>-err` with an OperationOutcome saying why.
@@ -6,8 +7,9 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::all::is_export_all;
 use super::control::{self, Links};
-use super::{ExportError, Exporter};
+use super::{ExportError, ExportKind, Exporter};
 
 /// What became of a trigger file (a line for the invocation log).
 pub async fn start_from_blob(
@@ -32,8 +34,14 @@ pub async fn start_from_blob(
     .simple()
     .to_string();
     let text = String::from_utf8_lossy(&body);
+    let kind = if is_export_all(&text) {
+        ExportKind::All
+    } else {
+        ExportKind::Patients
+    };
     let reply = control::start(
         ex,
+        kind,
         &text,
         &Links::default(),
         &format!("{container}/{blob}"),

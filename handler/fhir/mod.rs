@@ -90,6 +90,7 @@ pub struct FhirClient {
     budget: RetryBudget,
     limiter: Arc<AdaptiveLimiter>,
     processing_logic: Option<String>,
+    audience: String,
 }
 
 impl FhirClient {
@@ -114,11 +115,17 @@ impl FhirClient {
             budget: RetryBudget::new(settings.retry_budget_percent),
             limiter: AdaptiveLimiter::new(settings.min_concurrency, settings.max_concurrency),
             processing_logic: settings.bundle_processing_logic.clone(),
+            audience: settings.audience.clone(),
         })
     }
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// The audience (resource) tokens for this server are requested for.
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// `Type?query` or `Type/id` relative to the base URL.

@@ -1,16 +1,20 @@
 //! The export's HTTP functions, each a thin adapter from a host invocation (or a direct request
 //! in `serve` mode) to `export::control`:
-//! `ExportStart` (POST `$alt-export`), `ExportStatus` (GET `$alt-export/{id}`),
-//! `ExportTerminate` (POST `$alt-export/{id}/terminate`), `ExportPurge` (DELETE
+//! `ExportStart` (POST `$alt-export`), `ExportAllStart` (POST `$alt-export-all`), `ExportStatus` (GET `$alt-export/{id}`),
+//! `ExportTerminate` (POST `$alt-export/{id}/terminate`), `ExportManage` (GET
+//! `$alt-export-manage/{id}`, fhir-loader's terminate), `ExportPurge` (DELETE
 //! `$alt-export/{id}`) and `ExportList` (GET `$alt-export-status`).
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::export::ExportKind;
 use crate::export::control::{self, Links, Reply};
 use crate::protocol::invocation::{
     HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
@@ -63,15 +67,36 @@ fn id_param(req: &HttpRequestData) -> String {
     req.params.get("id").cloned().unwrap_or_default()
 }
 
+async fn start_from_host(
+    state: &AppState,
+    kind: ExportKind,
+    invocation: &InvocationRequest,
+) -> Response {
+    let req = request_of(invocation);
+    let links = Links::from_request_url(&req.url);
+    let body = req.body.unwrap_or_default();
+    let request = strip_query(&req.url);
+    to_host(control::start(&state.exporter, kind, &body, &links, &request, None).await)
+}
+
+async fn start_from_request(
+    state: &AppState,
+    kind: ExportKind,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &[u8],
+) -> Response {
+    let links = direct_links(headers, uri);
+    let request = format!("{}{}", links.base, uri.path());
+    let body = String::from_utf8_lossy(body);
+    to_direct(control::start(&state.exporter, kind, &body, &links, &request, None).await)
+}
+
 pub async fn start_invoke(
     State(state): State<AppState>,
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
-    let req = request_of(&invocation);
-    let links = Links::from_request_url(&req.url);
-    let body = req.body.unwrap_or_default();
-    let request = strip_query(&req.url);
-    to_host(control::start(&state.exporter, &body, &links, &request, None).await)
+    start_from_host(&state, ExportKind::Patients, &invocation).await
 }
 
 pub async fn start_direct(
@@ -80,10 +105,23 @@ pub async fn start_direct(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let links = direct_links(&headers, &uri);
-    let request = format!("{}/$alt-export", links.base);
-    let body = String::from_utf8_lossy(&body);
-    to_direct(control::start(&state.exporter, &body, &links, &request, None).await)
+    start_from_request(&state, ExportKind::Patients, &headers, &uri, &body).await
+}
+
+pub async fn start_all_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    start_from_host(&state, ExportKind::All, &invocation).await
+}
+
+pub async fn start_all_direct(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    start_from_request(&state, ExportKind::All, &headers, &uri, &body).await
 }
 
 pub async fn status_invoke(
@@ -108,6 +146,24 @@ pub async fn terminate_invoke(
 
 pub async fn terminate_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     to_direct(control::terminate(&state.exporter, &id).await)
+}
+
+pub async fn manage_invoke(
+    State(state): State<AppState>,
+    Json(invocation): Json<InvocationRequest>,
+) -> Response {
+    let req = request_of(&invocation);
+    let action = req.query.get("action").cloned();
+    to_host(control::manage(&state.exporter, &id_param(&req), action.as_deref()).await)
+}
+
+pub async fn manage_direct(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let action = query.get("action").map(String::as_str);
+    to_direct(control::manage(&state.exporter, &id, action).await)
 }
 
 pub async fn purge_invoke(

@@ -29,8 +29,10 @@ pub const IMPORT_BLOB_CREATED: &str = "ImportBlobCreated";
 pub const IMPORT_WORKER: &str = "ImportWorker";
 pub const IMPORT_STATUS: &str = "ImportStatus";
 pub const EXPORT_START: &str = "ExportStart";
+pub const EXPORT_ALL_START: &str = "ExportAllStart";
 pub const EXPORT_STATUS: &str = "ExportStatus";
 pub const EXPORT_TERMINATE: &str = "ExportTerminate";
+pub const EXPORT_MANAGE: &str = "ExportManage";
 pub const EXPORT_PURGE: &str = "ExportPurge";
 pub const EXPORT_LIST: &str = "ExportList";
 pub const EXPORT_WORKER: &str = "ExportWorker";
@@ -42,8 +44,10 @@ pub const FUNCTION_NAMES: &[&str] = &[
     IMPORT_WORKER,
     IMPORT_STATUS,
     EXPORT_START,
+    EXPORT_ALL_START,
     EXPORT_STATUS,
     EXPORT_TERMINATE,
+    EXPORT_MANAGE,
     EXPORT_PURGE,
     EXPORT_LIST,
     EXPORT_WORKER,
@@ -171,8 +175,10 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("/{IMPORT_WORKER}"), post(import_worker::invoke))
         .route(&format!("/{IMPORT_STATUS}"), post(import_status::invoke))
         .route(&format!("/{EXPORT_START}"), post(x::start_invoke))
+        .route(&format!("/{EXPORT_ALL_START}"), post(x::start_all_invoke))
         .route(&format!("/{EXPORT_STATUS}"), post(x::status_invoke))
         .route(&format!("/{EXPORT_TERMINATE}"), post(x::terminate_invoke))
+        .route(&format!("/{EXPORT_MANAGE}"), post(x::manage_invoke))
         .route(&format!("/{EXPORT_PURGE}"), post(x::purge_invoke))
         .route(&format!("/{EXPORT_LIST}"), post(x::list_invoke))
         .route(&format!("/{EXPORT_WORKER}"), post(export_worker::invoke))
@@ -186,6 +192,8 @@ pub fn router(state: AppState) -> Router {
             get(import_status::file_direct),
         )
         .route("/$alt-export", post(x::start_direct))
+        .route("/$alt-export-all", post(x::start_all_direct))
+        .route("/$alt-export-manage/{id}", get(x::manage_direct))
         .route("/$alt-export-status", get(x::list_direct))
         .route(
             "/$alt-export/{id}",

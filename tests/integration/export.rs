@@ -86,8 +86,16 @@ async fn server_ids(fhir: &str, search: &str) -> BTreeSet<String> {
 }
 
 async fn post_export(handler: &Handler, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    post_to(handler, "$alt-export", body).await
+}
+
+async fn post_to(
+    handler: &Handler,
+    path: &str,
+    body: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let resp = reqwest::Client::new()
-        .post(format!("{}/$alt-export", handler.base))
+        .post(format!("{}/{path}", handler.base))
         .body(body.to_string())
         .send()
         .await
@@ -182,6 +190,7 @@ async fn exports_hold_exactly_what_the_server_returns() {
             ("FHIRBULK_EXPORT_MAX_FILE_MIB", "1"),
         ],
     );
+    let before_load = time::OffsetDateTime::now_utc() - time::Duration::seconds(2);
     load(&azurite, &handler).await;
     let base = &fhir.base_url;
 
@@ -326,6 +335,78 @@ async fn exports_hold_exactly_what_the_server_returns() {
         404,
         "purging twice says the export is unknown"
     );
+
+    // Export-all in parallel time windows: a few Observations written seconds after the load
+    // make at least two windows with resources; together the windows hold each Observation
+    // exactly once.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..5 {
+        let line: Value = serde_json::from_str(&observation_line("late", 1, i, 10)).unwrap();
+        let url = format!("{base}/Observation/{}", line["id"].as_str().unwrap());
+        let resp = reqwest::Client::new()
+            .put(url)
+            .header("content-type", "application/fhir+json")
+            .body(line.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+    let since = before_load
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let definition = json!({"_type": "Observation", "_since": since,
+        "_parallelizationCount": 4, "_parallelSearchInSecondsInterval": 1});
+    let (status, started, _) = post_to(&handler, "$alt-export-all", &definition.to_string()).await;
+    assert_eq!(status, 202, "{started}");
+    let all = started["id"].as_str().unwrap().to_string();
+    let (status, manifest) = wait_export(&handler, &all, 240).await;
+    assert_eq!(status, 200, "{manifest}");
+    assert_eq!(manifest["extension"]["kind"], "all");
+    assert!(
+        manifest["extension"]["workItems"].as_i64().unwrap() >= 2,
+        "several time ranges: {manifest}"
+    );
+    assert_eq!(
+        manifest["extension"]["duplicatesDropped"], 0,
+        "time ranges do not overlap"
+    );
+    let files = exported(&azurite, &manifest).await;
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["Observation"]);
+    let (got, duplicates) = ids_of(&files["Observation"]);
+    assert_eq!(duplicates, 0);
+    assert_eq!(got.len(), PATIENTS * 3 + 600 + 5);
+    assert_eq!(got, server_ids(base, "Observation").await);
+
+    // Export-all of a whole type in one search, started by a trigger file.
+    store
+        .upload(
+            "export-trigger",
+            "coverage-all.json",
+            Bytes::from(r#"{"_type": "Coverage"}"#),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        let listed = store
+            .list("export-trigger-processed", Some("coverage-all.json.result"))
+            .await
+            .unwrap();
+        if let Some(found) = listed.first() {
+            break blob_text(&store, "export-trigger-processed", &found.name).await;
+        }
+        assert!(Instant::now() < deadline, "trigger file not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let started: Value = serde_json::from_str(&result).unwrap();
+    let (status, manifest) = wait_export(&handler, started["id"].as_str().unwrap(), 120).await;
+    assert_eq!(status, 200, "{manifest}");
+    let files = exported(&azurite, &manifest).await;
+    let (got, duplicates) = ids_of(&files["Coverage"]);
+    assert_eq!(duplicates, 0);
+    assert_eq!(got.len(), PATIENTS);
+    assert_eq!(got, server_ids(base, "Coverage").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -351,6 +432,26 @@ async fn bad_definitions_get_400s_that_say_why() {
         let (status, outcome, _) = post_export(&handler, body).await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains(expected), "{body}: {diagnostics}");
+    }
+    for (body, expected) in [
+        (r#"{"_type":"Patient,Observation"}"#, "one type"),
+        (
+            r#"{"_type":"Observation","_since":"yesterday"}"#,
+            "is not a date",
+        ),
+        (
+            r#"{"_type":"Observation","_parallelizationCount":4}"#,
+            "needs _since",
+        ),
+        (
+            r#"{"_type":"Observation","_baseAddress":"https://elsewhere.example.com/fhir"}"#,
+            "is not this loader's FHIR server",
+        ),
+    ] {
+        let (status, outcome, _) = post_to(&handler, "$alt-export-all", body).await;
+        assert_eq!(status, 400, "{body}");
         let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
         assert!(diagnostics.contains(expected), "{body}: {diagnostics}");
     }
@@ -417,6 +518,29 @@ async fn bad_definitions_get_400s_that_say_why() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 404);
+    // fhir-loader's terminate URL: known ids only, and only the terminate action.
+    let manage = format!("{}/$alt-export-manage/{id}", handler.base);
+    let resp = reqwest::get(format!("{manage}?action=purge"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = reqwest::get(format!("{manage}?action=terminate"))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "an ended export answers that it had ended"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "completed");
+    let resp = reqwest::get(format!(
+        "{}/$alt-export-manage/0123456789abcdef0123456789abcdef",
+        handler.base
+    ))
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
