@@ -42,8 +42,10 @@ status=0
 
 echo
 echo "Exporting patients born before 1960 with their Encounters and Observations (\$alt-export) ..."
+# shellcheck disable=SC2016 # $IDS is the export placeholder, not a shell variable
 definition='{"query": "Patient?birthdate=lt1960-01-01", "patientreferencefield": "id",
   "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS"]}'
+# shellcheck disable=SC2016 # $alt-export is a URL path
 export_id=$(curl -sf -X POST 'http://127.0.0.1:7071/$alt-export' -d "$definition" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 for _ in $(seq 1 600); do
   code=$(curl -s -o .stack/export-status.json -w '%{http_code}' "http://127.0.0.1:7071/\$alt-export/$export_id")

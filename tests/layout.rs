@@ -100,8 +100,10 @@ fn bindings_are_valid_and_named_as_the_handler_reads_them() {
     );
     for f in [
         "ExportStart",
+        "ExportAllStart",
         "ExportStatus",
         "ExportTerminate",
+        "ExportManage",
         "ExportPurge",
         "ExportList",
     ] {
@@ -141,4 +143,36 @@ fn host_json_runs_the_handler_binary_as_a_custom_handler() {
         max_dequeue > u64::from(fhir_bulk::config::DEFAULT_MAX_WORK_ATTEMPTS),
         "the engine must give up (with a recorded reason) before the host poisons the message"
     );
+}
+
+/// The Bicep keeps in step with the functions: every `%SETTING%` a binding reads and every
+/// identity-based connection is an app setting, and every Event Grid function gets events.
+#[test]
+fn infra_sets_what_the_bindings_read_and_subscribes_every_event_grid_function() {
+    let infra = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra");
+    let main = std::fs::read_to_string(infra.join("main.bicep")).unwrap();
+    let events = std::fs::read_to_string(infra.join("eventgrid.bicep")).unwrap();
+    for name in FUNCTION_NAMES {
+        for b in function_json(name)["bindings"].as_array().unwrap() {
+            if let Some(queue) = b["queueName"].as_str() {
+                let setting = queue.trim_matches('%');
+                assert!(
+                    main.contains(&format!("name: '{setting}'")),
+                    "{name}: app setting {setting} missing from infra/main.bicep"
+                );
+            }
+            if let Some(connection) = b["connection"].as_str() {
+                assert!(
+                    main.contains(&format!("name: '{connection}__queueServiceUri'")),
+                    "{name}: connection {connection} missing from infra/main.bicep"
+                );
+            }
+            if b["type"] == "eventGridTrigger" {
+                assert!(
+                    events.contains(&format!("function: '{name}'")),
+                    "{name} gets no Event Grid subscription in infra/eventgrid.bicep"
+                );
+            }
+        }
+    }
 }
