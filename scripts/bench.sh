@@ -125,7 +125,9 @@ if sys.argv[2] != "200":
 t = lambda s: datetime.fromisoformat(s[:26].rstrip("Z") if "." in s else s.rstrip("Z"))
 secs = (t(x["finished"]) - t(x["started"])).total_seconds()
 n = x["resources"]; cpu = int(sys.argv[4]) * 1e6 / int(sys.argv[5]) / max(n, 1)
+phase = lambda a, b: (t(x[b]) - t(x[a])).total_seconds()
 print(f"export-real    patients={x['patients']} work_items={x['workItems']} files={len(m['output'])} resources={n} seconds={secs:.1f} resources/s={n / secs:.0f} peak_rss_mb={sys.argv[3]} cpu_us/resource={cpu:.0f}")
+print(f"    phases: gather+plan={phase('started', 'planned'):.2f}s fetch={phase('planned', 'composeStarted'):.2f}s compose={phase('composeStarted', 'finished'):.2f}s")
 PY
   echo "    $(python3 scripts/export-baseline.py "$url" "$WORK/export-definition.json" 4)"
 }

@@ -10,21 +10,30 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::io;
+use std::pin::Pin;
 
+use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
+use tokio::task::JoinSet;
 use tracing::info;
 
 use super::fetch::{BLOCK_BYTES, staging_prefix};
 use super::state::{JobStatus, Progress, WORK_FAILED};
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
-use crate::import::ndjson::LineReader;
-use crate::import::sources::BlobChunks;
-use crate::storage::{BlobStore, Entity, block_id};
+use crate::import::ndjson::{ChunkStream, LineReader};
+use crate::import::sources::BLOB_CHUNK_BYTES;
+use crate::storage::{BlobEntry, BlobStore, Entity, StorageError, block_id};
 
 /// Ids held in the duplicate set at once; more resources mean more passes over the staging.
 const IDS_PER_PASS: u64 = 2_000_000;
+/// Staged ranges read ahead of the one being composed.
+const READ_AHEAD: usize = 4;
+/// Output blocks uploaded at once while composing.
+const UPLOADS_IN_FLIGHT: usize = 4;
 pub const MANIFEST_NAME: &str = "_completed_run.json";
 pub const ERRORS_NAME: &str = "errors/OperationOutcome-1.ndjson";
 
@@ -74,27 +83,25 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
     let mut malformed = 0u64;
     for pass in 0..passes {
         let mut seen: HashSet<Box<str>> = HashSet::new();
-        for blob in &staged {
-            let chunks = BlobChunks::new(ex.blobs.clone(), container, &blob.name, 0, blob.size);
-            let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
-            while let Some(line) = lines
-                .next_line()
-                .await
-                .map_err(|e| ExportError::Transient(format!("cannot read {}: {e}", blob.name)))?
-            {
-                let Some((kind, id, json)) = super::page::split_staged(&line.bytes) else {
-                    malformed += 1;
-                    continue;
-                };
-                if passes > 1 && shard(kind, id, passes) != pass {
-                    continue;
-                }
-                if !seen.insert(format!("{kind}/{id}").into_boxed_str()) {
-                    duplicates += 1;
-                    continue;
-                }
-                writer.push(kind, json).await?;
+        let chunks = StagedChunks::new(&ex.blobs, container, &staged);
+        let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| ExportError::Transient(format!("cannot read the staged output: {e}")))?
+        {
+            let Some((kind, id, json)) = super::page::split_staged(&line.bytes) else {
+                malformed += 1;
+                continue;
+            };
+            if passes > 1 && shard(kind, id, passes) != pass {
+                continue;
             }
+            if !seen.insert(format!("{kind}/{id}").into_boxed_str()) {
+                duplicates += 1;
+                continue;
+            }
+            writer.push(kind, json).await?;
         }
     }
     let outputs = writer.finish().await?;
@@ -227,6 +234,8 @@ pub fn manifest(
             "resources": job.i64("resources"),
             "duplicatesDropped": job.i64("duplicatesDropped"),
             "started": job.str("created").unwrap_or_default(),
+            "planned": job.str("gathered").unwrap_or_default(),
+            "composeStarted": job.str("composeStarted").unwrap_or_default(),
             "finished": job.str("finished").unwrap_or_default(),
             "container": ex.settings.container,
         }
@@ -250,6 +259,7 @@ struct OutputWriter<'a> {
     max_file_bytes: u64,
     open: BTreeMap<String, TypeFile>,
     done: Vec<OutputFile>,
+    uploads: Uploads,
 }
 
 impl<'a> OutputWriter<'a> {
@@ -261,6 +271,7 @@ impl<'a> OutputWriter<'a> {
             max_file_bytes,
             open: BTreeMap::new(),
             done: Vec::new(),
+            uploads: Uploads::default(),
         }
     }
 
@@ -291,14 +302,19 @@ impl<'a> OutputWriter<'a> {
         file.count += 1;
         if file.buffer.len() >= BLOCK_BYTES {
             let name = Self::file_name(self.export, kind, file.index);
-            stage(self.blobs, self.container, &name, file).await?;
+            self.uploads
+                .stage(self.blobs, self.container, &name, file)
+                .await?;
         }
         Ok(())
     }
 
     async fn close(&mut self, kind: &str, mut file: TypeFile) -> Result<(), ExportError> {
         let name = Self::file_name(self.export, kind, file.index);
-        stage(self.blobs, self.container, &name, &mut file).await?;
+        self.uploads
+            .stage(self.blobs, self.container, &name, &mut file)
+            .await?;
+        self.uploads.finish().await?;
         self.blobs
             .commit_blocks(self.container, &name, std::mem::take(&mut file.blocks))
             .await?;
@@ -336,20 +352,105 @@ impl TypeFile {
     }
 }
 
-async fn stage(
-    blobs: &BlobStore,
-    container: &str,
-    name: &str,
-    file: &mut TypeFile,
-) -> Result<(), ExportError> {
-    if file.buffer.is_empty() {
-        return Ok(());
+/// The staged blobs, in name order, as one stream of 1 MiB ranges read `READ_AHEAD` at a time:
+/// reading the next ranges overlaps with sorting and writing the current one. Every staged
+/// blob ends with a newline, so lines never span two blobs.
+struct StagedChunks {
+    ranges: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+}
+
+impl StagedChunks {
+    fn new(blobs: &BlobStore, container: &str, staged: &[BlobEntry]) -> Self {
+        let ranges: Vec<(String, u64, u64)> = staged
+            .iter()
+            .flat_map(|b| {
+                (0..b.size)
+                    .step_by(BLOB_CHUNK_BYTES as usize)
+                    .map(|offset| {
+                        (
+                            b.name.clone(),
+                            offset,
+                            BLOB_CHUNK_BYTES.min(b.size - offset),
+                        )
+                    })
+            })
+            .collect();
+        let (blobs, container) = (blobs.clone(), container.to_string());
+        let ranges = futures::stream::iter(ranges)
+            .map(move |(name, offset, len)| {
+                let (blobs, container) = (blobs.clone(), container.clone());
+                async move {
+                    blobs
+                        .read_range(&container, &name, offset, len)
+                        .await
+                        .map_err(|e| io::Error::other(format!("{name}: {e}")))
+                }
+            })
+            .buffered(READ_AHEAD);
+        StagedChunks {
+            ranges: Box::pin(ranges),
+        }
     }
-    let id = block_id(file.blocks.len());
-    let chunk = Bytes::from(std::mem::take(&mut file.buffer));
-    blobs.stage_block(container, name, &id, chunk).await?;
-    file.blocks.push(id);
-    Ok(())
+}
+
+#[async_trait]
+impl ChunkStream for StagedChunks {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        self.ranges.next().await.transpose()
+    }
+}
+
+/// Blocks being uploaded in the background, at most `UPLOADS_IN_FLIGHT` at once; a file's
+/// blocks are committed only after every upload has finished.
+#[derive(Default)]
+struct Uploads {
+    running: JoinSet<Result<(), StorageError>>,
+}
+
+impl Uploads {
+    async fn stage(
+        &mut self,
+        blobs: &BlobStore,
+        container: &str,
+        name: &str,
+        file: &mut TypeFile,
+    ) -> Result<(), ExportError> {
+        if file.buffer.is_empty() {
+            return Ok(());
+        }
+        while self.running.len() >= UPLOADS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let id = block_id(file.blocks.len());
+        let chunk = Bytes::from(std::mem::take(&mut file.buffer));
+        let (blobs, container, name, block) = (
+            blobs.clone(),
+            container.to_string(),
+            name.to_string(),
+            id.clone(),
+        );
+        self.running
+            .spawn(async move { blobs.stage_block(&container, &name, &block, chunk).await });
+        file.blocks.push(id);
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), ExportError> {
+        match self.running.join_next().await {
+            Some(Ok(result)) => Ok(result?),
+            Some(Err(e)) => Err(ExportError::Transient(format!(
+                "a block upload stopped: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), ExportError> {
+        while !self.running.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
 }
 
 /// `n` of `.../<Type>-<n>.ndjson`, for ordering files numerically.

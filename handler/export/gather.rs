@@ -30,8 +30,29 @@ pub(crate) fn ids_blob(export: &str, seq: i64) -> String {
     Exporter::blob_name(export, &format!("_state/ids-{seq:06}.txt"))
 }
 
+/// How long a gather step waits for its job row, which the start request writes just after
+/// queuing the step, before leaving it to a later delivery.
+const JOB_ROW_WAIT: Duration = Duration::from_secs(2);
+
+/// The job row, waiting up to `JOB_ROW_WAIT` for it to appear.
+async fn job_when_recorded(
+    ex: &Exporter,
+    export: &str,
+) -> Result<Option<(Entity, JobStatus)>, ExportError> {
+    let deadline = Instant::now() + JOB_ROW_WAIT;
+    loop {
+        if let Some(found) = ex.job(export).await? {
+            return Ok(Some(found));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), ExportError> {
-    let Some((mut job, status)) = ex.job(export).await? else {
+    let Some((mut job, status)) = job_when_recorded(ex, export).await? else {
         if attempt < MISSING_JOB_ATTEMPTS {
             return Err(ExportError::Transient(format!(
                 "export {export} is not recorded yet"
