@@ -14,6 +14,8 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use url::Url;
 
+use super::definition::is_resource_type;
+
 /// Most parallel searches one export-all may ask for (fhir-loader's limit).
 pub const MAX_PARALLELIZATION: u64 = 100;
 /// Most time windows counted while planning; a longer range needs a larger interval.
@@ -203,10 +205,7 @@ fn resource_type(object: &Map<String, Value>) -> Result<String, String> {
             "_type {text:?} names several types; an export-all exports one type: start one per type"
         ));
     }
-    let valid = text.len() > 1
-        && text.starts_with(|c: char| c.is_ascii_uppercase())
-        && text.chars().all(|c| c.is_ascii_alphabetic());
-    if !valid {
+    if !is_resource_type(text) {
         return Err(format!(
             "_type {text:?} is not a resource type (e.g. \"Observation\")"
         ));

@@ -336,10 +336,10 @@ pub async fn terminate(ex: &Exporter, id: &str) -> Reply {
 /// users' scripts work (fhir-loader terminates whatever the action; other actions are refused
 /// here rather than mistaken for a terminate).
 pub async fn manage(ex: &Exporter, id: &str, action: Option<&str>) -> Reply {
-    match action.map(str::trim) {
-        None | Some("") => terminate(ex, id).await,
-        Some(a) if a.eq_ignore_ascii_case("terminate") => terminate(ex, id).await,
-        Some(other) => Reply::outcome(
+    match action.map(str::trim).unwrap_or_default() {
+        "" => terminate(ex, id).await,
+        a if a.eq_ignore_ascii_case("terminate") => terminate(ex, id).await,
+        other => Reply::outcome(
             400,
             "not-supported",
             &format!(

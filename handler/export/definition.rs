@@ -125,16 +125,19 @@ fn relative_search(raw: &str, base: &Url) -> Result<String, String> {
     } else {
         raw.trim_start_matches('/').to_string()
     };
-    let resource_type = search_type(&relative);
-    let valid = resource_type.len() > 1
-        && resource_type.starts_with(|c: char| c.is_ascii_uppercase())
-        && resource_type.chars().all(|c| c.is_ascii_alphabetic());
-    if !valid {
+    if !is_resource_type(search_type(&relative)) {
         return Err(format!(
             "{raw:?} does not start with a resource type: write it as Type?param=value"
         ));
     }
     Ok(relative)
+}
+
+/// Whether a name has the shape of a FHIR resource type (`Observation`, not `observation`).
+pub fn is_resource_type(name: &str) -> bool {
+    name.len() > 1
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphabetic())
 }
 
 /// The resource type a relative search is on (`Encounter` of `Encounter?patient=...`).

@@ -1,7 +1,8 @@
 //! Step 2: one work item (a batch of patient ids × one include search, or one time range of
-//! an export-all) pages through its results and stages them in `<export>/_work/<batch>-<include>.ndjson`. The blob is written as
-//! staged blocks committed at the end: a run that dies leaves nothing visible, and a second
-//! run writes the same blob again, so running a work item twice neither duplicates nor loses.
+//! an export-all) pages through its results and stages them in
+//! `<export>/_work/<batch>-<include>.ndjson`. The blob is written as staged blocks committed at
+//! the end: a run that dies leaves nothing visible, and a second run writes the same blob
+//! again, so running a work item twice neither duplicates nor loses.
 //! A FHIR failure that outlives its retries is recorded on the work row (the export then
 //! completes with errors and the manifest points at the OperationOutcomes).
 

@@ -25,14 +25,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(3);
 /// Deliveries after which a gather step for an export with no job row is dropped (the start
 /// request queues the step just before writing the row, and fails if it cannot).
 const MISSING_JOB_ATTEMPTS: u32 = 3;
+/// How long a gather step waits for its job row, which the start request writes just after
+/// queuing the step, before leaving it to a later delivery.
+const JOB_ROW_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) fn ids_blob(export: &str, seq: i64) -> String {
     Exporter::blob_name(export, &format!("_state/ids-{seq:06}.txt"))
 }
-
-/// How long a gather step waits for its job row, which the start request writes just after
-/// queuing the step, before leaving it to a later delivery.
-const JOB_ROW_WAIT: Duration = Duration::from_secs(2);
 
 /// The job row, waiting up to `JOB_ROW_WAIT` for it to appear.
 async fn job_when_recorded(

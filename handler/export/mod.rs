@@ -108,9 +108,10 @@ impl ExportKind {
 
     /// The kind of a job row (rows without one are patient exports).
     pub fn of(job: &Entity) -> Self {
-        match job.str("kind") {
-            Some("all") => ExportKind::All,
-            _ => ExportKind::Patients,
+        if job.str("kind") == Some(ExportKind::All.as_str()) {
+            ExportKind::All
+        } else {
+            ExportKind::Patients
         }
     }
 }

@@ -83,18 +83,17 @@ fn ranges_to_json(ranges: &[TimeRange]) -> String {
 
 fn ranges_from_json(text: &str) -> Option<Vec<TimeRange>> {
     let items: Vec<(Option<String>, Option<String>, u64)> = serde_json::from_str(text).ok()?;
+    // An open end stays open; a recorded end that no longer parses voids the record.
+    let bound = |b: Option<String>| match b {
+        Some(s) => parse_instant(&s).map(Some),
+        None => Some(None),
+    };
     items
         .into_iter()
         .map(|(since, till, count)| {
             Some(TimeRange {
-                since: match since {
-                    Some(s) => Some(parse_instant(&s)?),
-                    None => None,
-                },
-                till: match till {
-                    Some(s) => Some(parse_instant(&s)?),
-                    None => None,
-                },
+                since: bound(since)?,
+                till: bound(till)?,
                 count,
             })
         })

@@ -1,14 +1,15 @@
 //! The export's HTTP functions, each a thin adapter from a host invocation (or a direct request
 //! in `serve` mode) to `export::control`:
-//! `ExportStart` (POST `$alt-export`), `ExportAllStart` (POST `$alt-export-all`), `ExportStatus` (GET `$alt-export/{id}`),
-//! `ExportTerminate` (POST `$alt-export/{id}/terminate`), `ExportManage` (GET
+//! `ExportStart` (POST `$alt-export`), `ExportAllStart` (POST `$alt-export-all`),
+//! `ExportStatus` (GET `$alt-export/{id}`), `ExportTerminate` (POST
+//! `$alt-export/{id}/terminate`), `ExportManage` (GET
 //! `$alt-export-manage/{id}`, fhir-loader's terminate), `ExportPurge` (DELETE
 //! `$alt-export/{id}`) and `ExportList` (GET `$alt-export-status`).
 
-use axum::Json;
-use axum::body::Bytes;
 use std::collections::HashMap;
 
+use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
