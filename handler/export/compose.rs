@@ -1,88 +1,152 @@
-//! Step 3: once every work item is finished, merge the staged blobs into the export's files:
-//! `<Type>-<n>.ndjson`, each resource once (the same resource found by two include searches or
-//! two batches is written the first time only), a new file before one would pass the size
-//! limit. Then the manifest (`_completed_run.json`), the job row, and the staging blobs go.
+//! Step 3, once per resource type: as soon as no pending search can return a type any more,
+//! its staged resources are merged into `<Type>-<n>.ndjson`, each resource once (the same
+//! resource found by two include searches or two batches is written the first time only), a
+//! new file before one would pass the size limit. Types are composed in parallel, and while
+//! the searches for other types still run; what a type's step wrote is recorded in
+//! `_state/composed/<Type>.json`, which the finish step turns into the manifest.
 //!
 //! Composing is deterministic (staged blobs in name order, files as staged blocks committed at
-//! the end), so a compose step that dies is simply run again and writes the same files.
-//! Duplicates are found with a set of `Type/id`; for very large exports the ids are split by
+//! the end), so a compose step that dies, or runs twice, writes the same files.
+//! Duplicates are found with a set of id hashes; for very large types the ids are split by
 //! hash over several passes so that the set stays bounded.
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tracing::info;
 
-use super::fetch::{BLOCK_BYTES, staging_prefix};
-use super::state::{JobStatus, Progress, WORK_FAILED};
+use super::fetch::{BLOCK_BYTES, staging_blob};
+use super::state::{JobStatus, WORK_PENDING, parse_work_row, type_counts};
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::import::ndjson::{ChunkStream, LineReader};
 use crate::import::sources::BLOB_CHUNK_BYTES;
-use crate::storage::{BlobEntry, BlobStore, Entity, StorageError, block_id};
+use crate::storage::{BlobEntry, BlobStore, StorageError, block_id};
 
-/// Ids held in the duplicate set at once; more resources mean more passes over the staging.
-const IDS_PER_PASS: u64 = 2_000_000;
+/// Ids held in one type's duplicate set at once (16 bytes each); more resources of a type mean
+/// more passes over its staging. Several types may be composed at once.
+const IDS_PER_PASS: u64 = 1_000_000;
 /// Staged ranges read ahead of the one being composed.
 const READ_AHEAD: usize = 4;
 /// Output blocks uploaded at once while composing.
 const UPLOADS_IN_FLIGHT: usize = 4;
-pub const MANIFEST_NAME: &str = "_completed_run.json";
-pub const ERRORS_NAME: &str = "errors/OperationOutcome-1.ndjson";
 
 /// One output file of the manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
+    #[serde(rename = "type")]
     pub resource_type: String,
+    /// Blob name in the export container.
     pub name: String,
-    pub url: String,
     pub count: u64,
     pub size: u64,
 }
 
-pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
-    let Some((mut job, status)) = ex.job(export).await? else {
-        return Ok(());
-    };
-    match status {
-        JobStatus::Exporting | JobStatus::Composing => {}
-        JobStatus::Completed | JobStatus::CompletedWithErrors => {
-            // A repeat after the job row was written: only the clean-up may be left.
-            return clean_up(ex, export).await;
+/// What composing one type wrote: `_state/composed/<Type>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComposedType {
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub files: Vec<OutputFile>,
+    #[serde(rename = "duplicatesDropped")]
+    pub duplicates: u64,
+    #[serde(rename = "malformedStagedLines")]
+    pub malformed: u64,
+    pub composed: String,
+}
+
+pub fn composed_prefix(export: &str) -> String {
+    Exporter::blob_name(export, "_state/composed/")
+}
+
+fn composed_blob(export: &str, resource_type: &str) -> String {
+    format!("{}{resource_type}.json", composed_prefix(export))
+}
+
+/// The types of an export composed so far (one listing).
+pub async fn composed_types(ex: &Exporter, export: &str) -> Result<BTreeSet<String>, ExportError> {
+    let prefix = composed_prefix(export);
+    Ok(ex
+        .blobs
+        .list(&ex.settings.container, Some(&prefix))
+        .await?
+        .into_iter()
+        .filter_map(|b| {
+            b.name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// What every composed type of an export wrote, by type.
+pub async fn composed(
+    ex: &Exporter,
+    export: &str,
+) -> Result<BTreeMap<String, ComposedType>, ExportError> {
+    let mut out = BTreeMap::new();
+    for resource_type in composed_types(ex, export).await? {
+        let name = composed_blob(export, &resource_type);
+        if let Some((_, bytes)) = ex.blobs.read_all(&ex.settings.container, &name).await? {
+            let record: ComposedType = serde_json::from_slice(&bytes).map_err(|e| {
+                ExportError::Transient(format!("{name} is not a composed-type record: {e}"))
+            })?;
+            out.insert(resource_type, record);
         }
-        _ => return Ok(()),
     }
-    let rows = ex.store.work_rows(export).await?;
-    let progress = Progress::of(&rows);
-    if !progress.all_finished() {
+    Ok(out)
+}
+
+pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(), ExportError> {
+    if !matches!(
+        ex.job(export).await?,
+        Some((_, JobStatus::Exporting | JobStatus::Composing))
+    ) {
         return Ok(());
-    }
-    if status == JobStatus::Exporting {
-        job.set_str("status", JobStatus::Composing.as_str());
-        job.set_str("composeStarted", now_rfc3339());
-        if !ex.store.replace_if_unchanged(&mut job).await? {
-            return Ok(()); // another delivery took it, or it was terminated
-        }
     }
     let container = &ex.settings.container;
-    let mut staged = ex
-        .blobs
-        .list(container, Some(&staging_prefix(export)))
-        .await?;
+    let record = composed_blob(export, resource_type);
+    if ex.blobs.properties(container, &record).await?.is_some() {
+        return ex.finish_when_nothing_pending(export).await; // a repeat
+    }
+    let rows = ex.store.work_rows_returning(export, resource_type).await?;
+    if rows.iter().any(|r| r.str("status") == Some(WORK_PENDING)) {
+        return Ok(()); // not ready: the last of those items queues this step again
+    }
+    let mut staged = Vec::new();
+    let mut resources = 0u64;
+    for row in &rows {
+        let Some(n) = type_counts(row)
+            .find(|(t, _)| t == resource_type)
+            .map(|(_, n)| n)
+        else {
+            continue;
+        };
+        let Some((batch, include)) = row.str("RowKey").and_then(parse_work_row) else {
+            continue;
+        };
+        resources += n;
+        staged.push(BlobEntry {
+            name: staging_blob(export, batch, include),
+            size: row.i64("stagedBytes").max(0) as u64,
+            etag: String::new(),
+        });
+    }
     staged.sort_by(|a, b| a.name.cmp(&b.name));
-    let passes = progress.resources.div_ceil(IDS_PER_PASS).max(1);
+    let passes = resources.div_ceil(IDS_PER_PASS).max(1);
     let mut writer = OutputWriter::new(&ex.blobs, container, export, ex.settings.max_file_bytes);
     let mut duplicates = 0u64;
     let mut malformed = 0u64;
     for pass in 0..passes {
-        let mut seen: HashSet<Box<str>> = HashSet::new();
+        let mut seen: HashSet<u128> = HashSet::new();
         let chunks = StagedChunks::new(&ex.blobs, container, &staged);
         let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
         while let Some(line) = lines
@@ -94,152 +158,52 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
                 malformed += 1;
                 continue;
             };
-            if passes > 1 && shard(kind, id, passes) != pass {
+            if kind != resource_type {
+                continue; // another type returned by an _include search
+            }
+            let hash = id_hash(id);
+            if passes > 1 && (hash % passes as u128) as u64 != pass {
                 continue;
             }
-            if !seen.insert(format!("{kind}/{id}").into_boxed_str()) {
+            if !seen.insert(hash) {
                 duplicates += 1;
                 continue;
             }
             writer.push(kind, json).await?;
         }
     }
-    let outputs = writer.finish().await?;
-    let errors = write_errors(ex, export, &rows).await?;
-    let final_status = if progress.failed > 0 {
-        JobStatus::CompletedWithErrors
-    } else {
-        JobStatus::Completed
+    let files = writer.finish().await?;
+    let composed = ComposedType {
+        resource_type: resource_type.to_string(),
+        files,
+        duplicates,
+        malformed,
+        composed: now_rfc3339(),
     };
-    let written: u64 = outputs.iter().map(|o| o.count).sum();
-    job.set_str("status", final_status.as_str());
-    job.set_str("finished", now_rfc3339());
-    job.set_i64("resources", written as i64);
-    job.set_i64("duplicatesDropped", duplicates as i64);
-    job.set_i64("files", outputs.len() as i64);
-    let manifest = manifest(ex, &job, &outputs, errors.as_ref());
     ex.blobs
         .upload(
             container,
-            &Exporter::blob_name(export, MANIFEST_NAME),
-            Bytes::from(serde_json::to_vec_pretty(&manifest).expect("JSON serialises")),
+            &record,
+            Bytes::from(serde_json::to_vec(&composed).expect("JSON serialises")),
         )
         .await?;
-    if !ex.store.replace_if_unchanged(&mut job).await? {
-        return Ok(()); // terminated while composing: the terminate stands
-    }
     info!(
-        message = "Export completed.",
+        message = "Export type composed.",
         export,
-        status = final_status.as_str(),
-        files = outputs.len(),
-        resources = written,
+        resource_type,
+        files = composed.files.len(),
         duplicates_dropped = duplicates,
         malformed_staged_lines = malformed
     );
-    clean_up(ex, export).await
+    ex.finish_when_nothing_pending(export).await
 }
 
-/// Deletes the staging blobs and the gathered ids of a finished export.
-async fn clean_up(ex: &Exporter, export: &str) -> Result<(), ExportError> {
-    let container = &ex.settings.container;
-    ex.blobs
-        .delete_prefix(container, &staging_prefix(export))
-        .await?;
-    ex.blobs
-        .delete_prefix(container, &Exporter::blob_name(export, "_state/"))
-        .await?;
-    Ok(())
-}
-
-fn shard(kind: &str, id: &str, passes: u64) -> u64 {
-    // A fixed hasher: every pass (and every re-run) must put an id in the same shard.
-    let mut h = std::hash::DefaultHasher::new();
-    kind.hash(&mut h);
-    id.hash(&mut h);
-    h.finish() % passes
-}
-
-/// One OperationOutcome per failed work item, in `errors/OperationOutcome-1.ndjson`.
-async fn write_errors(
-    ex: &Exporter,
-    export: &str,
-    rows: &[Entity],
-) -> Result<Option<OutputFile>, ExportError> {
-    let failed: Vec<&Entity> = rows
-        .iter()
-        .filter(|r| r.str("status") == Some(WORK_FAILED))
-        .collect();
-    if failed.is_empty() {
-        return Ok(None);
-    }
-    let mut text = String::new();
-    for row in &failed {
-        let outcome = json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{
-                "severity": "error",
-                "code": if row.i64("errorStatus") == 0 { "exception" } else { "transient" },
-                "diagnostics": format!(
-                    "the search {} for work item {} stopped: {}; resources read before the failure are in the output",
-                    row.str("search").unwrap_or_default(),
-                    row.str("RowKey").unwrap_or_default(),
-                    row.str("error").unwrap_or_default()
-                ),
-            }],
-        });
-        text.push_str(&outcome.to_string());
-        text.push('\n');
-    }
-    let name = Exporter::blob_name(export, ERRORS_NAME);
-    let size = text.len() as u64;
-    ex.blobs
-        .upload(&ex.settings.container, &name, Bytes::from(text))
-        .await?;
-    Ok(Some(OutputFile {
-        resource_type: "OperationOutcome".into(),
-        url: ex.blobs.url(&ex.settings.container, &name),
-        name,
-        count: failed.len() as u64,
-        size,
-    }))
-}
-
-/// The Bulk Data style manifest: also the body of a finished export's status.
-pub fn manifest(
-    ex: &Exporter,
-    job: &Entity,
-    outputs: &[OutputFile],
-    errors: Option<&OutputFile>,
-) -> Value {
-    let file = |o: &OutputFile| json!({"type": o.resource_type, "url": o.url, "count": o.count, "sizebytes": o.size});
-    let definition: Value = job
-        .str("definition")
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or(Value::Null);
-    json!({
-        "transactionTime": job.str("created").unwrap_or_default(),
-        "request": job.str("request").unwrap_or_default(),
-        "requiresAccessToken": true,
-        "output": outputs.iter().map(file).collect::<Vec<_>>(),
-        "error": errors.map(file).into_iter().collect::<Vec<_>>(),
-        "extension": {
-            "id": job.str("PartitionKey").unwrap_or_default(),
-            "kind": super::ExportKind::of(job).as_str(),
-            "status": job.str("status").unwrap_or_default(),
-            "definition": definition,
-            "patients": job.i64("patients"),
-            "batches": job.i64("batches"),
-            "workItems": job.i64("workItems"),
-            "resources": job.i64("resources"),
-            "duplicatesDropped": job.i64("duplicatesDropped"),
-            "started": job.str("created").unwrap_or_default(),
-            "planned": job.str("gathered").unwrap_or_default(),
-            "composeStarted": job.str("composeStarted").unwrap_or_default(),
-            "finished": job.str("finished").unwrap_or_default(),
-            "container": ex.settings.container,
-        }
-    })
+/// A 128-bit hash of a resource id (the head of its SHA-256): the same in every pass, every
+/// re-run and every release (the pass an id falls in decides where it is written), and 16
+/// bytes per id keep large sets small.
+fn id_hash(id: &str) -> u128 {
+    let digest = Sha256::digest(id.as_bytes());
+    u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 /// The files of one resource type being written.
@@ -320,7 +284,6 @@ impl<'a> OutputWriter<'a> {
             .await?;
         self.done.push(OutputFile {
             resource_type: kind.to_string(),
-            url: self.blobs.url(self.container, &name),
             name,
             count: file.count,
             size: file.bytes,
@@ -467,9 +430,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_are_stable_and_files_sort_numerically() {
-        assert_eq!(shard("Patient", "a", 3), shard("Patient", "a", 3));
-        assert!(shard("Patient", "a", 1) == 0);
+    fn id_hashes_are_stable_and_files_sort_numerically() {
+        assert_eq!(id_hash("a"), id_hash("a"));
+        assert_ne!(id_hash("a"), id_hash("b"));
+        assert_eq!(
+            id_hash("a"),
+            0xca978112_ca1bbdca_fac231b3_9a23dc4d,
+            "SHA-256 of \"a\""
+        );
         assert_eq!(file_index("abc/Observation-12.ndjson"), 12);
         assert!(file_index("x/Observation-2.ndjson") < file_index("x/Observation-10.ndjson"));
     }

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::all::AllDefinition;
-use super::compose::MANIFEST_NAME;
 use super::definition::ExportDefinition;
+use super::finish::MANIFEST_NAME;
 use super::state::{JobStatus, Progress};
 use super::{ExportKind, ExportWork, Exporter, valid_export_id};
 use crate::fhir::batch_response::operation_outcome;

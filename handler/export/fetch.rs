@@ -57,12 +57,14 @@ pub async fn run(
         return Ok(());
     };
     if row.str("status") != Some(WORK_PENDING) {
-        return ex.schedule_compose_if_finished(export).await;
+        // A repeat of a finished item: the first delivery may have died before scheduling.
+        return ex.after_work_item(export, &row).await;
     }
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut next = Some(ex.search_url(search));
     let mut blocks = Vec::new();
+    let mut staged_bytes = 0u64;
     let mut buffer = String::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     let mut pages = 0i64;
@@ -108,6 +110,7 @@ pub async fn run(
         buffer.push_str(&lines.text);
         if buffer.len() >= BLOCK_BYTES {
             let id = block_id(blocks.len());
+            staged_bytes += buffer.len() as u64;
             let chunk = Bytes::from(std::mem::take(&mut buffer));
             ex.blobs.stage_block(container, &blob, &id, chunk).await?;
             blocks.push(id);
@@ -123,6 +126,7 @@ pub async fn run(
     }
     if !buffer.is_empty() {
         let id = block_id(blocks.len());
+        staged_bytes += buffer.len() as u64;
         ex.blobs
             .stage_block(container, &blob, &id, Bytes::from(buffer))
             .await?;
@@ -142,6 +146,7 @@ pub async fn run(
     row.set_i64("resources", resources as i64);
     row.set_i64("pages", pages);
     row.set_i64("skipped", skipped);
+    row.set_i64("stagedBytes", staged_bytes as i64);
     row.set_str("types", Value::Object(types).to_string());
     row.set_str("finished", now_rfc3339());
     if let Some(f) = &failure {
@@ -159,7 +164,7 @@ pub async fn run(
     }
     row.etag.clear();
     ex.store.upsert(&row).await?;
-    ex.schedule_compose_if_finished(export).await
+    ex.after_work_item(export, &row).await
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

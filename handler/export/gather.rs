@@ -63,8 +63,12 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         );
         return Ok(());
     };
-    if status != JobStatus::Gathering {
-        return Ok(());
+    match status {
+        JobStatus::Gathering => {}
+        // A repeat after planning: the first delivery may have died between marking the job
+        // `exporting` and queuing the types that were ready by then.
+        JobStatus::Exporting => return ex.schedule_ready_types(export).await,
+        _ => return Ok(()),
     }
     if ExportKind::of(&job) == ExportKind::All {
         return match ex.all_definition(&job) {

@@ -10,8 +10,10 @@
 //!    the same way (`schedule`).
 //! 2. `fetch`: one work item pages through its search and stages the resources in a blob of
 //!    its own (`_work/<batch>-<include>.ndjson`), written whole or not at all.
-//! 3. `compose`: once every work item is finished, the staged blobs are merged into
-//!    `<Type>-<n>.ndjson` (each resource once, files rolled over by size), the manifest is
+//! 3. `compose-type`: as soon as no pending work item can return a resource type, its staged
+//!    resources are merged into `<Type>-<n>.ndjson` (each resource once, files rolled over by
+//!    size), while the searches for other types go on; types are composed in parallel.
+//! 4. `finish`: once every work item is finished and every type composed, the manifest is
 //!    written to `_completed_run.json`, and the staging blobs are deleted.
 
 pub mod all;
@@ -19,6 +21,7 @@ pub mod compose;
 pub mod control;
 pub mod definition;
 pub mod fetch;
+pub mod finish;
 pub mod gather;
 pub mod page;
 pub mod patients;
@@ -53,7 +56,17 @@ pub enum ExportWork {
         /// The search, relative to the FHIR base URL (ids or time range filled in).
         search: String,
     },
-    Compose {
+    /// Writes the files of one resource type once no pending search can return it.
+    #[serde(rename = "compose-type")]
+    ComposeType {
+        export: String,
+        #[serde(rename = "resourceType")]
+        resource_type: String,
+    },
+    /// Writes the manifest once every search is finished and every type composed (earlier
+    /// versions queued it as `compose`).
+    #[serde(alias = "compose")]
+    Finish {
         export: String,
     },
 }
@@ -63,7 +76,8 @@ impl ExportWork {
         match self {
             ExportWork::Gather { export }
             | ExportWork::Fetch { export, .. }
-            | ExportWork::Compose { export } => export,
+            | ExportWork::ComposeType { export, .. }
+            | ExportWork::Finish { export } => export,
         }
     }
 }
@@ -165,7 +179,11 @@ impl Exporter {
                 include,
                 search,
             } => fetch::run(self, export, *batch, *include, search, attempt).await,
-            ExportWork::Compose { export } => compose::run(self, export).await,
+            ExportWork::ComposeType {
+                export,
+                resource_type,
+            } => compose::run(self, export, resource_type).await,
+            ExportWork::Finish { export } => finish::run(self, export).await,
         }
     }
 
@@ -262,6 +280,24 @@ mod tests {
         assert!(text.contains(r#""step":"fetch""#), "{text}");
         assert_eq!(serde_json::from_str::<ExportWork>(&text).unwrap(), w);
         assert_eq!(w.export(), "abc");
+        let compose = ExportWork::ComposeType {
+            export: "abc".into(),
+            resource_type: "Observation".into(),
+        };
+        let text = serde_json::to_string(&compose).unwrap();
+        assert!(
+            text.contains(r#""step":"compose-type""#)
+                && text.contains(r#""resourceType":"Observation""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<ExportWork>(&text).unwrap(), compose);
+        assert_eq!(
+            serde_json::from_str::<ExportWork>(r#"{"step":"compose","export":"abc"}"#).unwrap(),
+            ExportWork::Finish {
+                export: "abc".into()
+            },
+            "messages queued by earlier versions finish the export"
+        );
         assert!(valid_export_id("0123456789abcdef0123456789abcdef"));
         assert!(!valid_export_id("../etc"));
         assert!(!valid_export_id("ABCDEF0123"));

@@ -1,16 +1,21 @@
 //! Moving an export from one step to the next: registering the planned work items (a row and
-//! a queue message each) and queuing the compose step once every work item is finished. Both
-//! kinds of export (patients, export-all) plan differently and schedule the same way.
+//! a queue message each), queuing a type's compose step once no pending search can return that
+//! type any more, and queuing the finish step once nothing is pending. Both kinds of export
+//! (patients, export-all) plan differently and schedule the same way.
 
 use futures::{StreamExt, TryStreamExt};
 use tracing::info;
 
-use super::state::{JobStatus, Progress, WORK_PENDING, work_row};
+use super::compose::composed_types;
+use super::state::{
+    JobStatus, RETURNS_ANY_TYPE, RETURNS_OWN_TYPE, WORK_PENDING, ready_types, returns_other_types,
+    work_row,
+};
 use super::{ExportError, ExportWork, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::storage::{Entity, StorageError};
 
-/// Rows inserted and messages sent at once while registering.
+/// Work items registered at once.
 const REGISTRATION_CONCURRENCY: usize = 16;
 
 /// One planned search: it becomes the row `w-<batch>-<include>` and a `fetch` message.
@@ -25,10 +30,12 @@ pub struct WorkItem {
 }
 
 impl Exporter {
-    /// Registers the work items (rows first, then messages) and marks the job `exporting`.
-    /// Safe to repeat with the same items: rows already there stay, a repeated message finds
-    /// its row no longer pending or does the same work again. `item(n)` builds the n-th of
-    /// `count` items when it is needed, so a large plan is never held whole in memory.
+    /// Registers the work items and marks the job `exporting`. Each item's row is written
+    /// before its message, so fetching starts while the rest of a large plan is registered
+    /// (a message whose row is missing would be dropped). Safe to repeat with the same items:
+    /// rows already there stay, a repeated message finds its row no longer pending or does the
+    /// same work again. `item(n)` builds the n-th of `count` items when it is needed, so a
+    /// large plan is never held whole in memory.
     pub(crate) async fn register_work(
         &self,
         export: &str,
@@ -43,14 +50,15 @@ impl Exporter {
                 let mut row = Entity::new(export, &work_row(item.batch, item.include));
                 row.set_str("status", WORK_PENDING);
                 row.set_str("type", item.resource_type);
-                self.store.insert(&row).await.map(|_| ())
-            })
-            .buffer_unordered(REGISTRATION_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        futures::stream::iter(0..count)
-            .map(|n| async move {
-                let item = item(n);
+                row.set_str(
+                    "returns",
+                    if returns_other_types(&item.search) {
+                        RETURNS_ANY_TYPE
+                    } else {
+                        RETURNS_OWN_TYPE
+                    },
+                );
+                self.store.insert(&row).await?;
                 self.enqueue(&ExportWork::Fetch {
                     export: export.to_string(),
                     batch: item.batch,
@@ -69,24 +77,73 @@ impl Exporter {
             return Ok(()); // terminated meanwhile, or another delivery registered first
         }
         info!(message = "Export planned.", export, work_items = count);
-        // Work items that finished before the job said "exporting" could not start the
-        // compose step; and with no work item there is nothing else to start it.
-        self.schedule_compose_if_finished(export).await
+        self.schedule_ready_types(export).await
     }
 
-    /// Queues the compose step when every work item is finished. Called after each work item
-    /// and after planning; the last work item to finish always sees all the others finished
-    /// (each looks after its own write), and planning covers items finished before it.
-    pub(crate) async fn schedule_compose_if_finished(
+    /// Called once a work item's row is finished (and again by a repeated delivery): queues
+    /// the compose step of each type no pending item can return any more, and the finish
+    /// step when no item is pending. An item whose search returns only its own type checks
+    /// that type with one small query; an item that can return any type (`_include`) may
+    /// have been the last one holding up types it did not return itself, so it looks at all
+    /// of them. Items that finished while the plan was still being registered are covered by
+    /// the registration, which ends with the same look at all types.
+    pub(crate) async fn after_work_item(
+        &self,
+        export: &str,
+        row: &Entity,
+    ) -> Result<(), ExportError> {
+        if !matches!(
+            self.job(export).await?,
+            Some((_, JobStatus::Exporting | JobStatus::Composing))
+        ) {
+            return Ok(());
+        }
+        if row.str("returns") == Some(RETURNS_ANY_TYPE) {
+            return self.schedule_ready_types(export).await;
+        }
+        if let Some(resource_type) = row.str("type")
+            && !self.store.may_still_return(export, resource_type).await?
+        {
+            self.enqueue(&ExportWork::ComposeType {
+                export: export.to_string(),
+                resource_type: resource_type.to_string(),
+            })
+            .await?;
+        }
+        self.finish_when_nothing_pending(export).await
+    }
+
+    /// Queues the compose step of every type that finished items returned, no pending item
+    /// can return any more, and is not composed yet; then the finish step if nothing is
+    /// pending. Reads every work row: for the end of registration and `_include` searches.
+    pub(crate) async fn schedule_ready_types(&self, export: &str) -> Result<(), ExportError> {
+        let rows = self.store.work_rows(export).await?;
+        let composed = composed_types(self, export).await?;
+        for resource_type in ready_types(&rows) {
+            if !composed.contains(&resource_type) {
+                self.enqueue(&ExportWork::ComposeType {
+                    export: export.to_string(),
+                    resource_type,
+                })
+                .await?;
+            }
+        }
+        if !rows.iter().any(|r| r.str("status") == Some(WORK_PENDING)) {
+            self.enqueue(&ExportWork::Finish {
+                export: export.to_string(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the finish step when no work item is pending.
+    pub(crate) async fn finish_when_nothing_pending(
         &self,
         export: &str,
     ) -> Result<(), ExportError> {
-        let rows = self.store.work_rows(export).await?;
-        if !Progress::of(&rows).all_finished() {
-            return Ok(());
-        }
-        if let Some((_, JobStatus::Exporting | JobStatus::Composing)) = self.job(export).await? {
-            self.enqueue(&ExportWork::Compose {
+        if !self.store.any_work_pending(export).await? {
+            self.enqueue(&ExportWork::Finish {
                 export: export.to_string(),
             })
             .await?;

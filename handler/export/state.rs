@@ -3,6 +3,8 @@
 //! work item writes its own row once, and progress is the sum of those rows, so it stays exact
 //! however many instances run, however often a work item is redelivered.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value};
 
 use crate::storage::{Entity, StorageResult, TableClient};
@@ -68,10 +70,31 @@ pub fn work_row(batch: u32, include: u32) -> String {
     format!("{WORK_ROW_PREFIX}{batch:06}-{include:03}")
 }
 
+/// The (batch, include) of a work row key.
+pub fn parse_work_row(key: &str) -> Option<(u32, u32)> {
+    let (batch, include) = key.strip_prefix(WORK_ROW_PREFIX)?.split_once('-')?;
+    Some((batch.parse().ok()?, include.parse().ok()?))
+}
+
 /// Status of a work item row.
 pub const WORK_PENDING: &str = "pending";
 pub const WORK_DONE: &str = "done";
 pub const WORK_FAILED: &str = "failed";
+
+/// A work row's `returns`: what types its search can return. `own-type` searches return only
+/// the type they search (`type`); `any-type` ones (`_include`, `_revinclude`) may return others.
+pub const RETURNS_OWN_TYPE: &str = "own-type";
+pub const RETURNS_ANY_TYPE: &str = "any-type";
+
+/// Whether a relative search can return resources of other types than the one it searches.
+pub fn returns_other_types(search: &str) -> bool {
+    search
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
+        .any(|p| p.starts_with("_include") || p.starts_with("_revinclude"))
+}
 
 /// Progress summed over the work rows.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -98,14 +121,9 @@ impl Progress {
                 _ => {}
             }
             p.resources += row.i64("resources").max(0) as u64;
-            if let Some(Value::Object(types)) =
-                row.str("types").and_then(|t| serde_json::from_str(t).ok())
-            {
-                for (t, n) in types {
-                    let add = n.as_u64().unwrap_or(0);
-                    let total = p.per_type.get(&t).and_then(Value::as_u64).unwrap_or(0) + add;
-                    p.per_type.insert(t, total.into());
-                }
+            for (t, n) in type_counts(row) {
+                let total = p.per_type.get(&t).and_then(Value::as_u64).unwrap_or(0) + n;
+                p.per_type.insert(t, total.into());
             }
         }
         p
@@ -114,6 +132,65 @@ impl Progress {
     pub fn all_finished(&self) -> bool {
         self.finished == self.items
     }
+}
+
+/// The OData filter for an export's work rows, narrowed by `condition`.
+fn work_filter(id: &str, condition: Option<&str>) -> String {
+    let mut filter = format!(
+        "PartitionKey eq '{}' and RowKey ge '{WORK_ROW_PREFIX}' and RowKey lt 'w.'",
+        quoted(id)
+    );
+    if let Some(condition) = condition {
+        filter.push_str(" and ");
+        filter.push_str(condition);
+    }
+    filter
+}
+
+/// The condition for work rows that may return `resource_type`.
+fn returning(resource_type: &str) -> String {
+    format!(
+        "type eq '{}' or returns eq '{RETURNS_ANY_TYPE}'",
+        quoted(resource_type)
+    )
+}
+
+/// A value for an OData string literal.
+fn quoted(value: &str) -> String {
+    value.replace('\'', "''")
+}
+
+/// Resources per type a finished work row fetched (its `types`), types with none left out.
+pub fn type_counts(row: &Entity) -> impl Iterator<Item = (String, u64)> {
+    let types = match row.str("types").and_then(|t| serde_json::from_str(t).ok()) {
+        Some(Value::Object(types)) => types,
+        _ => Map::new(),
+    };
+    types
+        .into_iter()
+        .map(|(t, n)| (t, n.as_u64().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+}
+
+/// Whether a work row's search may return resources of `resource_type` (what
+/// `ExportStore::may_still_return` asks the table).
+pub fn may_return(row: &Entity, resource_type: &str) -> bool {
+    row.str("type") == Some(resource_type) || row.str("returns") == Some(RETURNS_ANY_TYPE)
+}
+
+/// The types that finished work rows returned and no pending row may still return: those
+/// whose files can be composed.
+pub fn ready_types(rows: &[Entity]) -> BTreeSet<String> {
+    let pending: Vec<&Entity> = rows
+        .iter()
+        .filter(|r| r.str("status") == Some(WORK_PENDING))
+        .collect();
+    rows.iter()
+        .filter(|r| r.str("status") != Some(WORK_PENDING))
+        .flat_map(type_counts)
+        .map(|(t, _)| t)
+        .filter(|t| !pending.iter().any(|r| may_return(r, t)))
+        .collect()
 }
 
 /// Reads and writes the rows of the exports table.
@@ -159,10 +236,36 @@ impl ExportStore {
 
     /// Every work row of an export.
     pub async fn work_rows(&self, id: &str) -> StorageResult<Vec<Entity>> {
-        let filter = format!(
-            "PartitionKey eq '{}' and RowKey ge '{WORK_ROW_PREFIX}' and RowKey lt 'w.'",
-            id.replace('\'', "''")
+        self.tables.query(&self.table, &work_filter(id, None)).await
+    }
+
+    /// Whether any work item of an export is still pending (one small query).
+    pub async fn any_work_pending(&self, id: &str) -> StorageResult<bool> {
+        let pending = format!("status eq '{WORK_PENDING}'");
+        self.tables
+            .exists(&self.table, &work_filter(id, Some(&pending)))
+            .await
+    }
+
+    /// Whether a pending work item may still return resources of `resource_type`: its search
+    /// is on that type, or can return any type.
+    pub async fn may_still_return(&self, id: &str, resource_type: &str) -> StorageResult<bool> {
+        let pending = format!(
+            "status eq '{WORK_PENDING}' and ({})",
+            returning(resource_type)
         );
+        self.tables
+            .exists(&self.table, &work_filter(id, Some(&pending)))
+            .await
+    }
+
+    /// The work rows whose search may return resources of `resource_type`.
+    pub async fn work_rows_returning(
+        &self,
+        id: &str,
+        resource_type: &str,
+    ) -> StorageResult<Vec<Entity>> {
+        let filter = work_filter(id, Some(&returning(resource_type)));
         self.tables.query(&self.table, &filter).await
     }
 
@@ -175,7 +278,7 @@ impl ExportStore {
 
     /// Deletes every row of an export, the job row last.
     pub async fn delete_export(&self, id: &str) -> StorageResult<usize> {
-        let filter = format!("PartitionKey eq '{}'", id.replace('\'', "''"));
+        let filter = format!("PartitionKey eq '{}'", quoted(id));
         let rows = self.tables.query(&self.table, &filter).await?;
         let mut deleted = 0;
         for row in rows.iter().filter(|r| r.str("RowKey") != Some(JOB_ROW)) {
@@ -186,5 +289,98 @@ impl ExportStore {
         }
         self.tables.delete(&self.table, id, JOB_ROW).await?;
         Ok(deleted + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, status: &str, resource_type: &str, returns: &str, types: &str) -> Entity {
+        let mut row = Entity::new("export", key);
+        row.set_str("status", status);
+        row.set_str("type", resource_type);
+        row.set_str("returns", returns);
+        if !types.is_empty() {
+            row.set_str("types", types);
+        }
+        row
+    }
+
+    #[test]
+    fn include_searches_can_return_other_types() {
+        assert!(!returns_other_types("Observation?patient=a,b&_count=50"));
+        assert!(!returns_other_types("Patient"));
+        assert!(returns_other_types(
+            "Encounter?patient=a&_include=Encounter:subject"
+        ));
+        assert!(returns_other_types(
+            "Patient?_id=a&_revinclude:iterate=Observation:patient"
+        ));
+        assert!(
+            !returns_other_types("Observation?code=_include"),
+            "only parameter names count"
+        );
+    }
+
+    #[test]
+    fn work_row_keys_round_trip() {
+        assert_eq!(parse_work_row(&work_row(12, 3)), Some((12, 3)));
+        assert_eq!(parse_work_row("job"), None);
+        assert_eq!(parse_work_row("w-x-1"), None);
+    }
+
+    #[test]
+    fn a_type_is_ready_once_no_pending_search_can_return_it() {
+        let rows = [
+            row(
+                "w-000000-000",
+                WORK_DONE,
+                "Patient",
+                RETURNS_OWN_TYPE,
+                r#"{"Patient":2}"#,
+            ),
+            row(
+                "w-000001-000",
+                WORK_PENDING,
+                "Patient",
+                RETURNS_OWN_TYPE,
+                "",
+            ),
+            row(
+                "w-000000-001",
+                WORK_FAILED,
+                "Observation",
+                RETURNS_OWN_TYPE,
+                r#"{"Observation":5}"#,
+            ),
+            row(
+                "w-000000-002",
+                WORK_DONE,
+                "Condition",
+                RETURNS_OWN_TYPE,
+                r#"{"Condition":0}"#,
+            ),
+        ];
+        let ready = ready_types(&rows);
+        assert_eq!(
+            ready.into_iter().collect::<Vec<_>>(),
+            ["Observation"],
+            "Patient waits for its pending batch; a type with no resources needs no file"
+        );
+        let mut with_include = rows.to_vec();
+        with_include.push(row(
+            "w-000000-003",
+            WORK_PENDING,
+            "Encounter",
+            RETURNS_ANY_TYPE,
+            "",
+        ));
+        assert!(
+            ready_types(&with_include).is_empty(),
+            "a pending _include search may still return Observations"
+        );
+        assert!(may_return(&with_include[4], "Observation"));
+        assert!(!may_return(&rows[0], "Observation"));
     }
 }

@@ -337,6 +337,22 @@ impl TableClient {
 
     /// All entities matching an OData `$filter`, following continuation tokens.
     pub async fn query(&self, table: &str, filter: &str) -> StorageResult<Vec<Entity>> {
+        self.query_up_to(table, filter, None).await
+    }
+
+    /// Whether any entity matches an OData `$filter`: one small request, however many match
+    /// (the service may still answer a page with no entity and a continuation, which is followed).
+    pub async fn exists(&self, table: &str, filter: &str) -> StorageResult<bool> {
+        Ok(!self.query_up_to(table, filter, Some(1)).await?.is_empty())
+    }
+
+    /// Entities matching `filter`, stopping once `limit` have been read.
+    async fn query_up_to(
+        &self,
+        table: &str,
+        filter: &str,
+        limit: Option<usize>,
+    ) -> StorageResult<Vec<Entity>> {
         let mut out = Vec::new();
         let mut next: Option<(String, String)> = None;
         loop {
@@ -344,6 +360,9 @@ impl TableClient {
             {
                 let mut q = url.query_pairs_mut();
                 q.append_pair("$filter", filter);
+                if let Some(limit) = limit {
+                    q.append_pair("$top", &(limit - out.len()).to_string());
+                }
                 if let Some((pk, rk)) = &next {
                     q.append_pair("NextPartitionKey", pk);
                     q.append_pair("NextRowKey", rk);
@@ -366,6 +385,9 @@ impl TableClient {
                         .to_string();
                     out.push(Entity { props, etag });
                 }
+            }
+            if limit.is_some_and(|limit| out.len() >= limit) {
+                return Ok(out);
             }
             let header = |n: &str| {
                 headers

@@ -270,11 +270,13 @@ async fn exports_hold_exactly_what_the_server_returns() {
         "staging blobs are cleaned up"
     );
 
-    // Payer style: subscribers of class Med1 found through Coverage.subscriber.
+    // Payer style: subscribers of class Med1 found through Coverage.subscriber. The Patient
+    // file comes only from the Encounter search's _include: a type is composed only once no
+    // pending search can return it, whatever type that search is on.
     let definition = json!({
         "query": "Coverage?class-value=Med1",
         "patientreferencefield": "subscriber",
-        "include": ["Patient?_id=$IDS", "Coverage?patient=$IDS", "Encounter?patient=$IDS"]});
+        "include": ["Coverage?patient=$IDS", "Encounter?patient=$IDS&_include=Encounter:subject"]});
     let (status, started, _) = post_export(&handler, &definition.to_string()).await;
     assert_eq!(status, 202, "{started}");
     let payer = started["id"].as_str().unwrap().to_string();

@@ -1,0 +1,201 @@
+//! Step 4: once no work item is pending and every type a work item returned is composed, the
+//! export's errors file (one OperationOutcome per failed search), the Bulk Data style manifest
+//! (`_completed_run.json`, also the body of a finished export's status) and the job row are
+//! written, then the staging and state blobs go.
+//!
+//! The manifest is built from recorded state only (the job row, the work rows, the composed
+//! types; its `finished` is the last type's composing time), so two deliveries of this step
+//! write the same bytes, and the job row's ETag lets one of them finish the job.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::compose::{OutputFile, composed};
+use super::fetch::staging_prefix;
+use super::state::{JobStatus, Progress, WORK_FAILED};
+use super::{ExportError, Exporter};
+use crate::import::ledger::now_rfc3339;
+use crate::storage::Entity;
+
+pub const MANIFEST_NAME: &str = "_completed_run.json";
+pub const ERRORS_NAME: &str = "errors/OperationOutcome-1.ndjson";
+
+pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
+    let Some((mut job, status)) = ex.job(export).await? else {
+        return Ok(());
+    };
+    match status {
+        JobStatus::Exporting | JobStatus::Composing => {}
+        JobStatus::Completed | JobStatus::CompletedWithErrors => {
+            // A repeat after the job row was written: only the clean-up may be left.
+            return clean_up(ex, export).await;
+        }
+        _ => return Ok(()),
+    }
+    let rows = ex.store.work_rows(export).await?;
+    let progress = Progress::of(&rows);
+    if !progress.all_finished() {
+        return Ok(()); // the last work item queues this step again
+    }
+    if status == JobStatus::Exporting {
+        job.set_str("status", JobStatus::Composing.as_str());
+        job.set_str("composeStarted", now_rfc3339());
+        if !ex.store.replace_if_unchanged(&mut job).await? {
+            return Ok(()); // another delivery took it, or it was terminated
+        }
+    }
+    let composed = composed(ex, export).await?;
+    if progress
+        .per_type
+        .iter()
+        .any(|(t, n)| n.as_u64().unwrap_or(0) > 0 && !composed.contains_key(t))
+    {
+        return Ok(()); // types still being composed: each queues this step when done
+    }
+    let errors = write_errors(ex, export, &rows).await?;
+    let final_status = if progress.failed > 0 {
+        JobStatus::CompletedWithErrors
+    } else {
+        JobStatus::Completed
+    };
+    let outputs: Vec<&OutputFile> = composed.values().flat_map(|c| &c.files).collect();
+    let written: u64 = outputs.iter().map(|o| o.count).sum();
+    let duplicates: u64 = composed.values().map(|c| c.duplicates).sum();
+    let malformed: u64 = composed.values().map(|c| c.malformed).sum();
+    let finished = composed
+        .values()
+        .map(|c| c.composed.as_str())
+        .max()
+        .unwrap_or(job.str("composeStarted").unwrap_or_default())
+        .to_string();
+    job.set_str("status", final_status.as_str());
+    job.set_str("finished", finished);
+    job.set_i64("resources", written as i64);
+    job.set_i64("duplicatesDropped", duplicates as i64);
+    job.set_i64("files", outputs.len() as i64);
+    let manifest = manifest(ex, &job, &outputs, errors.as_ref());
+    let container = &ex.settings.container;
+    ex.blobs
+        .upload(
+            container,
+            &Exporter::blob_name(export, MANIFEST_NAME),
+            Bytes::from(serde_json::to_vec_pretty(&manifest).expect("JSON serialises")),
+        )
+        .await?;
+    if !ex.store.replace_if_unchanged(&mut job).await? {
+        return Ok(()); // terminated while finishing (the terminate stands), or a repeat won
+    }
+    info!(
+        message = "Export completed.",
+        export,
+        status = final_status.as_str(),
+        files = outputs.len(),
+        resources = written,
+        duplicates_dropped = duplicates,
+        malformed_staged_lines = malformed
+    );
+    clean_up(ex, export).await
+}
+
+/// Deletes the staging blobs, the gathered ids and the composed-type records of a finished
+/// export.
+async fn clean_up(ex: &Exporter, export: &str) -> Result<(), ExportError> {
+    let container = &ex.settings.container;
+    ex.blobs
+        .delete_prefix(container, &staging_prefix(export))
+        .await?;
+    ex.blobs
+        .delete_prefix(container, &Exporter::blob_name(export, "_state/"))
+        .await?;
+    Ok(())
+}
+
+/// One OperationOutcome per failed work item, in `errors/OperationOutcome-1.ndjson`.
+async fn write_errors(
+    ex: &Exporter,
+    export: &str,
+    rows: &[Entity],
+) -> Result<Option<OutputFile>, ExportError> {
+    let failed: Vec<&Entity> = rows
+        .iter()
+        .filter(|r| r.str("status") == Some(WORK_FAILED))
+        .collect();
+    if failed.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for row in &failed {
+        let outcome = json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "error",
+                "code": if row.i64("errorStatus") == 0 { "exception" } else { "transient" },
+                "diagnostics": format!(
+                    "the search {} for work item {} stopped: {}; resources read before the failure are in the output",
+                    row.str("search").unwrap_or_default(),
+                    row.str("RowKey").unwrap_or_default(),
+                    row.str("error").unwrap_or_default()
+                ),
+            }],
+        });
+        text.push_str(&outcome.to_string());
+        text.push('\n');
+    }
+    let name = Exporter::blob_name(export, ERRORS_NAME);
+    let size = text.len() as u64;
+    ex.blobs
+        .upload(&ex.settings.container, &name, Bytes::from(text))
+        .await?;
+    Ok(Some(OutputFile {
+        resource_type: "OperationOutcome".into(),
+        name,
+        count: failed.len() as u64,
+        size,
+    }))
+}
+
+/// The Bulk Data style manifest: also the body of a finished export's status. Files are listed
+/// by type (types in name order, a type's files in the order written).
+pub fn manifest(
+    ex: &Exporter,
+    job: &Entity,
+    outputs: &[&OutputFile],
+    errors: Option<&OutputFile>,
+) -> Value {
+    let file = |o: &OutputFile| {
+        json!({
+            "type": o.resource_type,
+            "url": ex.blobs.url(&ex.settings.container, &o.name),
+            "count": o.count,
+            "sizebytes": o.size,
+        })
+    };
+    let definition: Value = job
+        .str("definition")
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    json!({
+        "transactionTime": job.str("created").unwrap_or_default(),
+        "request": job.str("request").unwrap_or_default(),
+        "requiresAccessToken": true,
+        "output": outputs.iter().map(|o| file(o)).collect::<Vec<_>>(),
+        "error": errors.map(file).into_iter().collect::<Vec<_>>(),
+        "extension": {
+            "id": job.str("PartitionKey").unwrap_or_default(),
+            "kind": super::ExportKind::of(job).as_str(),
+            "status": job.str("status").unwrap_or_default(),
+            "definition": definition,
+            "patients": job.i64("patients"),
+            "batches": job.i64("batches"),
+            "workItems": job.i64("workItems"),
+            "resources": job.i64("resources"),
+            "duplicatesDropped": job.i64("duplicatesDropped"),
+            "started": job.str("created").unwrap_or_default(),
+            "planned": job.str("gathered").unwrap_or_default(),
+            "composeStarted": job.str("composeStarted").unwrap_or_default(),
+            "finished": job.str("finished").unwrap_or_default(),
+            "container": ex.settings.container,
+        }
+    })
+}
