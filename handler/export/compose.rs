@@ -19,16 +19,16 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinSet;
 use tracing::info;
 
 use super::fetch::{BLOCK_BYTES, staging_blob};
 use super::state::{JobStatus, WORK_PENDING, parse_work_row, type_counts};
+use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::import::ndjson::{ChunkStream, LineReader};
-use crate::import::sources::BLOB_CHUNK_BYTES;
-use crate::storage::{BlobEntry, BlobStore, StorageError, block_id};
+use crate::import::sources::{BLOB_CHUNK_BYTES, gunzip};
+use crate::storage::{BlobEntry, BlobStore, block_id};
 
 /// Ids held in one type's duplicate set at once (16 bytes each); more resources of a type mean
 /// more passes over its staging. Several types may be composed at once.
@@ -147,7 +147,7 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
     let mut malformed = 0u64;
     for pass in 0..passes {
         let mut seen: HashSet<u128> = HashSet::new();
-        let chunks = StagedChunks::new(&ex.blobs, container, &staged);
+        let chunks = gunzip(StagedChunks::new(&ex.blobs, container, &staged));
         let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
         while let Some(line) = lines
             .next_line()
@@ -223,7 +223,7 @@ struct OutputWriter<'a> {
     max_file_bytes: u64,
     open: BTreeMap<String, TypeFile>,
     done: Vec<OutputFile>,
-    uploads: Uploads,
+    uploads: BlockUploads,
 }
 
 impl<'a> OutputWriter<'a> {
@@ -235,7 +235,7 @@ impl<'a> OutputWriter<'a> {
             max_file_bytes,
             open: BTreeMap::new(),
             done: Vec::new(),
-            uploads: Uploads::default(),
+            uploads: BlockUploads::new(UPLOADS_IN_FLIGHT),
         }
     }
 
@@ -264,10 +264,12 @@ impl<'a> OutputWriter<'a> {
         file.buffer.push(b'\n');
         file.bytes += size;
         file.count += 1;
-        if file.buffer.len() >= BLOCK_BYTES {
+        if file.buffer.len() >= BLOCK_BYTES
+            && let Some((id, chunk)) = file.take_block()
+        {
             let name = Self::file_name(self.export, kind, file.index);
             self.uploads
-                .stage(self.blobs, self.container, &name, file)
+                .stage(self.blobs, self.container, &name, id, chunk)
                 .await?;
         }
         Ok(())
@@ -275,9 +277,11 @@ impl<'a> OutputWriter<'a> {
 
     async fn close(&mut self, kind: &str, mut file: TypeFile) -> Result<(), ExportError> {
         let name = Self::file_name(self.export, kind, file.index);
-        self.uploads
-            .stage(self.blobs, self.container, &name, &mut file)
-            .await?;
+        if let Some((id, chunk)) = file.take_block() {
+            self.uploads
+                .stage(self.blobs, self.container, &name, id, chunk)
+                .await?;
+        }
         self.uploads.finish().await?;
         self.blobs
             .commit_blocks(self.container, &name, std::mem::take(&mut file.blocks))
@@ -313,11 +317,22 @@ impl TypeFile {
             count: 0,
         }
     }
+
+    /// The buffered lines as the file's next block, if there are any.
+    fn take_block(&mut self) -> Option<(Vec<u8>, Bytes)> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let id = block_id(self.blocks.len());
+        self.blocks.push(id.clone());
+        Some((id, Bytes::from(std::mem::take(&mut self.buffer))))
+    }
 }
 
 /// The staged blobs, in name order, as one stream of 1 MiB ranges read `READ_AHEAD` at a time:
 /// reading the next ranges overlaps with sorting and writing the current one. Every staged
-/// blob ends with a newline, so lines never span two blobs.
+/// blob is whole gzip members of whole lines, so the stream is one multi-member gzip stream
+/// and lines never span two blobs.
 struct StagedChunks {
     ranges: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
 }
@@ -360,59 +375,6 @@ impl StagedChunks {
 impl ChunkStream for StagedChunks {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
         self.ranges.next().await.transpose()
-    }
-}
-
-/// Blocks being uploaded in the background, at most `UPLOADS_IN_FLIGHT` at once; a file's
-/// blocks are committed only after every upload has finished.
-#[derive(Default)]
-struct Uploads {
-    running: JoinSet<Result<(), StorageError>>,
-}
-
-impl Uploads {
-    async fn stage(
-        &mut self,
-        blobs: &BlobStore,
-        container: &str,
-        name: &str,
-        file: &mut TypeFile,
-    ) -> Result<(), ExportError> {
-        if file.buffer.is_empty() {
-            return Ok(());
-        }
-        while self.running.len() >= UPLOADS_IN_FLIGHT {
-            self.join_one().await?;
-        }
-        let id = block_id(file.blocks.len());
-        let chunk = Bytes::from(std::mem::take(&mut file.buffer));
-        let (blobs, container, name, block) = (
-            blobs.clone(),
-            container.to_string(),
-            name.to_string(),
-            id.clone(),
-        );
-        self.running
-            .spawn(async move { blobs.stage_block(&container, &name, &block, chunk).await });
-        file.blocks.push(id);
-        Ok(())
-    }
-
-    async fn join_one(&mut self) -> Result<(), ExportError> {
-        match self.running.join_next().await {
-            Some(Ok(result)) => Ok(result?),
-            Some(Err(e)) => Err(ExportError::Transient(format!(
-                "a block upload stopped: {e}"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    async fn finish(&mut self) -> Result<(), ExportError> {
-        while !self.running.is_empty() {
-            self.join_one().await?;
-        }
-        Ok(())
     }
 }
 

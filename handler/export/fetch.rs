@@ -2,25 +2,34 @@
 //! an export-all) pages through its results and stages them in
 //! `<export>/_work/<batch>-<include>.ndjson`. The blob is written as staged blocks committed at
 //! the end: a run that dies leaves nothing visible, and a second run writes the same blob
-//! again, so running a work item twice neither duplicates nor loses.
+//! again, so running a work item twice neither duplicates nor loses. Each block is one gzip
+//! member of about 1 MiB of staged lines (the staging is written once and read back once by
+//! the compose step; compressed, both move a sixth of the bytes through storage), uploaded
+//! while the next pages are read.
 //! A FHIR failure that outlives its retries is recorded on the work row (the export then
 //! completes with errors and the manifest points at the OperationOutcomes).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::page::stage_page;
 use super::state::{WORK_DONE, WORK_FAILED, WORK_PENDING, work_row};
+use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
-use crate::storage::block_id;
+use crate::storage::{BlobStore, block_id};
 
 /// Staged output is sent in blocks of about this size.
 pub const BLOCK_BYTES: usize = 1024 * 1024;
+/// Staged blocks of one work item uploaded while its next pages are read.
+const UPLOADS_IN_FLIGHT: usize = 2;
 /// How often a running work item looks whether its export was terminated.
 const TERMINATION_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -63,8 +72,7 @@ pub async fn run(
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut next = Some(ex.search_url(search));
-    let mut blocks = Vec::new();
-    let mut staged_bytes = 0u64;
+    let mut staging = Staging::new(&ex.blobs, container, &blob);
     let mut buffer = String::new();
     let mut types: BTreeMap<String, u64> = BTreeMap::new();
     let mut pages = 0i64;
@@ -109,11 +117,7 @@ pub async fn run(
         }
         buffer.push_str(&lines.text);
         if buffer.len() >= BLOCK_BYTES {
-            let id = block_id(blocks.len());
-            staged_bytes += buffer.len() as u64;
-            let chunk = Bytes::from(std::mem::take(&mut buffer));
-            ex.blobs.stage_block(container, &blob, &id, chunk).await?;
-            blocks.push(id);
+            staging.push(std::mem::take(&mut buffer)).await?;
         }
         next = lines.next;
         if next.is_some() && last_check.elapsed() >= TERMINATION_CHECK_EVERY {
@@ -125,14 +129,9 @@ pub async fn run(
         }
     }
     if !buffer.is_empty() {
-        let id = block_id(blocks.len());
-        staged_bytes += buffer.len() as u64;
-        ex.blobs
-            .stage_block(container, &blob, &id, Bytes::from(buffer))
-            .await?;
-        blocks.push(id);
+        staging.push(buffer).await?;
     }
-    ex.blobs.commit_blocks(container, &blob, blocks).await?;
+    let staged_bytes = staging.commit().await?;
     let resources: u64 = types.values().sum();
     let types: Map<String, Value> = types.into_iter().map(|(t, n)| (t, n.into())).collect();
     row.set_str(
@@ -167,6 +166,85 @@ pub async fn run(
     ex.after_work_item(export, &row).await
 }
 
+/// A work item's staging blob being written: gzip members of staged lines, uploaded in the
+/// background, committed at the end.
+struct Staging<'a> {
+    blobs: &'a BlobStore,
+    container: &'a str,
+    blob: &'a str,
+    blocks: Vec<Vec<u8>>,
+    uploads: BlockUploads,
+    bytes: u64,
+}
+
+impl<'a> Staging<'a> {
+    fn new(blobs: &'a BlobStore, container: &'a str, blob: &'a str) -> Self {
+        Staging {
+            blobs,
+            container,
+            blob,
+            blocks: Vec::new(),
+            uploads: BlockUploads::new(UPLOADS_IN_FLIGHT),
+            bytes: 0,
+        }
+    }
+
+    /// Compresses staged lines into the next block and starts its upload.
+    async fn push(&mut self, lines: String) -> Result<(), ExportError> {
+        let chunk = gzip_member(lines).await?;
+        let id = block_id(self.blocks.len());
+        self.bytes += chunk.len() as u64;
+        self.uploads
+            .stage(self.blobs, self.container, self.blob, id.clone(), chunk)
+            .await?;
+        self.blocks.push(id);
+        Ok(())
+    }
+
+    /// Waits for the uploads and commits the blob; returns its size.
+    async fn commit(mut self) -> Result<u64, ExportError> {
+        self.uploads.finish().await?;
+        self.blobs
+            .commit_blocks(self.container, self.blob, self.blocks)
+            .await?;
+        Ok(self.bytes)
+    }
+}
+
+/// Staged lines as one gzip member (fast level: the staging lives minutes), compressed on a
+/// blocking thread.
+async fn gzip_member(lines: String) -> Result<Bytes, ExportError> {
+    tokio::task::spawn_blocking(move || {
+        let mut gz = GzEncoder::new(Vec::with_capacity(lines.len() / 4), Compression::fast());
+        gz.write_all(lines.as_bytes())?;
+        gz.finish().map(Bytes::from)
+    })
+    .await
+    .map_err(|e| ExportError::Transient(format!("compressing staged output stopped: {e}")))?
+    .map_err(|e| ExportError::Transient(format!("cannot compress staged output: {e}")))
+}
+
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn staged_blocks_are_gzip_members_that_read_back_as_one_stream() {
+        let first = "Patient\tp1\t{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n".repeat(1000);
+        let second = "Observation\to1\t{}\n".to_string();
+        let mut blob = gzip_member(first.clone()).await.unwrap().to_vec();
+        assert!(blob.len() < first.len() / 10, "repetitive JSON compresses");
+        blob.extend_from_slice(&gzip_member(second.clone()).await.unwrap());
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, first + &second);
+    }
 }

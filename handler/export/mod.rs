@@ -28,6 +28,7 @@ pub mod patients;
 pub mod schedule;
 pub mod state;
 pub mod trigger;
+pub mod uploads;
 pub mod windows;
 
 use std::sync::Arc;

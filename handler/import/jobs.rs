@@ -18,7 +18,7 @@ use super::ledger::{Counts, ErrorRecord};
 use super::ndjson::{ChunkStream, LineReader};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, gunzip_blob};
+use super::sources::{BlobChunks, gunzip};
 use super::work::{FileKind, ImportError, ImportWork};
 use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
 use crate::storage::Entity;
@@ -340,14 +340,8 @@ pub async fn run_ndjson_gz(
         0,
         work.end,
     );
-    progress.counts.lines = load_unseekable(
-        importer,
-        &mut progress,
-        gunzip_blob(chunks),
-        lines_done,
-        "gzip",
-    )
-    .await?;
+    progress.counts.lines =
+        load_unseekable(importer, &mut progress, gunzip(chunks), lines_done, "gzip").await?;
     progress.finish().await
 }
 

@@ -55,16 +55,17 @@ impl ChunkStream for BlobChunks {
     }
 }
 
-/// A blocking `Read` over a blob, for decoders that want one (run it on a blocking thread).
-pub struct BlobRead {
-    chunks: BlobChunks,
+/// A blocking `Read` over a chunk stream (a blob's ranges, an export's staged blobs), for
+/// decoders that want one (run it on a blocking thread).
+pub struct ChunkRead<C> {
+    chunks: C,
     current: Bytes,
     runtime: tokio::runtime::Handle,
 }
 
-impl BlobRead {
-    pub fn new(chunks: BlobChunks) -> Self {
-        BlobRead {
+impl<C: ChunkStream> ChunkRead<C> {
+    pub fn new(chunks: C) -> Self {
+        ChunkRead {
             chunks,
             current: Bytes::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -72,7 +73,7 @@ impl BlobRead {
     }
 }
 
-impl Read for BlobRead {
+impl<C: ChunkStream> Read for ChunkRead<C> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.current.is_empty() {
             match self.runtime.block_on(self.chunks.next_chunk())? {
@@ -142,8 +143,9 @@ where
     ChannelChunks { rx }
 }
 
-/// The decompressed bytes of a gzip blob (several concatenated members are allowed).
-pub fn gunzip_blob(chunks: BlobChunks) -> ChannelChunks {
-    let raw = BlobRead::new(chunks);
+/// The decompressed bytes of a gzip stream (several concatenated members are allowed): a gzip
+/// blob, or an export's staged blobs read one after another.
+pub fn gunzip<C: ChunkStream + 'static>(chunks: C) -> ChannelChunks {
+    let raw = ChunkRead::new(chunks);
     spawn_reader(move || flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
 }
