@@ -79,12 +79,20 @@ pub(crate) struct RawBundle<'a> {
 }
 
 /// `resourceType` and `id` of a resource's text.
-#[derive(Deserialize)]
 pub(crate) struct ResourceHead<'a> {
-    #[serde(rename = "resourceType", borrow, default)]
     pub(crate) resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) id: Option<Cow<'a, str>>,
+}
+
+impl<'a> ResourceHead<'a> {
+    /// The head the scan of a resource found; `None` when the text is not a JSON object.
+    pub(crate) fn of(scan: &ResourceScan<'a>) -> Option<Self> {
+        scan.object_start?;
+        Some(ResourceHead {
+            resource_type: scan.resource_type.as_ref().map(|s| s.value.clone()),
+            id: scan.id.as_ref().map(|s| s.value.clone()),
+        })
+    }
 }
 
 /// Which entries each entry references, from the file alone: a reference naming another
@@ -92,7 +100,7 @@ pub(crate) struct ResourceHead<'a> {
 pub(crate) fn static_dependencies(
     entries: &[RawEntry<'_>],
     heads: &[Option<ResourceHead<'_>>],
-    scans: &[ResourceScan],
+    scans: &[ResourceScan<'_>],
 ) -> Vec<Vec<usize>> {
     // Borrowed keys: no string is built per entry (criteria are rare and owned).
     let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());

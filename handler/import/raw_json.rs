@@ -5,23 +5,28 @@
 //! The scanner expects text `serde_json` has already accepted as valid JSON. Keys are compared
 //! as written (a key spelled with `\u` escapes is not recognised; FHIR JSON never does that).
 
-/// A JSON string in the text: `start..end` covers its quotes.
+use std::borrow::Cow;
+
+/// A JSON string in the text: `start..end` covers its quotes; `value` borrows the text unless
+/// the string has escapes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StringSpan {
+pub struct StringSpan<'a> {
     pub start: usize,
     pub end: usize,
-    pub value: String,
+    pub value: Cow<'a, str>,
 }
 
-/// What the loader edits in one resource.
+/// What the loader reads and edits in one resource.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResourceScan {
+pub struct ResourceScan<'a> {
     /// Every string value under a key named `reference`, at any depth, in text order.
-    pub references: Vec<StringSpan>,
+    pub references: Vec<StringSpan<'a>>,
     /// The top-level `id` string, if any.
-    pub id: Option<StringSpan>,
-    /// Offset of the top-level `{`.
-    pub object_start: usize,
+    pub id: Option<StringSpan<'a>>,
+    /// The top-level `resourceType` string, if any.
+    pub resource_type: Option<StringSpan<'a>>,
+    /// Offset of the top-level `{`, when the text is an object.
+    pub object_start: Option<usize>,
 }
 
 struct Frame {
@@ -30,8 +35,8 @@ struct Frame {
     key: (usize, usize),
 }
 
-/// Finds the references and the top-level id of one JSON object.
-pub fn scan_resource(text: &str) -> ResourceScan {
+/// Finds the references and the top-level id and resourceType of one JSON object.
+pub fn scan_resource(text: &str) -> ResourceScan<'_> {
     let b = text.as_bytes();
     let mut scan = ResourceScan::default();
     let mut stack: Vec<Frame> = Vec::new();
@@ -40,7 +45,7 @@ pub fn scan_resource(text: &str) -> ResourceScan {
         match b[i] {
             open @ (b'{' | b'[') => {
                 if stack.is_empty() && open == b'{' {
-                    scan.object_start = i;
+                    scan.object_start = Some(i);
                 }
                 stack.push(Frame {
                     is_object: open == b'{',
@@ -71,12 +76,22 @@ pub fn scan_resource(text: &str) -> ResourceScan {
                 let start = i;
                 let mut j = i + 1;
                 let mut escaped = false;
-                while j < b.len() && b[j] != b'"' {
-                    if b[j] == b'\\' {
-                        escaped = true;
-                        j += 1;
+                // String bodies are most of a resource: jump to the next quote or backslash.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &b[j.min(b.len())..]) {
+                        Some(k) if b[j + k] == b'\\' => {
+                            escaped = true;
+                            j += k + 2;
+                        }
+                        Some(k) => {
+                            j += k;
+                            break;
+                        }
+                        None => {
+                            j = b.len();
+                            break;
+                        }
                     }
-                    j += 1;
                 }
                 let end = (j + 1).min(b.len());
                 let depth = stack.len();
@@ -87,19 +102,20 @@ pub fn scan_resource(text: &str) -> ResourceScan {
                         top.key = (start + 1, j);
                     } else {
                         let key = &text[top.key.0..top.key.1];
-                        let wanted_reference = key == "reference";
-                        let wanted_id = key == "id" && depth == 1;
-                        if wanted_reference || wanted_id {
+                        let top_level = depth == 1 && (key == "id" || key == "resourceType");
+                        if key == "reference" || top_level {
                             let value = if escaped {
-                                serde_json::from_str(&text[start..end]).unwrap_or_default()
+                                Cow::Owned(
+                                    serde_json::from_str(&text[start..end]).unwrap_or_default(),
+                                )
                             } else {
-                                text[start + 1..j].to_string()
+                                Cow::Borrowed(&text[start + 1..j])
                             };
                             let span = StringSpan { start, end, value };
-                            if wanted_reference {
-                                scan.references.push(span);
-                            } else {
-                                scan.id = Some(span);
+                            match key {
+                                "reference" => scan.references.push(span),
+                                "id" => scan.id = Some(span),
+                                _ => scan.resource_type = Some(span),
                             }
                         }
                     }
@@ -112,39 +128,67 @@ pub fn scan_resource(text: &str) -> ResourceScan {
     scan
 }
 
-/// The resource text with references replaced (`replace` returns the new value, or `None` to
-/// keep one) and the top-level id set to `id` (replaced, or inserted first).
-pub fn rewrite(
+/// Appends the resource text to `out` with references replaced (`replace` returns the new
+/// value, or `None` to keep one) and the top-level id set to `id` (replaced, or inserted first).
+pub fn rewrite_into<'r>(
+    out: &mut String,
     text: &str,
-    scan: &ResourceScan,
-    replace: impl Fn(&str) -> Option<String>,
+    scan: &ResourceScan<'_>,
+    replace: impl Fn(&str) -> Option<&'r str>,
     id: &str,
-) -> String {
-    let mut edits: Vec<(usize, usize, String)> = scan
+) {
+    let mut edits: Vec<(usize, usize, Edit<'_>)> = scan
         .references
         .iter()
-        .filter_map(|r| replace(&r.value).map(|new| (r.start, r.end, json_string(&new))))
+        .filter_map(|r| replace(&r.value).map(|new| (r.start, r.end, Edit::String(new))))
         .collect();
     match &scan.id {
         Some(span) if span.value == id => {}
-        Some(span) => edits.push((span.start, span.end, json_string(id))),
+        Some(span) => edits.push((span.start, span.end, Edit::String(id))),
         None => {
-            let at = scan.object_start + 1;
+            let at = scan.object_start.map_or(0, |o| o + 1);
             let rest = text[at..].trim_start();
-            let sep = if rest.starts_with('}') { "" } else { "," };
-            edits.push((at, at, format!("\"id\":{}{sep}", json_string(id))));
+            let comma = !rest.starts_with('}');
+            edits.push((at, at, Edit::IdMember { id, comma }));
         }
     }
     edits.sort_by_key(|e| e.0);
-    let mut out = String::with_capacity(text.len() + edits.len() * 16);
+    out.reserve(text.len() + edits.len() * 48);
     let mut at = 0;
-    for (start, end, new) in edits {
+    for (start, end, edit) in edits {
         out.push_str(&text[at..start]);
-        out.push_str(&new);
+        match edit {
+            Edit::String(value) => push_json_string(out, value),
+            Edit::IdMember { id, comma } => {
+                out.push_str("\"id\":");
+                push_json_string(out, id);
+                if comma {
+                    out.push(',');
+                }
+            }
+        }
         at = end;
     }
     out.push_str(&text[at..]);
-    out
+}
+
+/// One edit of a resource's text.
+enum Edit<'a> {
+    /// A string value replaced.
+    String(&'a str),
+    /// `"id":"..."` inserted as the first member.
+    IdMember { id: &'a str, comma: bool },
+}
+
+/// Appends `s` as a JSON string (quoted, escaped only where JSON needs it).
+pub fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&json_string(s));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
 }
 
 fn json_string(s: &str) -> String {
@@ -156,8 +200,19 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn values(scan: &ResourceScan) -> Vec<&str> {
-        scan.references.iter().map(|r| r.value.as_str()).collect()
+    fn rewrite<'r>(
+        text: &str,
+        scan: &ResourceScan<'_>,
+        replace: impl Fn(&str) -> Option<&'r str>,
+        id: &str,
+    ) -> String {
+        let mut out = String::new();
+        rewrite_into(&mut out, text, scan, replace, id);
+        out
+    }
+
+    fn values<'a>(scan: &'a ResourceScan<'_>) -> Vec<&'a str> {
+        scan.references.iter().map(|r| r.value.as_ref()).collect()
     }
 
     #[test]
@@ -174,9 +229,14 @@ mod tests {
             vec!["urn:uuid:p", "Practitioner?identifier=a|1", "urn:uuid:a\"b"]
         );
         assert_eq!(
-            scan.id.as_ref().map(|s| s.value.as_str()),
+            scan.id.as_ref().map(|s| s.value.as_ref()),
             Some("o1"),
             "the contained id is not the top-level one"
+        );
+        assert_eq!(
+            scan.resource_type.as_ref().map(|s| s.value.as_ref()),
+            Some("Observation"),
+            "the contained resourceType is not the top-level one"
         );
     }
 
@@ -188,10 +248,20 @@ mod tests {
             "serviceProvider": {"reference": "urn:uuid:org"}});
         let text = serde_json::to_string_pretty(&original).unwrap();
         let scan = scan_resource(&text);
+        let targets: std::collections::HashMap<&str, String> = scan
+            .references
+            .iter()
+            .filter_map(|r| r.value.strip_prefix("urn:uuid:"))
+            .map(|u| (u, format!("X/{u}")))
+            .collect();
         let out = rewrite(
             &text,
             &scan,
-            |r| r.strip_prefix("urn:uuid:").map(|u| format!("X/{u}")),
+            |r| {
+                r.strip_prefix("urn:uuid:")
+                    .and_then(|u| targets.get(u))
+                    .map(String::as_str)
+            },
             "new",
         );
         let got: Value = serde_json::from_str(&out).unwrap();

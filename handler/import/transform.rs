@@ -7,6 +7,7 @@
 //! rewritten to `Type/id`; conditional references (`Practitioner?identifier=...`) are resolved
 //! by search, and one that matches nothing is an entry error, not a dangling reference.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -14,7 +15,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::bundle_text::{RawBundle, RawEntry, ResourceHead, static_dependencies};
-use super::raw_json::{ResourceScan, rewrite, scan_resource};
+use super::raw_json::{ResourceScan, push_json_string, rewrite_into, scan_resource};
 use super::references::{ReferenceForm, classify, is_fhir_id, is_resource_type, relative_from_url};
 
 /// Namespace for ids this loader derives (UUID v5), so they are stable across runs.
@@ -88,10 +89,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     let bundle: RawBundle =
         serde_json::from_str(text).map_err(|e| format!("the Bundle cannot be read: {e}"))?;
     let entries = bundle.entry;
-    let heads: Vec<Option<ResourceHead>> = entries
-        .iter()
-        .map(|e| e.resource.and_then(|r| serde_json::from_str(r.get()).ok()))
-        .collect();
+    // One scan per resource finds its head and its references (serde has already checked it).
     let scans: Vec<ResourceScan> = entries
         .iter()
         .map(|e| {
@@ -99,6 +97,11 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                 .map(|r| scan_resource(r.get()))
                 .unwrap_or_default()
         })
+        .collect();
+    let heads: Vec<Option<ResourceHead>> = entries
+        .iter()
+        .zip(&scans)
+        .map(|(e, scan)| e.resource.and_then(|_| ResourceHead::of(scan)))
         .collect();
     let mut out = PreparedBundle {
         slots: (0..entries.len()).map(|_| None).collect(),
@@ -156,13 +159,13 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     .expect("planned writes have a resource")
                     .get();
                 let mut problems = Vec::new();
-                let mut replacements: HashMap<&str, String> = HashMap::new();
+                let mut replacements: HashMap<&str, Cow<str>> = HashMap::new();
                 for reference in &scan.references {
-                    let r = reference.value.as_str();
+                    let r = reference.value.as_ref();
                     match classify(r) {
                         ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
                             if let Some(t) = aliases.get(r) {
-                                replacements.insert(r, t.clone());
+                                replacements.insert(r, Cow::Borrowed(t));
                             } else if r.starts_with("urn:uuid:") {
                                 problems.push(format!(
                                     "reference {r} points to no entry of this Bundle"
@@ -171,7 +174,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                         }
                         ReferenceForm::Relative { .. } => {
                             if let Some(t) = aliases.get(r) {
-                                replacements.insert(r, t.clone());
+                                replacements.insert(r, Cow::Borrowed(t));
                             }
                         }
                         ReferenceForm::Conditional { .. } => {
@@ -186,7 +189,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                             };
                             match result {
                                 Ok(t) => {
-                                    replacements.insert(r, t);
+                                    replacements.insert(r, Cow::Owned(t));
                                 }
                                 Err(e) => problems.push(e),
                             }
@@ -203,10 +206,12 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     });
                     continue;
                 }
-                let resource = rewrite(text, scan, |r| replacements.get(r).cloned(), &id);
+                let replace = |r: &str| replacements.get(r).map(|t| t.as_ref());
                 out.slots[index] = Some(PreparedEntry {
                     index,
-                    json: put_entry_json(&target, &resource),
+                    json: put_entry_json(&target, text.len(), |json| {
+                        rewrite_into(json, text, scan, replace, &id)
+                    }),
                     target: Some(target),
                 });
             }
@@ -215,12 +220,22 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     Ok(out)
 }
 
-/// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`.
-pub fn put_entry_json(target: &str, resource: &str) -> String {
-    format!(
-        r#"{{"resource":{resource},"request":{{"method":"PUT","url":{}}}}}"#,
-        serde_json::to_string(target).expect("strings serialise")
-    )
+/// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`, the resource
+/// written in place by `resource` (one buffer per entry, sized for `resource_len` bytes of
+/// resource: no copy of the resource, no regrowth).
+pub fn put_entry_json(
+    target: &str,
+    resource_len: usize,
+    resource: impl FnOnce(&mut String),
+) -> String {
+    const FRAME: usize = r#"{"resource":,"request":{"method":"PUT","url":""}}"#.len();
+    let mut json = String::with_capacity(FRAME + resource_len + target.len() + 64);
+    json.push_str(r#"{"resource":"#);
+    resource(&mut json);
+    json.push_str(r#","request":{"method":"PUT","url":"#);
+    push_json_string(&mut json, target);
+    json.push_str("}}");
+    json
 }
 
 async fn plan_entry(
