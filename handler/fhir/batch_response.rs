@@ -2,7 +2,34 @@
 //! batch says nothing about its entries; each entry carries its own status (`"201"` from
 //! Microsoft's server, `"201 Created"` from HAPI and others — both are read).
 
+use serde::Deserialize;
 use serde_json::Value;
+
+/// A `batch-response` as read: per entry only what the loader looks at (status, location,
+/// outcome), not a JSON tree of everything the server sent back.
+#[derive(Debug, Default, Deserialize)]
+pub struct BatchReply {
+    #[serde(default)]
+    entry: Vec<ReplyEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReplyEntry {
+    #[serde(default)]
+    response: Option<ReplyResponse>,
+}
+
+/// Values are kept as JSON values: a server that sends a number where a string belongs spoils
+/// that entry, not the whole reply.
+#[derive(Debug, Default, Deserialize)]
+struct ReplyResponse {
+    #[serde(default)]
+    status: Option<Value>,
+    #[serde(default)]
+    location: Option<Value>,
+    #[serde(default)]
+    outcome: Option<Value>,
+}
 
 /// What the server answered for one entry of a batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,29 +63,27 @@ pub fn parse_status(raw: &str) -> Option<u16> {
 
 /// One outcome per request entry. A response with a different number of entries, or an entry
 /// without a readable status, is reported as an error for that entry (status 0), never as success.
-pub fn read_batch_response(response: &Value, expected: usize) -> Vec<EntryOutcome> {
-    let entries = response
-        .get("entry")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+pub fn read_batch_response(reply: BatchReply, expected: usize) -> Vec<EntryOutcome> {
+    let mut entries = reply.entry.into_iter();
     (0..expected)
-        .map(|i| {
-            let Some(resp) = entries.get(i).and_then(|e| e.get("response")) else {
+        .map(|_| {
+            let Some(resp) = entries.next().and_then(|e| e.response) else {
                 return unreadable("the batch-response has no entry for this request");
             };
             match resp
-                .get("status")
+                .status
+                .as_ref()
                 .and_then(Value::as_str)
                 .and_then(parse_status)
             {
                 Some(status) => EntryOutcome {
                     status,
                     location: resp
-                        .get("location")
+                        .location
+                        .as_ref()
                         .and_then(Value::as_str)
                         .map(str::to_string),
-                    outcome: resp.get("outcome").cloned(),
+                    outcome: resp.outcome,
                 },
                 None => unreadable("the batch-response entry has no readable status"),
             }
@@ -124,7 +149,8 @@ mod tests {
             {"response": {"status": "429", "outcome": operation_outcome("error", "throttled", "slow down")}},
             {"response": {}}
         ]});
-        let out = read_batch_response(&resp, 4);
+        let reply: BatchReply = serde_json::from_value(resp).unwrap();
+        let out = read_batch_response(reply, 4);
         assert_eq!(out.len(), 4);
         assert!(out[0].is_success());
         assert_eq!(out[0].location.as_deref(), Some("Patient/a/_history/1"));

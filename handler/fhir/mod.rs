@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::config::FhirSettings;
 use auth::TokenSource;
-use batch_response::diagnostics;
+use batch_response::{BatchReply, diagnostics};
 use limiter::{AdaptiveLimiter, Signal};
 use retry::{Backoff, RetryBudget, RetryDecision, decide, is_backpressure, is_retriable_error};
 
@@ -136,15 +136,21 @@ impl FhirClient {
         Url::parse(&s).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// POSTs a batch or transaction Bundle to the base URL; returns the response Bundle.
-    pub async fn post_bundle(&self, bundle: &Value) -> Result<Value, FhirError> {
-        let body = Bytes::from(serde_json::to_vec(bundle).expect("a JSON value serialises"));
-        self.post_bundle_bytes(body).await
-    }
-
-    /// POSTs an already serialised Bundle.
-    pub async fn post_bundle_bytes(&self, body: Bytes) -> Result<Value, FhirError> {
-        self.send(Method::POST, self.base.clone(), Some(body)).await
+    /// POSTs a serialised batch or transaction Bundle to the base URL; returns its
+    /// batch-response (or transaction-response) as read.
+    pub async fn post_batch(&self, body: Bytes) -> Result<BatchReply, FhirError> {
+        let path = self.base.path().to_string();
+        let bytes = self
+            .send_raw(Method::POST, self.base.clone(), Some(body))
+            .await?;
+        if bytes.is_empty() {
+            return Ok(BatchReply::default());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
+            method: "POST",
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// The retry schedule, for callers that retry parts of a reply (throttled batch entries).

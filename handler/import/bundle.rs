@@ -110,9 +110,9 @@ pub async fn send_transaction(
     body: Bytes,
     entries: usize,
 ) -> Result<BatchOutcome, ImportError> {
-    match fhir.post_bundle_bytes(body).await {
+    match fhir.post_batch(body).await {
         Ok(reply) => {
-            let results = read_batch_response(&reply, entries);
+            let results = read_batch_response(reply, entries);
             let refused: Vec<RefusedEntry> = results
                 .iter()
                 .enumerate()

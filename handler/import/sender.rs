@@ -47,7 +47,7 @@ pub async fn send_batch(
         let mut round = 0u32;
         while !pending.is_empty() {
             let body = Bytes::from(batch_bundle_json(pending.iter().map(|e| e.json.as_str())));
-            let reply = match fhir.post_bundle_bytes(body).await {
+            let reply = match fhir.post_batch(body).await {
                 Ok(reply) => reply,
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) if pending.len() > 1 => {
@@ -75,7 +75,7 @@ pub async fn send_batch(
                     break;
                 }
             };
-            let results = read_batch_response(&reply, pending.len());
+            let results = read_batch_response(reply, pending.len());
             let mut throttled = Vec::new();
             for (entry, result) in pending.into_iter().zip(results) {
                 if result.is_success() {
