@@ -120,11 +120,16 @@ pub fn patient_id_from_reference(reference: &str, base: &Url) -> Option<String> 
 }
 
 /// Keeps the first occurrence of every id, in order.
-pub fn dedupe(ids: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect()
+pub fn dedupe(mut ids: Vec<String>) -> Vec<String> {
+    // The set borrows the ids (no second copy of each): a million 36-character ids peak at
+    // 108 MB here (72 MB of them the ids themselves), against 170 MB with a copy in the set.
+    let first: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        ids.iter().map(|id| seen.insert(id.as_str())).collect()
+    };
+    let mut first = first.into_iter();
+    ids.retain(|_| first.next().unwrap_or(false));
+    ids
 }
 
 /// Cuts `ids` into consecutive batches such that every include, with the batch's ids joined by
