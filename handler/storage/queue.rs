@@ -28,7 +28,7 @@ pub struct ReceivedWork {
 pub struct WorkQueue {
     client: Arc<QueueClient>,
     name: String,
-    /// Woken when this process sends a message, so its own idle pollers look at once.
+    /// Wakes one idle poller of this process for each message it sends, so it looks at once.
     sent: Arc<tokio::sync::Notify>,
 }
 
@@ -57,7 +57,8 @@ impl WorkQueue {
         &self.name
     }
 
-    /// Completes when this process next sends an immediately visible message.
+    /// Completes when this process sends an immediately visible message (one waiter per
+    /// message).
     pub async fn message_sent(&self) {
         self.sent.notified().await
     }
@@ -88,7 +89,10 @@ impl WorkQueue {
             .await
             .map_err(|e| StorageError::sdk("send queue message", &self.name, e))?;
         if delay.is_zero() {
-            self.sent.notify_waiters();
+            // One message wants one poller: waking every idle one cost an empty receive each
+            // (about 2.6 storage operations per small file). With none waiting, the next to
+            // wait finds the permit.
+            self.sent.notify_one();
         }
         Ok(())
     }
