@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ledger::{
-    Counts, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
+    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
@@ -359,19 +359,16 @@ impl Importer {
         };
         let mut error_report = None;
         if status != FileStatus::Loaded {
-            let errors = self.ledger.errors(&work.file).await?;
             let name = format!("{}.errors.ndjson", work.blob);
-            let per_line = work.kind != FileKind::Bundle;
-            let lines = errors.iter().map(|r| {
-                let line = r
-                    .line
-                    .filter(|_| per_line)
-                    .map(|l| l + line_base.get(r.part as usize).copied().unwrap_or(0));
-                let mut s = error_outcome(&source, r, line).to_string();
-                s.push('\n');
-                s
-            });
-            upload_lines(&self.blobs, &target_container, &name, lines).await?;
+            let report = ErrorReport {
+                source: &source,
+                per_line: work.kind != FileKind::Bundle,
+                line_base: &line_base,
+            };
+            let chunks = report.chunks(self.ledger.error_pages(&work.file));
+            self.blobs
+                .upload_blocks(&target_container, &name, chunks)
+                .await?;
             error_report = Some(format!("{target_container}/{name}"));
         }
         let result = result_json(
@@ -435,26 +432,51 @@ impl Importer {
     }
 }
 
-/// Uploads lines as staged blocks of about 4 MiB (an error report can be large).
-async fn upload_lines(
-    blobs: &BlobStore,
-    container: &str,
-    name: &str,
-    lines: impl Iterator<Item = String>,
-) -> Result<(), ImportError> {
-    let mut chunks = Vec::new();
-    let mut current = String::new();
-    for line in lines {
-        current.push_str(&line);
-        if current.len() >= 4 * 1024 * 1024 {
-            chunks.push(Ok(Bytes::from(std::mem::take(&mut current))));
-        }
+/// A file's error report: one OperationOutcome line per error record, with line numbers
+/// counted from the start of the file.
+#[derive(Clone, Copy)]
+struct ErrorReport<'a> {
+    source: &'a str,
+    per_line: bool,
+    /// Lines before each part (an NDJSON file's ranges number their lines from 1).
+    line_base: &'a [i64],
+}
+
+impl<'a> ErrorReport<'a> {
+    /// The report's NDJSON in blocks of about 4 MiB, read a page of error rows at a time: a
+    /// file with millions of bad lines is reported in bounded memory.
+    fn chunks(
+        self,
+        pages: ErrorPages<'a>,
+    ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + 'a {
+        const BLOCK_BYTES: usize = 4 * 1024 * 1024;
+        futures::stream::try_unfold((Some(pages), false), move |(pages, sent_any)| async move {
+            let Some(mut pages) = pages else {
+                return Ok(None);
+            };
+            let mut block = String::new();
+            while block.len() < BLOCK_BYTES {
+                let Some(records) = pages.next_page().await.map_err(std::io::Error::other)? else {
+                    // The last block; an empty one only when the report is empty.
+                    if block.is_empty() && sent_any {
+                        return Ok(None);
+                    }
+                    return Ok(Some((Bytes::from(block), (None, true))));
+                };
+                for r in &records {
+                    block.push_str(&self.line(r));
+                    block.push('\n');
+                }
+            }
+            Ok(Some((Bytes::from(block), (Some(pages), true))))
+        })
     }
-    if !current.is_empty() || chunks.is_empty() {
-        chunks.push(Ok(Bytes::from(current)));
+
+    fn line(&self, r: &ErrorRecord) -> String {
+        let line = r
+            .line
+            .filter(|_| self.per_line)
+            .map(|l| l + self.line_base.get(r.part as usize).copied().unwrap_or(0));
+        error_outcome(self.source, r, line).to_string()
     }
-    blobs
-        .upload_blocks(container, name, futures::stream::iter(chunks))
-        .await?;
-    Ok(())
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::storage::table::encode_key;
-use crate::storage::{Entity, StorageResult, TableClient};
+use crate::storage::{Entity, QueryPages, StorageResult, TableClient};
 
 pub const FILE_ROW: &str = "file";
 
@@ -268,11 +268,11 @@ impl Ledger {
         Ok(())
     }
 
-    pub async fn errors(&self, key: &str) -> StorageResult<Vec<ErrorRecord>> {
+    /// A file's error records in position order (the table's RowKey order), a page at a time:
+    /// a file with millions of bad lines is reported without holding them all.
+    pub fn error_pages(&self, key: &str) -> ErrorPages<'_> {
         let filter = format!("PartitionKey eq '{}'", key.replace('\'', "''"));
-        let mut rows = self.tables.query(&self.errors, &filter).await?;
-        rows.sort_by(|a, b| a.str("RowKey").cmp(&b.str("RowKey")));
-        Ok(rows.iter().map(ErrorRecord::from_entity).collect())
+        ErrorPages(self.tables.query_pages(&self.errors, &filter))
     }
 
     /// File rows, newest first, optionally only those with `status`.
@@ -284,6 +284,20 @@ impl Ledger {
         let mut rows = self.tables.query(&self.imports, &filter).await?;
         rows.sort_by(|a, b| b.str("created").cmp(&a.str("created")));
         Ok(rows)
+    }
+}
+
+/// The pages of a file's error records (`Ledger::error_pages`).
+pub struct ErrorPages<'a>(QueryPages<'a>);
+
+impl ErrorPages<'_> {
+    /// The next page of records; `None` after the last.
+    pub async fn next_page(&mut self) -> StorageResult<Option<Vec<ErrorRecord>>> {
+        Ok(self
+            .0
+            .next_page()
+            .await?
+            .map(|rows| rows.iter().map(ErrorRecord::from_entity).collect()))
     }
 }
 

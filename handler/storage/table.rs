@@ -354,29 +354,61 @@ impl TableClient {
         limit: Option<usize>,
     ) -> StorageResult<Vec<Entity>> {
         let mut out = Vec::new();
-        let mut next: Option<(String, String)> = None;
+        let mut next = None;
         loop {
-            let mut url = self.url(&format!("{table}()"));
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("$filter", filter);
-                if let Some(limit) = limit {
-                    q.append_pair("$top", &(limit - out.len()).to_string());
-                }
-                if let Some((pk, rk)) = &next {
-                    q.append_pair("NextPartitionKey", pk);
-                    q.append_pair("NextRowKey", rk);
-                }
+            let top = limit.map(|limit| limit - out.len());
+            let (page, more) = self.query_page(table, filter, top, next.as_ref()).await?;
+            out.extend(page);
+            match more {
+                Some(more) if limit.is_none_or(|limit| out.len() < limit) => next = Some(more),
+                _ => return Ok(out),
             }
-            let (_, headers, text) = self
-                .send(Method::GET, url, None, None, "query entities", table)
-                .await?;
-            let page: Value = serde_json::from_str(&text).map_err(|e| StorageError::Invalid {
-                operation: "query entities",
-                target: table.into(),
-                reason: e.to_string(),
-            })?;
-            for v in page["value"].as_array().cloned().unwrap_or_default() {
+        }
+    }
+
+    /// A query read a page (up to 1,000 entities, in PartitionKey and RowKey order) at a time,
+    /// for results too large to hold at once.
+    pub fn query_pages(&self, table: &str, filter: &str) -> QueryPages<'_> {
+        QueryPages {
+            client: self,
+            table: table.to_string(),
+            filter: filter.to_string(),
+            next: None,
+            done: false,
+        }
+    }
+
+    /// One page of a query: its entities and the continuation, if there is more.
+    async fn query_page(
+        &self,
+        table: &str,
+        filter: &str,
+        top: Option<usize>,
+        next: Option<&(String, String)>,
+    ) -> StorageResult<(Vec<Entity>, Option<(String, String)>)> {
+        let mut url = self.url(&format!("{table}()"));
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("$filter", filter);
+            if let Some(top) = top {
+                q.append_pair("$top", &top.to_string());
+            }
+            if let Some((pk, rk)) = next {
+                q.append_pair("NextPartitionKey", pk);
+                q.append_pair("NextRowKey", rk);
+            }
+        }
+        let (_, headers, text) = self
+            .send(Method::GET, url, None, None, "query entities", table)
+            .await?;
+        let mut page: Value = serde_json::from_str(&text).map_err(|e| StorageError::Invalid {
+            operation: "query entities",
+            target: table.into(),
+            reason: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
+            for v in values {
                 if let Value::Object(props) = v {
                     let etag = props
                         .get("odata.etag")
@@ -386,23 +418,46 @@ impl TableClient {
                     out.push(Entity { props, etag });
                 }
             }
-            if limit.is_some_and(|limit| out.len() >= limit) {
-                return Ok(out);
-            }
-            let header = |n: &str| {
-                headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            match (
-                header("x-ms-continuation-NextPartitionKey"),
-                header("x-ms-continuation-NextRowKey"),
-            ) {
-                (Some(pk), Some(rk)) => next = Some((pk, rk)),
-                _ => return Ok(out),
-            }
         }
+        let header = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let more = match (
+            header("x-ms-continuation-NextPartitionKey"),
+            header("x-ms-continuation-NextRowKey"),
+        ) {
+            (Some(pk), Some(rk)) => Some((pk, rk)),
+            _ => None,
+        };
+        Ok((out, more))
+    }
+}
+
+/// The pages of one query (`TableClient::query_pages`).
+pub struct QueryPages<'a> {
+    client: &'a TableClient,
+    table: String,
+    filter: String,
+    next: Option<(String, String)>,
+    done: bool,
+}
+
+impl QueryPages<'_> {
+    /// The next page; `None` once every page was read. A page may be empty while more follow.
+    pub async fn next_page(&mut self) -> StorageResult<Option<Vec<Entity>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let (page, more) = self
+            .client
+            .query_page(&self.table, &self.filter, None, self.next.as_ref())
+            .await?;
+        self.done = more.is_none();
+        self.next = more;
+        Ok(Some(page))
     }
 }
 

@@ -376,3 +376,50 @@ async fn transaction_mode_posts_transactions_unchanged() {
         "nothing of the refused one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_bad_lines_is_reported_in_full_and_in_order() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let handler = Handler::start(&azurite, &fhir.base_url, &[]);
+    let store = blobs(&azurite);
+    // 1,500 lines, three of them Patients: more error records than one page of the errors
+    // table holds (1,000), so the report is read back a page at a time.
+    let good = [1usize, 700, 1500];
+    let text: String = (1..=1500)
+        .map(|n| {
+            if good.contains(&n) {
+                patient_line(n) + "\n"
+            } else {
+                format!("{{\"resourceType\": \"Patient\", broken line {n}\n")
+            }
+        })
+        .collect();
+    store
+        .upload("ndjson", "bad-lines.ndjson", Bytes::from(text))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(1, 180).await;
+    assert_eq!(
+        imports[0]["status"], "completed-with-errors",
+        "{imports:#?}"
+    );
+    assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 3);
+    let report = blob_text(&store, "ndjsonerr", "bad-lines.ndjson.errors.ndjson").await;
+    let lines: Vec<String> = report
+        .lines()
+        .map(|l| {
+            let outcome: Value = serde_json::from_str(l).unwrap();
+            outcome["issue"][0]["location"][0]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (1..=1500)
+        .filter(|n| !good.contains(n))
+        .map(|n| format!("line {n}"))
+        .collect();
+    assert_eq!(lines.len(), 1497);
+    assert_eq!(lines, expected, "every bad line once, in file order");
+}

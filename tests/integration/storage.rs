@@ -145,4 +145,48 @@ async fn blobs_queues_and_tables_work_against_azurite() {
         .unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].i64("loaded"), 4);
+
+    // Pages come in RowKey order whatever the insert order (error reports rely on it), and
+    // `exists` asks for one entity.
+    tables.create_table("errors").await.unwrap();
+    for key in [
+        "000000000007",
+        "000000000002",
+        "000000000010",
+        "000000000001",
+    ] {
+        tables
+            .upsert("errors", &Entity::new("file", key))
+            .await
+            .unwrap();
+    }
+    let mut pages = tables.query_pages("errors", "PartitionKey eq 'file'");
+    let mut keys = Vec::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        keys.extend(page.iter().map(|e| e.str("RowKey").unwrap().to_string()));
+    }
+    assert_eq!(
+        keys,
+        [
+            "000000000001",
+            "000000000002",
+            "000000000007",
+            "000000000010"
+        ]
+    );
+    assert!(
+        tables
+            .exists(
+                "errors",
+                "PartitionKey eq 'file' and RowKey ge '000000000005'"
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tables
+            .exists("errors", "PartitionKey eq 'other'")
+            .await
+            .unwrap()
+    );
 }
