@@ -1,6 +1,6 @@
 //! `ExportWorker` (queue trigger on the export queue): runs one step of an export (gather,
-//! fetch or compose). A transient failure answers 500 so the host delivers the message again;
-//! every step is safe to run twice.
+//! fetch, compose-type or finish). A transient failure answers 500 so the host delivers the
+//! message again; every step is safe to run twice.
 
 use axum::Json;
 use axum::extract::State;
