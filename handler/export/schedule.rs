@@ -104,11 +104,7 @@ impl Exporter {
         if let Some(resource_type) = row.str("type")
             && !self.store.may_still_return(export, resource_type).await?
         {
-            self.enqueue(&ExportWork::ComposeType {
-                export: export.to_string(),
-                resource_type: resource_type.to_string(),
-            })
-            .await?;
+            self.enqueue_compose_type(export, resource_type).await?;
         }
         self.finish_when_nothing_pending(export).await
     }
@@ -121,18 +117,11 @@ impl Exporter {
         let composed = composed_types(self, export).await?;
         for resource_type in ready_types(&rows) {
             if !composed.contains(&resource_type) {
-                self.enqueue(&ExportWork::ComposeType {
-                    export: export.to_string(),
-                    resource_type,
-                })
-                .await?;
+                self.enqueue_compose_type(export, &resource_type).await?;
             }
         }
         if !rows.iter().any(|r| r.str("status") == Some(WORK_PENDING)) {
-            self.enqueue(&ExportWork::Finish {
-                export: export.to_string(),
-            })
-            .await?;
+            self.enqueue_finish(export).await?;
         }
         Ok(())
     }
@@ -143,12 +132,28 @@ impl Exporter {
         export: &str,
     ) -> Result<(), ExportError> {
         if !self.store.any_work_pending(export).await? {
-            self.enqueue(&ExportWork::Finish {
-                export: export.to_string(),
-            })
-            .await?;
+            self.enqueue_finish(export).await?;
         }
         Ok(())
+    }
+
+    async fn enqueue_compose_type(
+        &self,
+        export: &str,
+        resource_type: &str,
+    ) -> Result<(), StorageError> {
+        self.enqueue(&ExportWork::ComposeType {
+            export: export.to_string(),
+            resource_type: resource_type.to_string(),
+        })
+        .await
+    }
+
+    async fn enqueue_finish(&self, export: &str) -> Result<(), StorageError> {
+        self.enqueue(&ExportWork::Finish {
+            export: export.to_string(),
+        })
+        .await
     }
 
     pub(crate) async fn enqueue(&self, work: &ExportWork) -> Result<(), StorageError> {

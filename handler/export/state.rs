@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use crate::storage::{Entity, StorageResult, TableClient};
+use crate::storage::{Entity, StorageResult, TableClient, odata_string};
 
 pub const JOB_ROW: &str = "job";
 const WORK_ROW_PREFIX: &str = "w-";
@@ -138,7 +138,7 @@ impl Progress {
 fn work_filter(id: &str, condition: Option<&str>) -> String {
     let mut filter = format!(
         "PartitionKey eq '{}' and RowKey ge '{WORK_ROW_PREFIX}' and RowKey lt 'w.'",
-        quoted(id)
+        odata_string(id)
     );
     if let Some(condition) = condition {
         filter.push_str(" and ");
@@ -151,13 +151,8 @@ fn work_filter(id: &str, condition: Option<&str>) -> String {
 fn returning(resource_type: &str) -> String {
     format!(
         "type eq '{}' or returns eq '{RETURNS_ANY_TYPE}'",
-        quoted(resource_type)
+        odata_string(resource_type)
     )
-}
-
-/// A value for an OData string literal.
-fn quoted(value: &str) -> String {
-    value.replace('\'', "''")
 }
 
 /// Resources per type a finished work row fetched (its `types`), types with none left out.
@@ -278,7 +273,7 @@ impl ExportStore {
 
     /// Deletes every row of an export, the job row last.
     pub async fn delete_export(&self, id: &str) -> StorageResult<usize> {
-        let filter = format!("PartitionKey eq '{}'", quoted(id));
+        let filter = format!("PartitionKey eq '{}'", odata_string(id));
         let rows = self.tables.query(&self.table, &filter).await?;
         let mut deleted = 0;
         for row in rows.iter().filter(|r| r.str("RowKey") != Some(JOB_ROW)) {

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::warn;
 use url::Url;
@@ -139,18 +140,7 @@ impl FhirClient {
     /// POSTs a serialised batch or transaction Bundle to the base URL; returns its
     /// batch-response (or transaction-response) as read.
     pub async fn post_batch(&self, body: Bytes) -> Result<BatchReply, FhirError> {
-        let path = self.base.path().to_string();
-        let bytes = self
-            .send_raw(Method::POST, self.base.clone(), Some(body))
-            .await?;
-        if bytes.is_empty() {
-            return Ok(BatchReply::default());
-        }
-        serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
-            method: "POST",
-            path,
-            message: e.to_string(),
-        })
+        self.send(Method::POST, self.base.clone(), Some(body)).await
     }
 
     /// The retry schedule, for callers that retry parts of a reply (throttled batch entries).
@@ -172,17 +162,19 @@ impl FhirClient {
         self.send_raw(Method::GET, url.clone(), None).await
     }
 
-    async fn send(
+    /// Sends a request and reads its JSON reply as `T`; an empty reply is `T::default()`
+    /// (`Value::Null` for a plain JSON value).
+    async fn send<T: DeserializeOwned + Default>(
         &self,
         method: Method,
         url: Url,
         body: Option<Bytes>,
-    ) -> Result<Value, FhirError> {
+    ) -> Result<T, FhirError> {
         let method_name = method_name(&method);
         let path = url.path().to_string();
         let bytes = self.send_raw(method, url, body).await?;
         if bytes.is_empty() {
-            return Ok(Value::Null);
+            return Ok(T::default());
         }
         serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
             method: method_name,

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::storage::table::encode_key;
-use crate::storage::{Entity, QueryPages, StorageResult, TableClient};
+use crate::storage::{Entity, QueryPages, StorageResult, TableClient, odata_string};
 
 pub const FILE_ROW: &str = "file";
 
@@ -256,7 +256,7 @@ impl Ledger {
     pub async fn parts(&self, key: &str) -> StorageResult<Vec<Entity>> {
         let filter = format!(
             "PartitionKey eq '{}' and RowKey ge 'part-' and RowKey lt 'part.'",
-            key.replace('\'', "''")
+            odata_string(key)
         );
         self.tables.query(&self.imports, &filter).await
     }
@@ -271,7 +271,7 @@ impl Ledger {
     /// A file's error records in position order (the table's RowKey order), a page at a time:
     /// a file with millions of bad lines is reported without holding them all.
     pub fn error_pages(&self, key: &str) -> ErrorPages<'_> {
-        let filter = format!("PartitionKey eq '{}'", key.replace('\'', "''"));
+        let filter = format!("PartitionKey eq '{}'", odata_string(key));
         ErrorPages(self.tables.query_pages(&self.errors, &filter))
     }
 
@@ -279,7 +279,7 @@ impl Ledger {
     pub async fn files(&self, status: Option<&str>) -> StorageResult<Vec<Entity>> {
         let mut filter = format!("RowKey eq '{FILE_ROW}'");
         if let Some(s) = status {
-            filter.push_str(&format!(" and status eq '{}'", s.replace('\'', "''")));
+            filter.push_str(&format!(" and status eq '{}'", odata_string(s)));
         }
         let mut rows = self.tables.query(&self.imports, &filter).await?;
         rows.sort_by(|a, b| b.str("created").cmp(&a.str("created")));

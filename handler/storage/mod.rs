@@ -10,7 +10,7 @@ pub mod table;
 pub use blob::{BlobEntry, BlobStore, MoveOutcome, block_id};
 pub use credentials::StorageCredentials;
 pub use queue::{ReceivedWork, WorkQueue};
-pub use table::{Entity, QueryPages, TableClient};
+pub use table::{Entity, QueryPages, TableClient, odata_string};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 

@@ -61,6 +61,12 @@ impl Entity {
     }
 }
 
+/// `value` as the inside of an OData string literal (`'...'`): quotes doubled. For filters
+/// and entity keys.
+pub fn odata_string(value: &str) -> String {
+    value.replace('\'', "''")
+}
+
 /// Escapes characters a PartitionKey/RowKey may not hold (`/ \ # ?`, control chars) and `%`.
 pub fn encode_key(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
@@ -115,11 +121,10 @@ impl TableClient {
     }
 
     fn entity_url(&self, table: &str, pk: &str, rk: &str) -> Url {
-        let quote = |s: &str| s.replace('\'', "''");
         let path = format!(
             "{table}(PartitionKey='{}',RowKey='{}')",
-            quote(pk),
-            quote(rk)
+            odata_string(pk),
+            odata_string(rk)
         );
         // Keys are already restricted by `encode_key`; escape what is left for the URL path.
         let encoded = percent_encoding::utf8_percent_encode(&path, PATH_SET).to_string();
@@ -337,33 +342,25 @@ impl TableClient {
 
     /// All entities matching an OData `$filter`, following continuation tokens.
     pub async fn query(&self, table: &str, filter: &str) -> StorageResult<Vec<Entity>> {
-        self.query_up_to(table, filter, None).await
-    }
-
-    /// Whether any entity matches an OData `$filter`: one small request, however many match
-    /// (the service may still answer a page with no entity and a continuation, which is followed).
-    pub async fn exists(&self, table: &str, filter: &str) -> StorageResult<bool> {
-        Ok(!self.query_up_to(table, filter, Some(1)).await?.is_empty())
-    }
-
-    /// Entities matching `filter`, stopping once `limit` have been read.
-    async fn query_up_to(
-        &self,
-        table: &str,
-        filter: &str,
-        limit: Option<usize>,
-    ) -> StorageResult<Vec<Entity>> {
+        let mut pages = self.query_pages(table, filter);
         let mut out = Vec::new();
-        let mut next = None;
-        loop {
-            let top = limit.map(|limit| limit - out.len());
-            let (page, more) = self.query_page(table, filter, top, next.as_ref()).await?;
+        while let Some(page) = pages.next_page().await? {
             out.extend(page);
-            match more {
-                Some(more) if limit.is_none_or(|limit| out.len() < limit) => next = Some(more),
-                _ => return Ok(out),
+        }
+        Ok(out)
+    }
+
+    /// Whether any entity matches an OData `$filter`: pages of at most one entity (the service
+    /// may still answer a page with no entity and a continuation, which is followed).
+    pub async fn exists(&self, table: &str, filter: &str) -> StorageResult<bool> {
+        let mut pages = self.query_pages(table, filter);
+        pages.top = Some(1);
+        while let Some(page) = pages.next_page().await? {
+            if !page.is_empty() {
+                return Ok(true);
             }
         }
+        Ok(false)
     }
 
     /// A query read a page (up to 1,000 entities, in PartitionKey and RowKey order) at a time,
@@ -373,6 +370,7 @@ impl TableClient {
             client: self,
             table: table.to_string(),
             filter: filter.to_string(),
+            top: None,
             next: None,
             done: false,
         }
@@ -441,6 +439,8 @@ pub struct QueryPages<'a> {
     client: &'a TableClient,
     table: String,
     filter: String,
+    /// `$top`: entities per page at most.
+    top: Option<usize>,
     next: Option<(String, String)>,
     done: bool,
 }
@@ -453,7 +453,7 @@ impl QueryPages<'_> {
         }
         let (page, more) = self
             .client
-            .query_page(&self.table, &self.filter, None, self.next.as_ref())
+            .query_page(&self.table, &self.filter, self.top, self.next.as_ref())
             .await?;
         self.done = more.is_none();
         self.next = more;
