@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts Azurite (installed by scripts/install.sh) on loopback and waits until it answers.
 # Env: STATE_DIR (default .stack/azurite; data, log and azurite.pid go there),
-#      AZURITE_BLOB_PORT/AZURITE_QUEUE_PORT/AZURITE_TABLE_PORT (default 10000/10001/10002).
+#      AZURITE_BLOB_PORT/AZURITE_QUEUE_PORT/AZURITE_TABLE_PORT (default 10000/10001/10002),
+#      AZURITE_ARGS (extra Azurite options, e.g. --inMemoryPersistence; default none).
 # Prints the PID. Stop it with: kill "$(cat "$STATE_DIR/azurite.pid")".
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,10 +12,12 @@ BLOB=${AZURITE_BLOB_PORT:-10000}; QUEUE=${AZURITE_QUEUE_PORT:-10001}; TABLE=${AZ
 AZURITE="$TOOLS/azurite/node_modules/.bin/azurite"
 [ -x "$AZURITE" ] || { echo "azurite-up.sh: Azurite is not installed; run scripts/install.sh" >&2; exit 1; }
 mkdir -p "$STATE_DIR/data"
+LOCATION=(--location "$STATE_DIR/data")
+case " ${AZURITE_ARGS:-} " in *" --inMemoryPersistence "*) LOCATION=() ;; esac
 # --skipApiVersionCheck: the SDK 1.x crates default to service versions newer than 3.35 knows.
 "$AZURITE" --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 \
   --blobPort "$BLOB" --queuePort "$QUEUE" --tablePort "$TABLE" \
-  --location "$STATE_DIR/data" --disableTelemetry --skipApiVersionCheck --loose \
+  "${LOCATION[@]}" --disableTelemetry --skipApiVersionCheck --loose ${AZURITE_ARGS:-} \
   > "$STATE_DIR/azurite.log" 2>&1 &
 PID=$!
 echo "$PID" > "$STATE_DIR/azurite.pid"

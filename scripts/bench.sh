@@ -35,15 +35,16 @@ HANDLER=$ROOT/target/release/handler
 CLK_TCK=$(getconf CLK_TCK)
 
 SINK_PORT=31090; FHIR_PORT=31091; HANDLER_PORT=31071
-target/release/fhir-null-sink "$SINK_PORT" & PIDS+=($!)
+target/release/fhir-null-sink "$SINK_PORT" & SINK_PID=$!; PIDS+=("$SINK_PID")
 sink_url=http://127.0.0.1:$SINK_PORT/fhir
 
 fhir_url=""
+declare -A FHIR_PIDS # FHIR server URL -> its PID
 start_fhir() {
   [ -n "$fhir_url" ] && return
   STATE_DIR="$WORK/fhir" FHIR_PORT=$FHIR_PORT FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir.pid"
-  PIDS+=("$(cat "$WORK/fhir.pid")")
   fhir_url=http://127.0.0.1:$FHIR_PORT/fhir
+  FHIR_PIDS[$fhir_url]=$(cat "$WORK/fhir.pid"); PIDS+=("${FHIR_PIDS[$fhir_url]}")
 }
 
 # run_case NAME CONTAINER PATH FHIR_URL FILES
@@ -57,6 +58,9 @@ run_case() {
   export FHIRBULK_FHIR_URL=$url FUNCTIONS_CUSTOMHANDLER_PORT=$HANDLER_PORT RUST_LOG=warn
   "$HANDLER" upload "$container" "$path" > /dev/null
   # Start the handler after the upload, so the measurement is the import alone.
+  local side_pid=$SINK_PID
+  [ "$url" = "$sink_url" ] || side_pid=${FHIR_PIDS[$url]}
+  local others_before; others_before=$(cpu_ticks "$azurite_pid" "$side_pid")
   "$HANDLER" serve > "$WORK/handler-$name.log" 2>&1 &
   local hpid=$!; PIDS+=("$hpid")
   local peak=0 out
@@ -68,7 +72,8 @@ run_case() {
           sleep 0.5
         done; wait "$spid") || true
   peak=$(cat "$WORK/peak.$name" 2>/dev/null || echo 0)
-  local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$hpid/stat")
+  local ticks; ticks=$(cpu_ticks "$hpid")
+  local others_after; others_after=$(cpu_ticks "$azurite_pid" "$side_pid")
   kill "$hpid" "$azurite_pid" 2>/dev/null || true
   wait "$hpid" 2>/dev/null || true
   local loaded rate secs
@@ -82,6 +87,15 @@ run_case() {
     "$(awk -v f="$files" -v s="${secs:-0}" 'BEGIN { if (s > 0) printf "%d", f * 3600 / s; else print "?" }')" \
     "$((peak / 1024))" "$cpu_us"
   echo "$out" | grep -E "with failures|Load time" | sed 's/^/    /' || true
+  # Where the two cores went while the handler ran: the handler, Azurite, and the FHIR side.
+  read -r az_before fhir_before <<< "$others_before"; read -r az_after fhir_after <<< "$others_after"
+  [ -n "$secs" ] && awk -v h="$ticks" -v a="$((az_after - az_before))" -v f="$((fhir_after - fhir_before))" -v s="$secs" -v t="$CLK_TCK" \
+    'BEGIN { printf "    CPU while importing (cores busy): handler %.2f, Azurite %.2f, FHIR side %.2f\n", h/t/s, a/t/s, f/t/s }'
+}
+
+# cpu_ticks PID...: user + system clock ticks of each process so far, space-separated.
+cpu_ticks() {
+  local p; for p in "$@"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat" 2>/dev/null || printf '0 '; done
 }
 
 # export_case: loads patients through the importer, then measures exports against the ideal
@@ -90,8 +104,8 @@ export_case() {
   # A server of its own, holding only the export data.
   rm -rf "$WORK/fhir-export"
   STATE_DIR="$WORK/fhir-export" FHIR_PORT=31092 FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-export.pid"
-  PIDS+=("$(cat "$WORK/fhir-export.pid")")
   local url=http://127.0.0.1:31092/fhir
+  FHIR_PIDS[$url]=$(cat "$WORK/fhir-export.pid"); PIDS+=("${FHIR_PIDS[$url]}")
   [ -d "$WORK/export-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$EXPORT_PATIENTS" --sex mixed --age-range 30-90 --seed 17 --out "$WORK/export-patients" > /dev/null
   run_case export-load bundles "$WORK/export-patients" "$url" "$EXPORT_PATIENTS"
   cat > "$WORK/export-definition.json" <<'JSON'

@@ -20,7 +20,7 @@ pub const BINDING: &str = "event";
 pub async fn handle_events(importer: &Importer, payload: Value) -> Result<Vec<String>, String> {
     for_each_blob_created(payload, |blob| async move {
         let outcome = importer
-            .register(&blob.container, &blob.blob)
+            .register(&blob.container, &blob.blob, blob.version.clone())
             .await
             .map_err(|e| format!("cannot register {}/{}: {e}", blob.container, blob.blob))?;
         Ok(match outcome {

@@ -19,7 +19,7 @@ use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
-use crate::storage::{BlobStore, Entity, MoveOutcome, WorkQueue};
+use crate::storage::{BlobStore, BlobVersion, Entity, MoveOutcome, WorkQueue};
 
 const REGISTRATION_CONCURRENCY: usize = 16;
 
@@ -111,16 +111,32 @@ impl Importer {
     }
 
     /// Records a created blob and queues its work. Safe to call again for the same blob.
-    pub async fn register(&self, container: &str, blob: &str) -> Result<Registration, ImportError> {
+    /// `version` is the ETag and size the event (or the watcher's listing) reported; without
+    /// one the blob's properties are read.
+    pub async fn register(
+        &self,
+        container: &str,
+        blob: &str,
+        version: Option<BlobVersion>,
+    ) -> Result<Registration, ImportError> {
         let Some(kind) = self.kind_for(container, blob) else {
             return Ok(Registration::Ignored(format!(
                 "{container} is not an import container"
             )));
         };
-        let Some(props) = self.blobs.properties(container, blob).await? else {
-            return Ok(Registration::Ignored(format!(
-                "{container}/{blob} no longer exists (already imported and moved?)"
-            )));
+        let props = match version {
+            Some(v) => v,
+            None => match self.blobs.properties(container, blob).await? {
+                Some(entry) => BlobVersion {
+                    etag: entry.etag,
+                    size: entry.size,
+                },
+                None => {
+                    return Ok(Registration::Ignored(format!(
+                        "{container}/{blob} no longer exists (already imported and moved?)"
+                    )));
+                }
+            },
         };
         let key = file_key(container, blob, &props.etag);
         let ranges = match kind {
@@ -186,6 +202,7 @@ impl Importer {
                     part: part as u32,
                     start: *start,
                     end: *end,
+                    size: props.size,
                 })
                 .expect("work items serialise")
             })
@@ -214,7 +231,8 @@ impl Importer {
     /// Runs one work item. `Err(Transient)` leaves it for a later try; after
     /// `max_work_attempts` the part is closed with an explained error instead.
     pub async fn run(&self, work: &ImportWork, attempt: u32) -> Result<(), ImportError> {
-        let Some(mut file) = self.ledger.file(&work.file).await? else {
+        let (file, part) = self.ledger.file_and_part(&work.file, work.part).await?;
+        let Some(mut file) = file else {
             warn!(message = "Work item for an unknown import; dropped.", container = %work.container, blob = %work.blob);
             return Ok(());
         };
@@ -222,7 +240,7 @@ impl Importer {
         if status.is_some_and(FileStatus::is_terminal) {
             return Ok(());
         }
-        let Some(part) = self.ledger.part(&work.file, work.part).await? else {
+        let Some(part) = part else {
             return Ok(());
         };
         if part.str("status") != Some("done") {

@@ -289,12 +289,15 @@ pub async fn run_ndjson_range(
     row: Entity,
 ) -> Result<Entity, ImportError> {
     let mut progress = claim(importer, work, row).await?;
-    let size = importer
-        .blobs
-        .properties(&work.container, &work.blob)
-        .await?
-        .map(|p| p.size)
-        .unwrap_or(0);
+    let size = match work.size {
+        0 => importer
+            .blobs
+            .properties(&work.container, &work.blob)
+            .await?
+            .map(|p| p.size)
+            .unwrap_or(0),
+        known => known,
+    };
     let resume_at = progress.cursor("offset") as u64;
     let line_base = progress.cursor("line");
     let reader_start = if resume_at > 0 {

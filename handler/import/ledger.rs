@@ -239,6 +239,28 @@ impl Ledger {
         self.tables.get(&self.imports, key, &part_row(part)).await
     }
 
+    /// The file row and one part row, read together in one query (each with its ETag).
+    pub async fn file_and_part(
+        &self,
+        key: &str,
+        part: u32,
+    ) -> StorageResult<(Option<Entity>, Option<Entity>)> {
+        let part_key = part_row(part);
+        let filter = format!(
+            "PartitionKey eq '{}' and (RowKey eq '{FILE_ROW}' or RowKey eq '{part_key}')",
+            odata_string(key)
+        );
+        let (mut file, mut part) = (None, None);
+        for row in self.tables.query(&self.imports, &filter).await? {
+            match row.str("RowKey") {
+                Some(FILE_ROW) => file = Some(row),
+                Some(rk) if rk == part_key => part = Some(row),
+                _ => {}
+            }
+        }
+        Ok((file, part))
+    }
+
     /// Inserts the file row; `Ok(None)` when it already exists (a redelivered event).
     pub async fn insert_file(&self, file: &Entity) -> StorageResult<Option<String>> {
         self.tables.insert_new(&self.imports, file).await

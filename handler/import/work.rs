@@ -40,6 +40,13 @@ pub struct ImportWork {
     /// Byte range `[start, end)` whose lines this part owns (NDJSON ranges); whole file otherwise.
     pub start: u64,
     pub end: u64,
+    /// The file's size when it was registered (0 in messages queued before it was recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a work item stopped before its part was done.
@@ -57,7 +64,13 @@ pub enum ImportError {
 }
 
 impl From<StorageError> for ImportError {
+    /// A 404 is final: the file (or its container) was deleted after it was registered.
     fn from(e: StorageError) -> Self {
+        if e.status() == Some(404) {
+            return ImportError::Rejected(format!(
+                "{e} — the file was deleted or replaced after it was registered; upload it again to import it"
+            ));
+        }
         ImportError::Transient(e.to_string())
     }
 }

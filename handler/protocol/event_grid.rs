@@ -5,6 +5,8 @@
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
+pub use crate::storage::BlobVersion;
+
 /// A blob that was created, located by container and name (names may contain `/`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobCreated {
@@ -13,6 +15,8 @@ pub struct BlobCreated {
     pub blob: String,
     /// `data.api`: PutBlob, PutBlockList, CopyBlob, FlushWithClose ...
     pub api: Option<String>,
+    /// `data.eTag` and `data.contentLength`: the version the event is about, when it says.
+    pub version: Option<BlobVersion>,
 }
 
 /// One event of a delivery.
@@ -108,12 +112,21 @@ fn parse_event(event: Value) -> Result<GridEvent, String> {
                 container,
                 blob,
                 api: data.get("api").and_then(Value::as_str).map(str::to_string),
+                version: event_version(&data),
             }))
         }
         other => Ok(GridEvent::Other {
             event_type: other.to_string(),
         }),
     }
+}
+
+/// The version named by `data.eTag` and `data.contentLength`. An empty blob's event (ADLS
+/// `CreateFile` comes before the data is flushed) names none: it is read from the blob instead.
+fn event_version(data: &Value) -> Option<BlobVersion> {
+    let etag = data.get("eTag").and_then(Value::as_str)?;
+    let size = data.get("contentLength").and_then(Value::as_u64)?;
+    BlobVersion::new(etag, size).filter(|v| v.size > 0)
 }
 
 /// `/blobServices/default/containers/{container}/blobs/{blob}`; the blob keeps its slashes.
@@ -154,6 +167,7 @@ mod tests {
             container: "ndjson".into(),
             blob: "2024/01/Patient.ndjson".into(),
             api: Some("PutBlockList".into()),
+            version: None,
         })
     }
 
@@ -191,6 +205,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_version_comes_from_etag_and_content_length() {
+        let mut e = grid_event();
+        e["data"]["eTag"] = json!("\"0x8D4BCC2E4835CD0\"");
+        e["data"]["contentLength"] = json!(524288);
+        let version = |e: Value| match parse_events(e).unwrap().remove(0) {
+            GridEvent::BlobCreated(b) => b.version,
+            other => panic!("{other:?}"),
+        };
+        let quoted = Some(BlobVersion {
+            etag: "\"0x8D4BCC2E4835CD0\"".into(),
+            size: 524288,
+        });
+        assert_eq!(version(e.clone()), quoted);
+        // Unquoted ETags are quoted, so both spellings name one file version.
+        e["data"]["eTag"] = json!("0x8D4BCC2E4835CD0");
+        assert_eq!(version(e.clone()), quoted);
+        // An empty blob (ADLS CreateFile) or a missing field: the blob itself is asked.
+        e["data"]["contentLength"] = json!(0);
+        assert_eq!(version(e.clone()), None);
+        assert_eq!(version(grid_event()), None);
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
         name: "import",
         queue: importer.queue.clone(),
         visibility: importer.settings.work.visibility,
+        inbox: Arc::default(),
         handle: Arc::new(move |payload, attempt| {
             let importer = importer.clone();
             Box::pin(
@@ -78,6 +79,7 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
         name: "export",
         queue: exporter.queue.clone(),
         visibility: exporter.settings.work.visibility,
+        inbox: Arc::default(),
         handle: Arc::new(move |payload, attempt| {
             let exporter = exporter.clone();
             Box::pin(

@@ -1,10 +1,12 @@
 //! Queue pollers of `serve` mode, standing in for the queue triggers: take a message, keep it
 //! hidden while its work runs, delete it when done, or make it visible again after a backoff
-//! when the work must be retried. One poller serves one queue (import or export).
+//! when the work must be retried. Several pollers serve each queue (import or export), sharing
+//! one `Inbox`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -27,32 +29,78 @@ pub struct QueueWork {
     pub queue: WorkQueue,
     pub visibility: Duration,
     pub handle: Handle,
+    /// Shared by every poller of this queue in this process.
+    pub inbox: Arc<Inbox>,
+}
+
+/// The messages of one queue shared by this process's pollers. One idle poller at a time
+/// receives, as many messages as there are idle pollers (so none waits in the buffer while its
+/// visibility runs out), and hands the others over; the rest of the idle pollers wait their
+/// turn instead of each polling an empty queue.
+#[derive(Default)]
+pub struct Inbox {
+    idle: AtomicUsize,
+    received: std::sync::Mutex<Vec<ReceivedWork>>,
+    receiving: Mutex<()>,
+}
+
+impl Inbox {
+    fn take(&self) -> Option<ReceivedWork> {
+        self.received.lock().expect("inbox lock").pop()
+    }
+
+    /// The next message for this poller; `None` on shutdown.
+    async fn next(&self, work: &QueueWork, shutdown: &CancellationToken) -> Option<ReceivedWork> {
+        if let Some(m) = self.take() {
+            return Some(m);
+        }
+        let _turn = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            turn = self.receiving.lock() => turn,
+        };
+        let mut idle = Duration::from_millis(100);
+        loop {
+            // Another poller's receive may have left one here while this one waited its turn.
+            if let Some(m) = self.take() {
+                return Some(m);
+            }
+            let wanted = self.idle.load(Ordering::Relaxed).clamp(1, 32) as u32;
+            match work.queue.receive(wanted, work.visibility).await {
+                Ok(mut messages) if !messages.is_empty() => {
+                    let mine = messages.pop().expect("not empty");
+                    self.received.lock().expect("inbox lock").extend(messages);
+                    return Some(mine);
+                }
+                Ok(_) => {
+                    // Another process's messages are found by polling (backing off to 1 s);
+                    // this process's own are looked for as soon as they are sent.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = work.queue.message_sent() => idle = Duration::from_millis(50),
+                    }
+                    idle = (idle * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    warn!(message = "Cannot read a work queue.", queue = work.name, error = %e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub async fn poll(work: QueueWork, shutdown: CancellationToken) {
-    let visibility = work.visibility;
-    let mut idle = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let message = match work.queue.receive(1, visibility).await {
-            Ok(mut m) if !m.is_empty() => m.remove(0),
-            Ok(_) => {
-                // Another process's messages are found by polling (backing off to 1 s); this
-                // process's own are looked for as soon as they are sent.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = work.queue.message_sent() => idle = Duration::from_millis(50),
-                }
-                idle = (idle * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            Err(e) => {
-                warn!(message = "Cannot read a work queue.", queue = work.name, error = %e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        work.inbox.idle.fetch_add(1, Ordering::Relaxed);
+        let message = work.inbox.next(&work, &shutdown).await;
+        work.inbox.idle.fetch_sub(1, Ordering::Relaxed);
+        let Some(message) = message else {
+            return;
         };
-        idle = Duration::from_millis(100);
         let current = Arc::new(Mutex::new(message.clone()));
         let keepalive = tokio::spawn(keep_hidden(work.clone(), current.clone()));
         let payload = peel(Value::String(message.text.clone()));

@@ -5,12 +5,16 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::export::trigger::start_from_blob;
 use crate::functions::AppState;
 use crate::import::Registration;
+
+/// New blobs registered concurrently by one listing pass.
+const REGISTRATIONS_AT_ONCE: usize = 8;
 
 pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationToken) {
     let importer = state.importer.clone();
@@ -29,13 +33,16 @@ pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationTo
                     continue;
                 }
             };
+            let mut new_blobs = Vec::new();
             for blob in blobs {
                 let key = (container.to_string(), blob.name.clone(), blob.etag.clone());
                 present.insert(key.clone());
-                if seen.contains(&key) {
-                    continue;
+                if !seen.contains(&key) {
+                    new_blobs.push((key, blob));
                 }
-                if container == trigger {
+            }
+            if container == trigger {
+                for (key, blob) in new_blobs {
                     match start_from_blob(&state.exporter, container, &blob.name).await {
                         Ok(outcome) => {
                             debug!(message = "Export trigger handled.", outcome = %outcome);
@@ -45,17 +52,33 @@ pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationTo
                             warn!(message = "Cannot start an export from a trigger file yet; will retry.", blob = %blob.name, error = %e)
                         }
                     }
-                    continue;
                 }
-                match importer.register(container, &blob.name).await {
+                continue;
+            }
+            // Several at a time, as Event Grid delivers a burst of uploads to several instances.
+            let registered = futures::stream::iter(new_blobs)
+                .map(|(key, blob)| {
+                    let importer = &importer;
+                    async move {
+                        let outcome = importer
+                            .register(container, &blob.name, blob.version())
+                            .await;
+                        (key, blob.name, outcome)
+                    }
+                })
+                .buffer_unordered(REGISTRATIONS_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await;
+            for (key, name, outcome) in registered {
+                match outcome {
                     Ok(outcome) => {
                         if let Registration::Queued { parts, .. } = outcome {
-                            debug!(message = "New blob registered.", container, blob = %blob.name, parts);
+                            debug!(message = "New blob registered.", container, blob = %name, parts);
                         }
                         seen.insert(key);
                     }
                     Err(e) => {
-                        warn!(message = "Cannot register a new blob; will retry.", container, blob = %blob.name, error = %e)
+                        warn!(message = "Cannot register a new blob; will retry.", container, blob = %name, error = %e)
                     }
                 }
             }

@@ -36,6 +36,31 @@ pub struct BlobEntry {
     pub etag: String,
 }
 
+impl BlobEntry {
+    pub fn version(&self) -> Option<BlobVersion> {
+        BlobVersion::new(&self.etag, self.size)
+    }
+}
+
+/// A blob version as an event or a listing reports it: registering it needs no extra read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobVersion {
+    /// Quoted, as the Blob service sends it in `ETag` headers.
+    pub etag: String,
+    pub size: u64,
+}
+
+impl BlobVersion {
+    /// A version from an ETag with or without its quotes; `None` for an empty ETag.
+    pub fn new(etag: &str, size: u64) -> Option<Self> {
+        let bare = etag.trim().trim_matches('"');
+        (!bare.is_empty()).then(|| BlobVersion {
+            etag: format!("\"{bare}\""),
+            size,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     service: Arc<BlobServiceClient>,

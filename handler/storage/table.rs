@@ -13,6 +13,7 @@ use url::Url;
 
 use super::credentials::{STORAGE_SCOPE, StorageCredentials};
 use super::shared_key::{SharedKey, storage_date_now};
+use super::table_batch::{self, BatchOp, BatchOutcome};
 use super::{StorageError, StorageResult};
 
 const TABLE_SERVICE_VERSION: &str = "2019-02-02";
@@ -86,6 +87,20 @@ enum TableAuth {
     Bearer(Arc<dyn TokenCredential>),
 }
 
+/// One request to the Table service.
+struct Request<'a> {
+    method: Method,
+    url: Url,
+    body: Option<RequestBody>,
+    if_match: Option<&'a str>,
+    accept: &'static str,
+}
+
+struct RequestBody {
+    content_type: String,
+    bytes: Vec<u8>,
+}
+
 #[derive(Clone)]
 pub struct TableClient {
     http: reqwest::Client,
@@ -143,13 +158,39 @@ impl TableClient {
         operation: &'static str,
         target: &str,
     ) -> StorageResult<(StatusCode, HeaderMap, String)> {
+        let request = Request {
+            method,
+            url,
+            body: body.map(|b| RequestBody {
+                content_type: "application/json".into(),
+                bytes: serde_json::to_vec(b).expect("JSON map serialises"),
+            }),
+            if_match,
+            accept: "application/json;odata=nometadata",
+        };
+        self.execute(request, operation, target).await
+    }
+
+    async fn execute(
+        &self,
+        request: Request<'_>,
+        operation: &'static str,
+        target: &str,
+    ) -> StorageResult<(StatusCode, HeaderMap, String)> {
+        let Request {
+            method,
+            url,
+            body,
+            if_match,
+            accept,
+        } = request;
         let date = storage_date_now();
         let mut req = self
             .http
             .request(method, url.clone())
             .header("x-ms-date", &date)
             .header("x-ms-version", TABLE_SERVICE_VERSION)
-            .header("Accept", "application/json;odata=nometadata")
+            .header("Accept", accept)
             .header("DataServiceVersion", "3.0;NetFx")
             .header("MaxDataServiceVersion", "3.0;NetFx");
         if let Some(etag) = if_match {
@@ -157,9 +198,9 @@ impl TableClient {
         }
         if let Some(body) = body {
             req = req
-                .header("Content-Type", "application/json")
+                .header("Content-Type", body.content_type)
                 .header("Prefer", "return-no-content")
-                .body(serde_json::to_vec(body).expect("JSON map serialises"));
+                .body(body.bytes);
         }
         req = match &self.auth {
             TableAuth::SharedKeyLite(key) => {
@@ -340,6 +381,51 @@ impl TableClient {
         }
     }
 
+    /// Applies `ops` (rows of one partition, at most 100) as one entity group transaction:
+    /// all of them, or none.
+    pub async fn transact(&self, table: &str, ops: &[BatchOp<'_>]) -> StorageResult<BatchOutcome> {
+        let parts: Vec<table_batch::Part> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Insert(e) => table_batch::Part {
+                    method: Method::POST,
+                    url: self.url(table),
+                    if_match: None,
+                    json: serde_json::to_vec(&e.props).expect("JSON map serialises"),
+                },
+                BatchOp::Replace(e) => {
+                    let (pk, rk) = keys(e);
+                    table_batch::Part {
+                        method: Method::PUT,
+                        url: self.entity_url(table, pk, rk),
+                        if_match: Some(if e.etag.is_empty() {
+                            "*".into()
+                        } else {
+                            e.etag.clone()
+                        }),
+                        json: serde_json::to_vec(&e.props).expect("JSON map serialises"),
+                    }
+                }
+            })
+            .collect();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (content_type, bytes) = table_batch::body(&parts, &id);
+        let request = Request {
+            method: Method::POST,
+            url: self.url("$batch"),
+            body: Some(RequestBody {
+                content_type,
+                bytes,
+            }),
+            if_match: None,
+            accept: "application/json;odata=nometadata",
+        };
+        let (_, _, text) = self
+            .execute(request, "entity group transaction", table)
+            .await?;
+        Ok(table_batch::outcome(&text, ops.len()))
+    }
+
     /// All entities matching an OData `$filter`, following continuation tokens.
     pub async fn query(&self, table: &str, filter: &str) -> StorageResult<Vec<Entity>> {
         let mut pages = self.query_pages(table, filter);
@@ -396,9 +482,16 @@ impl TableClient {
                 q.append_pair("NextRowKey", rk);
             }
         }
-        let (_, headers, text) = self
-            .send(Method::GET, url, None, None, "query entities", table)
-            .await?;
+        // Minimal metadata: unlike `nometadata`, each entity carries its ETag (`odata.etag`),
+        // so rows read by a query can be replaced conditionally.
+        let request = Request {
+            method: Method::GET,
+            url,
+            body: None,
+            if_match: None,
+            accept: "application/json;odata=minimalmetadata",
+        };
+        let (_, headers, text) = self.execute(request, "query entities", table).await?;
         let mut page: Value = serde_json::from_str(&text).map_err(|e| StorageError::Invalid {
             operation: "query entities",
             target: table.into(),
@@ -407,12 +500,13 @@ impl TableClient {
         let mut out = Vec::new();
         if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
             for v in values {
-                if let Value::Object(props) = v {
-                    let etag = props
-                        .get("odata.etag")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
+                if let Value::Object(mut props) = v {
+                    let etag = match props.remove("odata.etag") {
+                        Some(Value::String(etag)) => etag,
+                        _ => String::new(),
+                    };
+                    // Control information (`odata.id`, `odata.editLink`...) is not a property.
+                    props.retain(|name, _| !name.starts_with("odata."));
                     out.push(Entity { props, etag });
                 }
             }

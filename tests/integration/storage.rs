@@ -145,6 +145,25 @@ async fn blobs_queues_and_tables_work_against_azurite() {
         .unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].i64("loaded"), 4);
+    // A queried row carries its ETag (and no OData control information), so it can be
+    // replaced conditionally: once, and not again from the same read.
+    let mut queried = all[0].clone();
+    assert!(!queried.etag.is_empty(), "a query must return ETags");
+    assert!(queried.props.keys().all(|k| !k.starts_with("odata.")));
+    let stale = queried.clone();
+    queried.set_i64("loaded", 5);
+    assert!(
+        tables
+            .replace_if_unchanged("imports", &mut queried)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tables
+            .replace_if_unchanged("imports", &mut stale.clone())
+            .await
+            .unwrap()
+    );
 
     // Pages come in RowKey order whatever the insert order (error reports rely on it), and
     // `exists` asks for one entity.
