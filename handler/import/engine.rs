@@ -19,9 +19,13 @@ use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
-use crate::storage::{BlobStore, BlobVersion, Entity, MoveOutcome, WorkQueue};
+use crate::storage::{
+    BatchOp, BatchOutcome, BlobStore, BlobVersion, Entity, MoveOutcome, WorkQueue,
+};
 
 const REGISTRATION_CONCURRENCY: usize = 16;
+/// Rows one entity group transaction may hold.
+const TRANSACTION_ROWS: usize = 100;
 
 /// What registering a blob did.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,17 +157,6 @@ impl Importer {
         file.set_i64("size", props.size as i64);
         file.set_str("created", now_rfc3339());
         Counts::default().write(&mut file);
-        match self.ledger.insert_file(&file).await? {
-            Some(etag) => file.etag = etag,
-            None => {
-                file = self.ledger.file(&key).await?.unwrap_or_default();
-                let status = file.str("status").unwrap_or_default().to_string();
-                if status != FileStatus::Registering.as_str() {
-                    return Ok(Registration::AlreadyRegistered { file: key, status });
-                }
-                // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
-            }
-        }
         // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
         // so the Event Grid function still answers quickly.
         let parts: Vec<Entity> = ranges
@@ -178,14 +171,33 @@ impl Importer {
                 row
             })
             .collect();
-        futures::stream::iter(parts)
-            .map(|row| async move {
-                self.ledger
-                    .tables()
-                    .insert_new(self.ledger.imports_table(), &row)
-                    .await
-                    .map(|_| ())
-            })
+        // The file row and its parts go in transactions of up to 100 rows, the file row in the
+        // first: a file row is never without its first parts, and every transaction is
+        // all-or-nothing, so a repeat finds each one whole or absent.
+        let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
+        let mut ops = vec![BatchOp::Insert(&file)];
+        ops.extend(first.iter().map(BatchOp::Insert));
+        match self.ledger.transact(&ops).await? {
+            BatchOutcome::Applied(etags) => file.etag = etags[0].clone(),
+            BatchOutcome::Refused { status: 409, .. } => {
+                file = self.ledger.file(&key).await?.unwrap_or_default();
+                let status = file.str("status").unwrap_or_default().to_string();
+                if status != FileStatus::Registering.as_str() {
+                    return Ok(Registration::AlreadyRegistered { file: key, status });
+                }
+                // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
+            }
+            BatchOutcome::Refused { status, .. } => {
+                return Err(ImportError::Transient(format!(
+                    "cannot record {container}/{blob} in the imports table: HTTP {status}"
+                )));
+            }
+        }
+        let inserts: Vec<_> = rest
+            .chunks(TRANSACTION_ROWS)
+            .map(|rows| self.insert_parts(rows))
+            .collect();
+        futures::stream::iter(inserts)
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -228,6 +240,17 @@ impl Importer {
         })
     }
 
+    /// Inserts part rows in one transaction; rows already there (a repeat) are fine.
+    async fn insert_parts(&self, rows: &[Entity]) -> Result<(), ImportError> {
+        let ops: Vec<BatchOp> = rows.iter().map(BatchOp::Insert).collect();
+        match self.ledger.transact(&ops).await? {
+            BatchOutcome::Applied(_) | BatchOutcome::Refused { status: 409, .. } => Ok(()),
+            BatchOutcome::Refused { status, .. } => Err(ImportError::Transient(format!(
+                "cannot record parts in the imports table: HTTP {status}"
+            ))),
+        }
+    }
+
     /// Runs one work item. `Err(Transient)` leaves it for a later try; after
     /// `max_work_attempts` the part is closed with an explained error instead.
     pub async fn run(&self, work: &ImportWork, attempt: u32) -> Result<(), ImportError> {
@@ -244,16 +267,24 @@ impl Importer {
             return Ok(());
         };
         if part.str("status") != Some("done") {
-            if matches!(status, Some(FileStatus::Queued | FileStatus::Registering)) {
-                file.set_str("status", FileStatus::Loading.as_str());
-                file.set_str("started", now_rfc3339());
-                self.ledger.replace_if_unchanged(&mut file).await?;
+            // The first part to start marks the file as loading, in the part's claim.
+            let starting = matches!(status, Some(FileStatus::Queued | FileStatus::Registering))
+                .then(|| {
+                    let mut loading = file.clone();
+                    loading.set_str("status", FileStatus::Loading.as_str());
+                    loading.set_str("started", now_rfc3339());
+                    loading
+                });
+            if let Some(loading) = &starting {
+                file.props = loading.props.clone();
             }
             let result = match work.kind {
-                FileKind::Bundle => jobs::run_bundle(self, work, part.clone()).await,
-                FileKind::Ndjson => jobs::run_ndjson_range(self, work, part.clone()).await,
-                FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part.clone()).await,
-                FileKind::Zip => jobs::run_zip(self, work, part.clone()).await,
+                FileKind::Bundle => jobs::run_bundle(self, work, part.clone(), starting).await,
+                FileKind::Ndjson => {
+                    jobs::run_ndjson_range(self, work, part.clone(), starting).await
+                }
+                FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part.clone(), starting).await,
+                FileKind::Zip => jobs::run_zip(self, work, part.clone(), starting).await,
             };
             let finished = match result {
                 Ok(row) => row,

@@ -21,7 +21,7 @@ use super::sender::{OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, gunzip};
 use super::work::{FileKind, ImportError, ImportWork};
 use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
-use crate::storage::Entity;
+use crate::storage::{BatchOp, BatchOutcome, Entity};
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -145,13 +145,29 @@ impl<'a> PartProgress<'a> {
 }
 
 /// Takes the part over: a first write with the ETag read proves no other delivery moved it.
+/// `file` is the file row to mark as loading in the same transaction (the first part to start).
 async fn claim<'a>(
     importer: &'a Importer,
     work: &'a ImportWork,
     row: Entity,
+    file: Option<Entity>,
 ) -> Result<PartProgress<'a>, ImportError> {
     let mut progress = PartProgress::new(importer, work, row);
     progress.row.set_str("status", "loading");
+    if let Some(file) = file {
+        progress.counts.write(&mut progress.row);
+        let ops = [BatchOp::Replace(&file), BatchOp::Replace(&progress.row)];
+        match importer.ledger.transact(&ops).await? {
+            BatchOutcome::Applied(etags) => {
+                progress.row.etag = etags[1].clone();
+                progress.last_save = Instant::now();
+                return Ok(progress);
+            }
+            BatchOutcome::Refused { index: Some(1), .. } => return Err(ImportError::Superseded),
+            // The file row moved on (its registration just finished): the part alone decides.
+            BatchOutcome::Refused { .. } => {}
+        }
+    }
     progress.save().await?;
     Ok(progress)
 }
@@ -160,6 +176,7 @@ pub async fn run_bundle(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
+    file: Option<Entity>,
 ) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
     let size = work.end;
@@ -170,7 +187,7 @@ pub async fn run_bundle(
             settings.max_bundle_file_bytes / (1024 * 1024)
         )));
     }
-    let mut progress = claim(importer, work, row).await?;
+    let mut progress = claim(importer, work, row, file).await?;
     let reservation = reserve_bundle_memory(importer, size).await?;
     let bytes = importer
         .blobs
@@ -287,8 +304,9 @@ pub async fn run_ndjson_range(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
+    file: Option<Entity>,
 ) -> Result<Entity, ImportError> {
-    let mut progress = claim(importer, work, row).await?;
+    let mut progress = claim(importer, work, row, file).await?;
     let size = match work.size {
         0 => importer
             .blobs
@@ -333,8 +351,9 @@ pub async fn run_ndjson_gz(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
+    file: Option<Entity>,
 ) -> Result<Entity, ImportError> {
-    let mut progress = claim(importer, work, row).await?;
+    let mut progress = claim(importer, work, row, file).await?;
     let lines_done = progress.cursor("line");
     let chunks = BlobChunks::new(
         importer.blobs.clone(),
@@ -378,9 +397,10 @@ pub async fn run_zip(
     importer: &Importer,
     work: &ImportWork,
     row: Entity,
+    file: Option<Entity>,
 ) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
-    let mut progress = claim(importer, work, row).await?;
+    let mut progress = claim(importer, work, row, file).await?;
     let copy = download_to_temp(importer, work).await?;
     let path: PathBuf = copy.path().to_path_buf();
     let dir_path = path.clone();

@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::storage::table::encode_key;
-use crate::storage::{Entity, QueryPages, StorageResult, TableClient, odata_string};
+use crate::storage::{
+    BatchOp, BatchOutcome, Entity, QueryPages, StorageResult, TableClient, odata_string,
+};
 
 pub const FILE_ROW: &str = "file";
 
@@ -261,9 +263,9 @@ impl Ledger {
         Ok((file, part))
     }
 
-    /// Inserts the file row; `Ok(None)` when it already exists (a redelivered event).
-    pub async fn insert_file(&self, file: &Entity) -> StorageResult<Option<String>> {
-        self.tables.insert_new(&self.imports, file).await
+    /// Writes rows of one file together: all or none.
+    pub async fn transact(&self, ops: &[BatchOp<'_>]) -> StorageResult<BatchOutcome> {
+        self.tables.transact(&self.imports, ops).await
     }
 
     pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {

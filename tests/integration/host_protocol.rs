@@ -142,4 +142,70 @@ async fn host_payloads_register_load_and_report() {
             .contains("not an import work item"),
         "{body}"
     );
+
+    // An event names the version it is about (data.eTag, data.contentLength): registering it
+    // needs no read of the blob, and a blob deleted before its work ran ends rejected, with
+    // the reason recorded, instead of being retried.
+    let blobs = &state.importer.blobs;
+    blobs
+        .upload(
+            "bundles",
+            "gone.json",
+            Bytes::from(patient_bundle(2, 1).to_string()),
+        )
+        .await
+        .unwrap();
+    let version = blobs
+        .properties("bundles", "gone.json")
+        .await
+        .unwrap()
+        .unwrap();
+    blobs.delete("bundles", "gone.json").await.unwrap();
+    let mut gone = event.clone();
+    gone["subject"] = json!("/blobServices/default/containers/bundles/blobs/gone.json");
+    gone["data"]["eTag"] = json!(version.etag);
+    gone["data"]["contentLength"] = json!(version.size);
+    let deliver = |e: &Value| json!({"Data": {"event": e.to_string()}, "Metadata": {}});
+    let (status, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("queued bundles/gone.json"),
+        "{body}"
+    );
+    // The same version without the ETag's quotes is the same file version.
+    gone["data"]["eTag"] = json!(version.etag.trim_matches('"'));
+    let (_, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("registered before"),
+        "{body}"
+    );
+    let messages = state
+        .importer
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1}});
+    let (status, _) = invoke(&state, "ImportWorker", work).await;
+    assert_eq!(status, 200);
+    let request = json!({"Data": {"req": {"Url": "https://app/imports/bundles/gone.json", "Method": "GET",
+        "Query": {}, "Headers": {}, "Params": {"path": "bundles/gone.json"}}}, "Metadata": {}});
+    let (_, body) = invoke(&state, "ImportStatus", request).await;
+    let view: Value =
+        serde_json::from_str(body["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(view["status"], "rejected", "{view}");
+    assert!(
+        view["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted or replaced after it was registered"),
+        "{view}"
+    );
 }

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
 use fhir_bulk::storage::{
-    BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient, WorkQueue,
+    BatchOp, BatchOutcome, BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient,
+    WorkQueue,
 };
 use std::time::Duration;
 
@@ -163,6 +164,67 @@ async fn blobs_queues_and_tables_work_against_azurite() {
             .replace_if_unchanged("imports", &mut stale.clone())
             .await
             .unwrap()
+    );
+
+    // A transaction applies all of its writes or none, and says which one failed.
+    let mut file = Entity::new("tx", "file");
+    let mut part = Entity::new("tx", "part-00000");
+    file.set_str("status", "registering");
+    let inserted = tables
+        .transact("imports", &[BatchOp::Insert(&file), BatchOp::Insert(&part)])
+        .await
+        .unwrap();
+    let BatchOutcome::Applied(etags) = inserted else {
+        panic!("the inserts were refused: {inserted:?}");
+    };
+    assert_eq!(etags.len(), 2);
+    assert!(matches!(
+        tables
+            .transact("imports", &[BatchOp::Insert(&file)])
+            .await
+            .unwrap(),
+        BatchOutcome::Refused { status: 409, .. }
+    ));
+    file.etag = etags[0].clone();
+    part.etag = "W/\"datetime'2000-01-01T00%3A00%3A00.0000000Z'\"".into();
+    file.set_str("status", "loading");
+    let stale = tables
+        .transact(
+            "imports",
+            &[BatchOp::Replace(&file), BatchOp::Replace(&part)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        BatchOutcome::Refused {
+            index: Some(1),
+            status: 412
+        }
+    );
+    let unchanged = tables.get("imports", "tx", "file").await.unwrap().unwrap();
+    assert_eq!(
+        unchanged.str("status"),
+        Some("registering"),
+        "nothing applied"
+    );
+    part.etag = etags[1].clone();
+    let applied = tables
+        .transact(
+            "imports",
+            &[BatchOp::Replace(&file), BatchOp::Replace(&part)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(applied, BatchOutcome::Applied(_)), "{applied:?}");
+    let now = tables.get("imports", "tx", "file").await.unwrap().unwrap();
+    assert_eq!(now.str("status"), Some("loading"));
+    let BatchOutcome::Applied(new_etags) = applied else {
+        unreachable!()
+    };
+    assert_eq!(
+        now.etag, new_etags[0],
+        "the answer carries each row's new ETag"
     );
 
     // Pages come in RowKey order whatever the insert order (error reports rely on it), and

@@ -29,23 +29,36 @@ impl Drop for Service {
     }
 }
 
-fn start(script: &str, env: &[(&str, String)]) -> Service {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(repo_root().join("scripts").join(script))
-        .env("STATE_DIR", dir.path())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{script} failed (run scripts/install.sh first): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("the script prints the PID");
-    Service { pid, _dir: dir }
+/// Runs `script` with the environment `env` makes (ports chosen afresh each time). A port
+/// found free can be taken before the service binds it (outgoing connections draw from the
+/// same range), so a start that fails with "address already in use" is tried again on others.
+fn start<E: Fn() -> Vec<(&'static str, String)>>(
+    script: &str,
+    env: E,
+) -> (Service, Vec<(&'static str, String)>) {
+    for attempt in 1.. {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vars = env();
+        let out = Command::new(repo_root().join("scripts").join(script))
+            .env("STATE_DIR", dir.path())
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && attempt < 3 && stderr.contains("in use") {
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "scripts/{script} failed (run scripts/install.sh first): {stderr}"
+        );
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the script prints the PID");
+        return (Service { pid, _dir: dir }, vars);
+    }
+    unreachable!()
 }
 
 pub struct Azurite {
@@ -55,15 +68,14 @@ pub struct Azurite {
 
 impl Azurite {
     pub fn start() -> Self {
-        let (b, q, t) = (free_port(), free_port(), free_port());
-        let service = start(
-            "azurite-up.sh",
-            &[
-                ("AZURITE_BLOB_PORT", b.to_string()),
-                ("AZURITE_QUEUE_PORT", q.to_string()),
-                ("AZURITE_TABLE_PORT", t.to_string()),
-            ],
-        );
+        let (service, ports) = start("azurite-up.sh", || {
+            vec![
+                ("AZURITE_BLOB_PORT", free_port().to_string()),
+                ("AZURITE_QUEUE_PORT", free_port().to_string()),
+                ("AZURITE_TABLE_PORT", free_port().to_string()),
+            ]
+        });
+        let (b, q, t) = (&ports[0].1, &ports[1].1, &ports[2].1);
         let connection_string = format!(
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{b}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{q}/devstoreaccount1;TableEndpoint=http://127.0.0.1:{t}/devstoreaccount1;"
         );
@@ -81,8 +93,10 @@ pub struct FhirServer {
 
 impl FhirServer {
     pub fn start() -> Self {
-        let port = free_port();
-        let service = start("fhir-up.sh", &[("FHIR_PORT", port.to_string())]);
+        let (service, vars) = start("fhir-up.sh", || {
+            vec![("FHIR_PORT", free_port().to_string())]
+        });
+        let port = &vars[0].1;
         FhirServer {
             base_url: format!("http://127.0.0.1:{port}/fhir"),
             _service: service,
