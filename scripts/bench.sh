@@ -3,6 +3,7 @@
 #   scripts/bench.sh            all cases
 #   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink huge-bundles-sink
 #                               bundles-sink small-files ndjson-real bundles-real export-real
+#                               storage-costs
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
@@ -10,19 +11,23 @@
 # export-real loads EXPORT_PATIENTS carebundle patients into sekmet, then runs an `$alt-export`
 # of all of them (six includes) and, on the same server in the same run, the same searches by an
 # ideal client (scripts/export-baseline.py): resources/second of both, peak RSS and CPU/resource.
-# Env: NDJSON_LINES (default 1500000, ~1.5 GB), ZIP_LINES (800000, ~800 MB), SMALL_FILES (1000;
+# Env: NDJSON_LINES (default 1500000, ~1.5 GB), ZIP_LINES (800000, ~800 MB), HUGE_BUNDLES (40
+# Bundles of 10,000 entries), SMALL_FILES (1000;
 # Azurite's tables slow down as they grow, so far larger counts measure the emulator),
 # EXPORT_PATIENTS (300), EXPORT_ROUNDS (5: ideal client and handler export alternate, each
-# round prints both and their ratio, then the median ratio).
+# round prints both and their ratio, then the median ratio), AZURITE_ARGS (extra Azurite options).
+# storage-costs measures what each kind of storage request the importer makes costs Azurite
+# (CPU ms per request): the bound on files/hour here.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real}
+CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real storage-costs}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
 SMALL_FILES=${SMALL_FILES:-1000}
+HUGE_BUNDLES=${HUGE_BUNDLES:-40}
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/fhir-bulk-bench.XXXXXX)}
 mkdir -p "$WORK"
 PIDS=()
@@ -31,7 +36,7 @@ trap cleanup EXIT
 
 scripts/install.sh
 cargo build --release --quiet --bins
-HANDLER=$ROOT/target/release/handler
+HANDLER=${BENCH_HANDLER:-$ROOT/target/release/handler} # BENCH_HANDLER: another build, for A/B runs
 CLK_TCK=$(getconf CLK_TCK)
 
 SINK_PORT=31090; FHIR_PORT=31091; HANDLER_PORT=31071
@@ -190,11 +195,19 @@ for c in $CASES; do
       [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 200 2000
       run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 200 ;;
     huge-bundles-sink)
-      [ -d "$WORK/huge" ] || python3 scripts/gen-data.py big-bundles "$WORK/huge" 8 10000
-      run_case huge-bundles-sink bundles "$WORK/huge" "$sink_url" 8 ;;
+      [ -d "$WORK/huge-$HUGE_BUNDLES" ] || python3 scripts/gen-data.py big-bundles "$WORK/huge-$HUGE_BUNDLES" "$HUGE_BUNDLES" 10000
+      run_case huge-bundles-sink bundles "$WORK/huge-$HUGE_BUNDLES" "$sink_url" "$HUGE_BUNDLES" ;;
     bundles-sink)
       [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
       run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;
+    storage-costs)
+      rm -rf "$WORK/azurite"
+      STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
+        scripts/azurite-up.sh > "$WORK/azurite.pid"
+      azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+      FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;" \
+        target/release/fhir-storage-costs "$azurite_pid" 400 | sed 's/^/storage-costs  /'
+      kill "$azurite_pid" 2>/dev/null || true ;;
     small-files)
       [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
       run_case small-files bundles "$WORK/small" "$sink_url" "$SMALL_FILES" ;;

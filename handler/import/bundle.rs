@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::bundle_text::{BundleKind, bundle_kind};
+use super::bundle_text::{BundleKind, read_bundle};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::split::{piece_dependencies, split};
-use super::transform::{SearchResolver, prepare};
+use super::transform::{SearchResolver, prepare_bundle};
 use super::work::ImportError;
 use crate::config::TransactionMode;
 use crate::fhir::FhirClient;
@@ -40,7 +40,8 @@ pub async fn plan_bundle(
 ) -> Result<BundlePlan, ImportError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ImportError::Rejected(format!("the file is not UTF-8 text: {e}")))?;
-    let (kind, entry_count) = bundle_kind(text).map_err(ImportError::Rejected)?;
+    let (kind, bundle) = read_bundle(text).map_err(ImportError::Rejected)?;
+    let entry_count = bundle.entry.len();
     if kind == BundleKind::Transaction && mode == TransactionMode::Transaction {
         return Ok(BundlePlan {
             pieces: Vec::new(),
@@ -51,7 +52,7 @@ pub async fn plan_bundle(
             entry_count,
         });
     }
-    let prepared = prepare(text, resolver)
+    let prepared = prepare_bundle(bundle, resolver)
         .await
         .map_err(ImportError::Rejected)?;
     // Pieces are cut over every entry position (sent or not), so they are the same on a

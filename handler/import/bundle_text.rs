@@ -39,26 +39,44 @@ pub fn bundle_kind(text: &str) -> Result<(BundleKind, usize), String> {
             format!("the file is not valid JSON: {e}")
         }
     })?;
-    match head.resource_type.as_deref() {
+    Ok((
+        kind_of(head.resource_type.as_deref(), head.kind.as_deref())?,
+        head.entry.len(),
+    ))
+}
+
+/// Reads a Bundle file in one pass: its kind, and its entries with their resources kept as
+/// text borrowed from the file. A file that does not parse is read again by `bundle_kind`,
+/// only to say what is wrong with it.
+pub(crate) fn read_bundle(text: &str) -> Result<(BundleKind, RawBundle<'_>), String> {
+    match serde_json::from_str::<RawBundle>(text) {
+        Ok(bundle) => Ok((
+            kind_of(bundle.resource_type.as_deref(), bundle.kind.as_deref())?,
+            bundle,
+        )),
+        Err(e) => {
+            bundle_kind(text)?;
+            Err(format!("the Bundle cannot be read: {e}"))
+        }
+    }
+}
+
+fn kind_of(resource_type: Option<&str>, kind: Option<&str>) -> Result<BundleKind, String> {
+    match resource_type {
         Some("Bundle") => {}
         Some(other) => return Err(format!("the file holds a {other}, not a Bundle")),
         None => return Err("the file is JSON without a resourceType, not a FHIR Bundle".into()),
     }
-    let kind = match head.kind.as_deref() {
-        Some("transaction") => BundleKind::Transaction,
-        Some("batch") => BundleKind::Batch,
-        Some(other) => {
-            return Err(format!(
-                "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
-            ));
-        }
+    match kind {
+        Some("transaction") => Ok(BundleKind::Transaction),
+        Some("batch") => Ok(BundleKind::Batch),
+        Some(other) => Err(format!(
+            "Bundle.type is {other:?}; only transaction and batch Bundles can be loaded"
+        )),
         None => {
-            return Err(
-                "the Bundle has no type; only transaction and batch Bundles can be loaded".into(),
-            );
+            Err("the Bundle has no type; only transaction and batch Bundles can be loaded".into())
         }
-    };
-    Ok((kind, head.entry.len()))
+    }
 }
 
 /// One entry of an uploaded Bundle; its resource stays text borrowed from the file.
@@ -74,6 +92,10 @@ pub(crate) struct RawEntry<'a> {
 
 #[derive(Deserialize)]
 pub(crate) struct RawBundle<'a> {
+    #[serde(rename = "resourceType", borrow, default)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(crate) entry: Vec<RawEntry<'a>>,
 }

@@ -7,8 +7,8 @@
 //! rewritten to `Type/id`; conditional references (`Practitioner?identifier=...`) are resolved
 //! by search, and one that matches nothing is an entry error, not a dangling reference.
 
+use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -84,10 +84,18 @@ enum Plan {
     Failed(String),
 }
 
-/// Prepares the entries of a Bundle's text (already checked by `bundle_kind`).
+/// Prepares the entries of a Bundle's text.
+#[cfg(test)]
 pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<PreparedBundle, String> {
-    let bundle: RawBundle =
-        serde_json::from_str(text).map_err(|e| format!("the Bundle cannot be read: {e}"))?;
+    let (_, bundle) = super::bundle_text::read_bundle(text)?;
+    prepare_bundle(bundle, resolver).await
+}
+
+/// Prepares the entries of a Bundle read by `read_bundle`.
+pub(crate) async fn prepare_bundle(
+    bundle: RawBundle<'_>,
+    resolver: &dyn SearchResolver,
+) -> Result<PreparedBundle, String> {
     let entries = bundle.entry;
     // One scan per resource finds its head and its references (serde has already checked it).
     let scans: Vec<ResourceScan> = entries
@@ -110,8 +118,8 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     };
 
     // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
-    let mut aliases: HashMap<String, String> = HashMap::new();
-    let mut criteria_ids: HashMap<String, String> = HashMap::new();
+    let mut aliases: FxHashMap<String, String> = FxHashMap::default();
+    let mut criteria_ids: FxHashMap<String, String> = FxHashMap::default();
     let mut plans = Vec::with_capacity(entries.len());
     for (index, (entry, head)) in entries.iter().zip(&heads).enumerate() {
         let plan = plan_entry(index, entry, head.as_ref(), resolver, &mut criteria_ids).await;
@@ -130,7 +138,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
     }
 
     // Pass 2: rewrite references in the text and serialise the batch entries.
-    let mut conditional_cache: HashMap<String, Result<String, String>> = HashMap::new();
+    let mut conditional_cache: FxHashMap<String, Result<String, String>> = FxHashMap::default();
     for (index, ((entry, plan), scan)) in entries.iter().zip(plans).zip(&scans).enumerate() {
         match plan {
             Plan::Failed(reason) => out.failures.push(EntryFailure {
@@ -159,13 +167,14 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     .expect("planned writes have a resource")
                     .get();
                 let mut problems = Vec::new();
-                let mut replacements: HashMap<&str, Cow<str>> = HashMap::new();
+                // A resource has few references: a list searched in order beats a map.
+                let mut replacements: Vec<(&str, Cow<str>)> = Vec::new();
                 for reference in &scan.references {
                     let r = reference.value.as_ref();
                     match classify(r) {
                         ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
                             if let Some(t) = aliases.get(r) {
-                                replacements.insert(r, Cow::Borrowed(t));
+                                replacements.push((r, Cow::Borrowed(t)));
                             } else if r.starts_with("urn:uuid:") {
                                 problems.push(format!(
                                     "reference {r} points to no entry of this Bundle"
@@ -174,7 +183,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                         }
                         ReferenceForm::Relative { .. } => {
                             if let Some(t) = aliases.get(r) {
-                                replacements.insert(r, Cow::Borrowed(t));
+                                replacements.push((r, Cow::Borrowed(t)));
                             }
                         }
                         ReferenceForm::Conditional { .. } => {
@@ -189,7 +198,7 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                             };
                             match result {
                                 Ok(t) => {
-                                    replacements.insert(r, Cow::Owned(t));
+                                    replacements.push((r, Cow::Owned(t)));
                                 }
                                 Err(e) => problems.push(e),
                             }
@@ -206,7 +215,12 @@ pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<Prepar
                     });
                     continue;
                 }
-                let replace = |r: &str| replacements.get(r).map(|t| t.as_ref());
+                let replace = |r: &str| {
+                    replacements
+                        .iter()
+                        .find(|(from, _)| *from == r)
+                        .map(|(_, t)| t.as_ref())
+                };
                 out.slots[index] = Some(PreparedEntry {
                     index,
                     json: put_entry_json(&target, text.len(), |json| {
@@ -243,7 +257,7 @@ async fn plan_entry(
     entry: &RawEntry<'_>,
     head: Option<&ResourceHead<'_>>,
     resolver: &dyn SearchResolver,
-    criteria_ids: &mut HashMap<String, String>,
+    criteria_ids: &mut FxHashMap<String, String>,
 ) -> Plan {
     let Some(request) = entry.request.as_ref().and_then(Value::as_object) else {
         return Plan::Failed(format!(
@@ -341,7 +355,7 @@ async fn plan_entry(
 
 async fn resolve_conditional(
     reference: &str,
-    criteria_ids: &HashMap<String, String>,
+    criteria_ids: &FxHashMap<String, String>,
     resolver: &dyn SearchResolver,
 ) -> Result<String, String> {
     let (resource_type, query) = reference
@@ -380,6 +394,7 @@ fn content_id(resource_type: &str, resource_text: &str, index: usize) -> String 
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::HashMap;
     use std::sync::Mutex;
 
     fn entry(e: &PreparedEntry) -> Value {
