@@ -12,12 +12,13 @@ BLOB=${AZURITE_BLOB_PORT:-10000}; QUEUE=${AZURITE_QUEUE_PORT:-10001}; TABLE=${AZ
 AZURITE="$TOOLS/azurite/node_modules/.bin/azurite"
 [ -x "$AZURITE" ] || { echo "azurite-up.sh: Azurite is not installed; run scripts/install.sh" >&2; exit 1; }
 mkdir -p "$STATE_DIR/data"
+read -r -a EXTRA <<< "${AZURITE_ARGS:-}"
 LOCATION=(--location "$STATE_DIR/data")
-case " ${AZURITE_ARGS:-} " in *" --inMemoryPersistence "*) LOCATION=() ;; esac
+case " ${EXTRA[*]} " in *" --inMemoryPersistence "*) LOCATION=() ;; esac
 # --skipApiVersionCheck: the SDK 1.x crates default to service versions newer than 3.35 knows.
 "$AZURITE" --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 \
   --blobPort "$BLOB" --queuePort "$QUEUE" --tablePort "$TABLE" \
-  "${LOCATION[@]}" --disableTelemetry --skipApiVersionCheck --loose ${AZURITE_ARGS:-} \
+  "${LOCATION[@]}" --disableTelemetry --skipApiVersionCheck --loose "${EXTRA[@]}" \
   > "$STATE_DIR/azurite.log" 2>&1 &
 PID=$!
 echo "$PID" > "$STATE_DIR/azurite.pid"

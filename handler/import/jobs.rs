@@ -163,9 +163,19 @@ async fn claim<'a>(
                 progress.last_save = Instant::now();
                 return Ok(progress);
             }
-            BatchOutcome::Refused { index: Some(1), .. } => return Err(ImportError::Superseded),
+            BatchOutcome::Refused {
+                index: Some(1),
+                status: 404 | 412,
+            } => return Err(ImportError::Superseded),
             // The file row moved on (its registration just finished): the part alone decides.
-            BatchOutcome::Refused { .. } => {}
+            BatchOutcome::Refused {
+                status: 404 | 412, ..
+            } => {}
+            BatchOutcome::Refused { status, .. } => {
+                return Err(ImportError::Transient(format!(
+                    "cannot claim the part in the imports table: HTTP {status}"
+                )));
+            }
         }
     }
     progress.save().await?;
