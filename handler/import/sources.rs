@@ -93,12 +93,6 @@ pub struct ChannelChunks {
     rx: mpsc::Receiver<io::Result<Bytes>>,
 }
 
-impl ChannelChunks {
-    pub fn from_receiver(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
-        ChannelChunks { rx }
-    }
-}
-
 #[async_trait]
 impl ChunkStream for ChannelChunks {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
@@ -118,29 +112,60 @@ where
     R: Read,
     F: FnOnce() -> R + Send + 'static,
 {
+    spawn_producer(move |out| out.pump(open(), u64::MAX))
+}
+
+/// Runs `produce` on a blocking thread; what it pumps into its `ChunkSender`, and the error it
+/// ends with, come out of the returned chunks (at most four 1 MiB chunks wait in between).
+pub fn spawn_producer<F>(produce: F) -> ChannelChunks
+where
+    F: FnOnce(&ChunkSender) -> io::Result<()> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut read = open();
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            match read.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
+        let out = ChunkSender { tx };
+        if let Err(e) = produce(&out) {
+            let _ = out.tx.blocking_send(Err(e));
         }
     });
     ChannelChunks { rx }
+}
+
+/// The sending end of `spawn_producer`'s channel.
+pub struct ChunkSender {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+}
+
+impl ChunkSender {
+    /// Sends what `read` yields in chunks of up to 1 MiB. More than `limit` bytes is an
+    /// `InvalidData` error; a reader that went away (the consumer stopped) ends it quietly.
+    pub fn pump(&self, mut read: impl Read, limit: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = read.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            total += n as u64;
+            if total > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the data expands past {} MiB, more than is allowed",
+                        limit >> 20
+                    ),
+                ));
+            }
+            if self
+                .tx
+                .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// The decompressed bytes of a gzip stream (several concatenated members are allowed): a gzip

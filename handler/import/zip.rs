@@ -3,13 +3,12 @@
 //! temporary copy of the archive, so memory stays at a few chunks whatever the archive holds.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use flate2::read::MultiGzDecoder;
 
-use super::sources::ChannelChunks;
+use super::sources::{ChannelChunks, spawn_producer};
 use super::work::FileKind;
 
 /// What the archive may hold.
@@ -149,56 +148,16 @@ pub fn read_directory(path: &Path) -> Result<Vec<EntryInfo>, String> {
 /// error if the entry yields more than `limit` bytes (a directory can lie about sizes).
 /// `.ndjson.gz` entries are decompressed on the way.
 pub fn stream_entry(path: PathBuf, index: usize, gzip: bool, limit: u64) -> ChannelChunks {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let send_err = |e: io::Error| {
-            let _ = tx.blocking_send(Err(e));
-        };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => return send_err(e),
-        };
-        let mut archive = match zip::ZipArchive::new(file) {
-            Ok(a) => a,
-            Err(e) => return send_err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        };
-        let entry = match archive.by_index(index) {
-            Ok(e) => e,
-            Err(e) => return send_err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        };
-        let mut reader: Box<dyn Read> = if gzip {
-            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(entry)))
+    spawn_producer(move |out| {
+        let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut archive = zip::ZipArchive::new(File::open(&path)?).map_err(invalid)?;
+        let entry = archive.by_index(index).map_err(invalid)?;
+        if gzip {
+            out.pump(MultiGzDecoder::new(io::BufReader::new(entry)), limit)
         } else {
-            Box::new(entry)
-        };
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut total = 0u64;
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    total += n as u64;
-                    if total > limit {
-                        return send_err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the entry expands past {} MiB, more than the archive allows",
-                                limit / (1024 * 1024)
-                            ),
-                        ));
-                    }
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => return send_err(e),
-            }
+            out.pump(entry, limit)
         }
-    });
-    super::sources::ChannelChunks::from_receiver(rx)
+    })
 }
 
 #[cfg(test)]
