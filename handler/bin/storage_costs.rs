@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
-use fhir_bulk::storage::{BatchOp, BlobStore, Entity, StorageCredentials, TableClient, WorkQueue};
+use fhir_bulk::storage::{
+    BlobStore, Entity, StorageCredentials, TableClient, TransactionOp, WorkQueue,
+};
 use futures::StreamExt;
 
 const AT_ONCE: usize = 4;
@@ -152,7 +154,10 @@ async fn main() {
     measure(pid, "table transaction (2 inserts)", n, |i| async move {
         let (a, b) = (row(i, "part-00000"), row(i, "part-00001"));
         tables
-            .transact("costs", &[BatchOp::Insert(&a), BatchOp::Insert(&b)])
+            .transact(
+                "costs",
+                &[TransactionOp::Insert(&a), TransactionOp::Insert(&b)],
+            )
             .await
             .unwrap();
     })

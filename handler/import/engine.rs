@@ -20,7 +20,7 @@ use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::{
-    BatchOp, BatchOutcome, BlobStore, BlobVersion, Entity, MoveOutcome, WorkQueue,
+    BlobStore, BlobVersion, Entity, MoveOutcome, TransactionOp, TransactionOutcome, WorkQueue,
 };
 
 const REGISTRATION_CONCURRENCY: usize = 16;
@@ -157,8 +157,6 @@ impl Importer {
         file.set_i64("size", props.size as i64);
         file.set_str("created", now_rfc3339());
         Counts::default().write(&mut file);
-        // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
-        // so the Event Grid function still answers quickly.
         let parts: Vec<Entity> = ranges
             .iter()
             .enumerate()
@@ -175,11 +173,11 @@ impl Importer {
         // first: a file row is never without its first parts, and every transaction is
         // all-or-nothing, so a repeat finds each one whole or absent.
         let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
-        let mut ops = vec![BatchOp::Insert(&file)];
-        ops.extend(first.iter().map(BatchOp::Insert));
+        let mut ops = vec![TransactionOp::Insert(&file)];
+        ops.extend(first.iter().map(TransactionOp::Insert));
         match self.ledger.transact(&ops).await? {
-            BatchOutcome::Applied(etags) => file.etag = etags[0].clone(),
-            BatchOutcome::Refused { status: 409, .. } => {
+            TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
+            TransactionOutcome::Refused { status: 409, .. } => {
                 file = self.ledger.file(&key).await?.unwrap_or_default();
                 let status = file.str("status").unwrap_or_default().to_string();
                 if status != FileStatus::Registering.as_str() {
@@ -187,12 +185,14 @@ impl Importer {
                 }
                 // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
             }
-            BatchOutcome::Refused { status, .. } => {
+            TransactionOutcome::Refused { status, .. } => {
                 return Err(ImportError::Transient(format!(
                     "cannot record {container}/{blob} in the imports table: HTTP {status}"
                 )));
             }
         }
+        // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
+        // so the Event Grid function still answers quickly.
         let inserts: Vec<_> = rest
             .chunks(TRANSACTION_ROWS)
             .map(|rows| self.insert_parts(rows))
@@ -242,10 +242,12 @@ impl Importer {
 
     /// Inserts part rows in one transaction; rows already there (a repeat) are fine.
     async fn insert_parts(&self, rows: &[Entity]) -> Result<(), ImportError> {
-        let ops: Vec<BatchOp> = rows.iter().map(BatchOp::Insert).collect();
+        let ops: Vec<TransactionOp> = rows.iter().map(TransactionOp::Insert).collect();
         match self.ledger.transact(&ops).await? {
-            BatchOutcome::Applied(_) | BatchOutcome::Refused { status: 409, .. } => Ok(()),
-            BatchOutcome::Refused { status, .. } => Err(ImportError::Transient(format!(
+            TransactionOutcome::Applied(_) | TransactionOutcome::Refused { status: 409, .. } => {
+                Ok(())
+            }
+            TransactionOutcome::Refused { status, .. } => Err(ImportError::Transient(format!(
                 "cannot record parts in the imports table: HTTP {status}"
             ))),
         }
@@ -268,16 +270,12 @@ impl Importer {
         };
         if part.str("status") != Some("done") {
             // The first part to start marks the file as loading, in the part's claim.
-            let starting = matches!(status, Some(FileStatus::Queued | FileStatus::Registering))
-                .then(|| {
-                    let mut loading = file.clone();
-                    loading.set_str("status", FileStatus::Loading.as_str());
-                    loading.set_str("started", now_rfc3339());
-                    loading
-                });
-            if let Some(loading) = &starting {
-                file.props = loading.props.clone();
+            let starting = matches!(status, Some(FileStatus::Queued | FileStatus::Registering));
+            if starting {
+                file.set_str("status", FileStatus::Loading.as_str());
+                file.set_str("started", now_rfc3339());
             }
+            let starting = starting.then(|| file.clone());
             let result = match work.kind {
                 FileKind::Bundle => jobs::run_bundle(self, work, part.clone(), starting).await,
                 FileKind::Ndjson => {

@@ -21,7 +21,7 @@ use super::sender::{OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, gunzip};
 use super::work::{FileKind, ImportError, ImportWork};
 use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
-use crate::storage::{BatchOp, BatchOutcome, Entity};
+use crate::storage::{Entity, TransactionOp, TransactionOutcome};
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -156,22 +156,25 @@ async fn claim<'a>(
     progress.row.set_str("status", "loading");
     if let Some(file) = file {
         progress.counts.write(&mut progress.row);
-        let ops = [BatchOp::Replace(&file), BatchOp::Replace(&progress.row)];
+        let ops = [
+            TransactionOp::Replace(&file),
+            TransactionOp::Replace(&progress.row),
+        ];
         match importer.ledger.transact(&ops).await? {
-            BatchOutcome::Applied(etags) => {
+            TransactionOutcome::Applied(etags) => {
                 progress.row.etag = etags[1].clone();
                 progress.last_save = Instant::now();
                 return Ok(progress);
             }
-            BatchOutcome::Refused {
+            TransactionOutcome::Refused {
                 index: Some(1),
                 status: 404 | 412,
             } => return Err(ImportError::Superseded),
             // The file row moved on (its registration just finished): the part alone decides.
-            BatchOutcome::Refused {
+            TransactionOutcome::Refused {
                 status: 404 | 412, ..
             } => {}
-            BatchOutcome::Refused { status, .. } => {
+            TransactionOutcome::Refused { status, .. } => {
                 return Err(ImportError::Transient(format!(
                     "cannot claim the part in the imports table: HTTP {status}"
                 )));

@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::storage::table::encode_key;
 use crate::storage::{
-    BatchOp, BatchOutcome, Entity, QueryPages, StorageResult, TableClient, odata_string,
+    Entity, QueryPages, StorageResult, TableClient, TransactionOp, TransactionOutcome, odata_string,
 };
 
 pub const FILE_ROW: &str = "file";
@@ -264,7 +264,7 @@ impl Ledger {
     }
 
     /// Writes rows of one file together: all or none.
-    pub async fn transact(&self, ops: &[BatchOp<'_>]) -> StorageResult<BatchOutcome> {
+    pub async fn transact(&self, ops: &[TransactionOp<'_>]) -> StorageResult<TransactionOutcome> {
         self.tables.transact(&self.imports, ops).await
     }
 

@@ -7,10 +7,10 @@
 //! rewritten to `Type/id`; conditional references (`Practitioner?identifier=...`) are resolved
 //! by search, and one that matches nothing is an entry error, not a dangling reference.
 
-use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use uuid::Uuid;
 

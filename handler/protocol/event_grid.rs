@@ -5,7 +5,7 @@
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-pub use crate::storage::BlobVersion;
+use crate::storage::BlobVersion;
 
 /// A blob that was created, located by container and name (names may contain `/`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,13 +6,13 @@ pub mod credentials;
 pub mod queue;
 pub mod shared_key;
 pub mod table;
-mod table_batch;
+mod table_transaction;
 
 pub use blob::{BlobEntry, BlobStore, BlobVersion, MoveOutcome, block_id};
 pub use credentials::StorageCredentials;
 pub use queue::{ReceivedWork, WorkQueue};
 pub use table::{Entity, QueryPages, TableClient, odata_string};
-pub use table_batch::{BatchOp, BatchOutcome};
+pub use table_transaction::{TransactionOp, TransactionOutcome};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 

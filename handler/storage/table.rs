@@ -13,7 +13,7 @@ use url::Url;
 
 use super::credentials::{STORAGE_SCOPE, StorageCredentials};
 use super::shared_key::{SharedKey, storage_date_now};
-use super::table_batch::{self, BatchOp, BatchOutcome};
+use super::table_transaction::{self, TransactionOp, TransactionOutcome};
 use super::{StorageError, StorageResult};
 
 const TABLE_SERVICE_VERSION: &str = "2019-02-02";
@@ -163,7 +163,7 @@ impl TableClient {
             url,
             body: body.map(|b| RequestBody {
                 content_type: "application/json".into(),
-                bytes: serde_json::to_vec(b).expect("JSON map serialises"),
+                bytes: entity_json(b),
             }),
             if_match,
             accept: "application/json;odata=nometadata",
@@ -329,11 +329,7 @@ impl TableClient {
     /// a 412 means someone else changed it since it was read.
     pub async fn replace(&self, table: &str, entity: &Entity) -> StorageResult<String> {
         let (pk, rk) = keys(entity);
-        let etag = if entity.etag.is_empty() {
-            "*"
-        } else {
-            &entity.etag
-        };
+        let etag = replace_condition(entity);
         let (_, headers, _) = self
             .send(
                 Method::PUT,
@@ -383,33 +379,33 @@ impl TableClient {
 
     /// Applies `ops` (rows of one partition, at most 100) as one entity group transaction:
     /// all of them, or none.
-    pub async fn transact(&self, table: &str, ops: &[BatchOp<'_>]) -> StorageResult<BatchOutcome> {
-        let parts: Vec<table_batch::Part> = ops
+    pub async fn transact(
+        &self,
+        table: &str,
+        ops: &[TransactionOp<'_>],
+    ) -> StorageResult<TransactionOutcome> {
+        let parts: Vec<table_transaction::Part> = ops
             .iter()
             .map(|op| match op {
-                BatchOp::Insert(e) => table_batch::Part {
+                TransactionOp::Insert(e) => table_transaction::Part {
                     method: Method::POST,
                     url: self.url(table),
                     if_match: None,
-                    json: serde_json::to_vec(&e.props).expect("JSON map serialises"),
+                    json: entity_json(&e.props),
                 },
-                BatchOp::Replace(e) => {
+                TransactionOp::Replace(e) => {
                     let (pk, rk) = keys(e);
-                    table_batch::Part {
+                    table_transaction::Part {
                         method: Method::PUT,
                         url: self.entity_url(table, pk, rk),
-                        if_match: Some(if e.etag.is_empty() {
-                            "*".into()
-                        } else {
-                            e.etag.clone()
-                        }),
-                        json: serde_json::to_vec(&e.props).expect("JSON map serialises"),
+                        if_match: Some(replace_condition(e).to_string()),
+                        json: entity_json(&e.props),
                     }
                 }
             })
             .collect();
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (content_type, bytes) = table_batch::body(&parts, &id);
+        let (content_type, bytes) = table_transaction::body(&parts, &id);
         let request = Request {
             method: Method::POST,
             url: self.url("$batch"),
@@ -423,7 +419,7 @@ impl TableClient {
         let (_, _, text) = self
             .execute(request, "entity group transaction", table)
             .await?;
-        Ok(table_batch::outcome(&text, ops.len()))
+        Ok(table_transaction::outcome(&text, ops.len()))
     }
 
     /// All entities matching an OData `$filter`, following continuation tokens.
@@ -560,6 +556,19 @@ fn keys(entity: &Entity) -> (&str, &str) {
         entity.str("PartitionKey").unwrap_or_default(),
         entity.str("RowKey").unwrap_or_default(),
     )
+}
+
+/// The `If-Match` of a replace: the ETag the row was read with, or `*` for a row never read.
+fn replace_condition(entity: &Entity) -> &str {
+    if entity.etag.is_empty() {
+        "*"
+    } else {
+        &entity.etag
+    }
+}
+
+fn entity_json(props: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(props).expect("JSON map serialises")
 }
 
 fn etag_of(headers: &HeaderMap) -> String {

@@ -32,6 +32,40 @@ async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value
     )
 }
 
+/// The first log line of an invocation's answer.
+fn first_log(body: &Value) -> &str {
+    body["Logs"][0].as_str().unwrap_or_default()
+}
+
+/// Takes the one queued work item and runs it as the queue trigger would.
+async fn run_the_queued_work_item(state: &AppState) {
+    let messages = state
+        .importer
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1, "one work item, not two");
+    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1, "Id": messages[0].id}});
+    let (status, _) = invoke(state, "ImportWorker", work).await;
+    assert_eq!(status, 200);
+}
+
+/// `ImportStatus` for `container/blob`, through the HTTP trigger: the answer's status code and
+/// the file's view.
+async fn import_status(state: &AppState, path: &str) -> (String, Value) {
+    let request = json!({"Data": {"req": {"Url": format!("https://app/imports/{path}"), "Method": "GET",
+        "Query": {}, "Headers": {}, "Params": {"path": path}}}, "Metadata": {}});
+    let (status, body) = invoke(state, "ImportStatus", request).await;
+    assert_eq!(status, 200);
+    let res = &body["Outputs"]["res"];
+    let view = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    (
+        res["statusCode"].as_str().unwrap_or_default().to_string(),
+        view,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_payloads_register_load_and_report() {
     let azurite = Azurite::start();
@@ -68,34 +102,16 @@ async fn host_payloads_register_load_and_report() {
     let (status, body) = invoke(&state, "ImportBlobCreated", payload.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        body["Logs"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("queued bundles/dir/p1.json"),
+        first_log(&body).starts_with("queued bundles/dir/p1.json"),
         "{body}"
     );
 
     // Event Grid redelivers: the same event is a no-op.
     let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
     assert_eq!(status, 200);
-    assert!(
-        body["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("registered before"),
-        "{body}"
-    );
+    assert!(first_log(&body).contains("registered before"), "{body}");
 
-    let messages = state
-        .importer
-        .queue
-        .receive(32, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(messages.len(), 1, "one work item, not two");
-    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1, "Id": messages[0].id}});
-    let (status, _) = invoke(&state, "ImportWorker", work).await;
-    assert_eq!(status, 200);
+    run_the_queued_work_item(&state).await;
     assert_eq!(
         fhir_count(
             &fhir.base_url,
@@ -105,13 +121,8 @@ async fn host_payloads_register_load_and_report() {
         4
     );
 
-    let request = json!({"Data": {"req": {"Url": "https://app/imports/bundles/dir/p1.json", "Method": "GET",
-        "Query": {}, "Headers": {}, "Params": {"path": "bundles/dir/p1.json"}}}, "Metadata": {}});
-    let (status, body) = invoke(&state, "ImportStatus", request).await;
-    assert_eq!(status, 200);
-    let res = &body["Outputs"]["res"];
-    assert_eq!(res["statusCode"], "200");
-    let view: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+    let (status_code, view) = import_status(&state, "bundles/dir/p1.json").await;
+    assert_eq!(status_code, "200");
     assert_eq!(view["status"], "loaded");
     assert_eq!(view["resources"]["loaded"], 7);
     assert_eq!(view["outcome"], "bundlesprocessed/dir/p1.json");
@@ -124,10 +135,7 @@ async fn host_payloads_register_load_and_report() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(
-        body["Logs"][0].as_str().unwrap().contains("invalid event"),
-        "{body}"
-    );
+    assert!(first_log(&body).contains("invalid event"), "{body}");
     let (status, body) = invoke(
         &state,
         "ImportWorker",
@@ -136,10 +144,7 @@ async fn host_payloads_register_load_and_report() {
     .await;
     assert_eq!(status, 200);
     assert!(
-        body["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("not an import work item"),
+        first_log(&body).contains("not an import work item"),
         "{body}"
     );
 
@@ -169,37 +174,15 @@ async fn host_payloads_register_load_and_report() {
     let (status, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
     assert_eq!(status, 200);
     assert!(
-        body["Logs"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("queued bundles/gone.json"),
+        first_log(&body).starts_with("queued bundles/gone.json"),
         "{body}"
     );
     // The same version without the ETag's quotes is the same file version.
     gone["data"]["eTag"] = json!(version.etag.trim_matches('"'));
     let (_, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
-    assert!(
-        body["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("registered before"),
-        "{body}"
-    );
-    let messages = state
-        .importer
-        .queue
-        .receive(32, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(messages.len(), 1);
-    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1}});
-    let (status, _) = invoke(&state, "ImportWorker", work).await;
-    assert_eq!(status, 200);
-    let request = json!({"Data": {"req": {"Url": "https://app/imports/bundles/gone.json", "Method": "GET",
-        "Query": {}, "Headers": {}, "Params": {"path": "bundles/gone.json"}}}, "Metadata": {}});
-    let (_, body) = invoke(&state, "ImportStatus", request).await;
-    let view: Value =
-        serde_json::from_str(body["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert!(first_log(&body).contains("registered before"), "{body}");
+    run_the_queued_work_item(&state).await;
+    let (_, view) = import_status(&state, "bundles/gone.json").await;
     assert_eq!(view["status"], "rejected", "{view}");
     assert!(
         view["reason"]

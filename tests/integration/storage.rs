@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
 use fhir_bulk::storage::{
-    BatchOp, BatchOutcome, BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient,
-    WorkQueue,
+    BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient, TransactionOp,
+    TransactionOutcome, WorkQueue,
 };
 use std::time::Duration;
 
@@ -171,19 +171,22 @@ async fn blobs_queues_and_tables_work_against_azurite() {
     let mut part = Entity::new("tx", "part-00000");
     file.set_str("status", "registering");
     let inserted = tables
-        .transact("imports", &[BatchOp::Insert(&file), BatchOp::Insert(&part)])
+        .transact(
+            "imports",
+            &[TransactionOp::Insert(&file), TransactionOp::Insert(&part)],
+        )
         .await
         .unwrap();
-    let BatchOutcome::Applied(etags) = inserted else {
+    let TransactionOutcome::Applied(etags) = inserted else {
         panic!("the inserts were refused: {inserted:?}");
     };
     assert_eq!(etags.len(), 2);
     assert!(matches!(
         tables
-            .transact("imports", &[BatchOp::Insert(&file)])
+            .transact("imports", &[TransactionOp::Insert(&file)])
             .await
             .unwrap(),
-        BatchOutcome::Refused { status: 409, .. }
+        TransactionOutcome::Refused { status: 409, .. }
     ));
     file.etag = etags[0].clone();
     part.etag = "W/\"datetime'2000-01-01T00%3A00%3A00.0000000Z'\"".into();
@@ -191,13 +194,13 @@ async fn blobs_queues_and_tables_work_against_azurite() {
     let stale = tables
         .transact(
             "imports",
-            &[BatchOp::Replace(&file), BatchOp::Replace(&part)],
+            &[TransactionOp::Replace(&file), TransactionOp::Replace(&part)],
         )
         .await
         .unwrap();
     assert_eq!(
         stale,
-        BatchOutcome::Refused {
+        TransactionOutcome::Refused {
             index: Some(1),
             status: 412
         }
@@ -212,14 +215,17 @@ async fn blobs_queues_and_tables_work_against_azurite() {
     let applied = tables
         .transact(
             "imports",
-            &[BatchOp::Replace(&file), BatchOp::Replace(&part)],
+            &[TransactionOp::Replace(&file), TransactionOp::Replace(&part)],
         )
         .await
         .unwrap();
-    assert!(matches!(applied, BatchOutcome::Applied(_)), "{applied:?}");
+    assert!(
+        matches!(applied, TransactionOutcome::Applied(_)),
+        "{applied:?}"
+    );
     let now = tables.get("imports", "tx", "file").await.unwrap().unwrap();
     assert_eq!(now.str("status"), Some("loading"));
-    let BatchOutcome::Applied(new_etags) = applied else {
+    let TransactionOutcome::Applied(new_etags) = applied else {
         unreachable!()
     };
     assert_eq!(

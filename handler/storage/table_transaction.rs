@@ -10,7 +10,7 @@ use url::Url;
 
 /// One write of a transaction.
 #[derive(Clone, Copy, Debug)]
-pub enum BatchOp<'a> {
+pub enum TransactionOp<'a> {
     /// Insert a new row (409 when it exists).
     Insert(&'a super::Entity),
     /// Replace the row if its ETag still matches (`*`, unconditionally, when it has none).
@@ -19,7 +19,7 @@ pub enum BatchOp<'a> {
 
 /// What a transaction did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum BatchOutcome {
+pub enum TransactionOutcome {
     /// Every operation applied; the rows' new ETags, in order.
     Applied(Vec<String>),
     /// Nothing applied: operation `index` (when the service says which) failed with `status`.
@@ -71,7 +71,7 @@ pub(super) fn body(parts: &[Part], id: &str) -> (String, Vec<u8>) {
 /// Reads the responses out of a batch answer: each `HTTP/1.1 NNN` status line, the `ETag`
 /// header after it, and (for a failure) the operation index the error message starts with
 /// (`"1:The update condition..."`).
-pub(super) fn outcome(text: &str, operations: usize) -> BatchOutcome {
+pub(super) fn outcome(text: &str, operations: usize) -> TransactionOutcome {
     let mut statuses = Vec::new();
     let mut etags: Vec<String> = Vec::new();
     for line in text.lines() {
@@ -92,14 +92,14 @@ pub(super) fn outcome(text: &str, operations: usize) -> BatchOutcome {
         }
     }
     if statuses.len() == operations && statuses.iter().all(|s| (200..300).contains(s)) {
-        return BatchOutcome::Applied(etags);
+        return TransactionOutcome::Applied(etags);
     }
     let status = statuses
         .iter()
         .copied()
         .find(|s| !(200..300).contains(s))
         .unwrap_or(0);
-    BatchOutcome::Refused {
+    TransactionOutcome::Refused {
         index: failed_index(text).filter(|i| *i < operations),
         status,
     }
@@ -159,7 +159,10 @@ mod tests {
             HTTP/1.1 204 No Content\r\netag: W/\"datetime'2'\"\r\n\r\n--changesetresponse_1--\r\n--batchresponse_1--\r\n";
         assert_eq!(
             outcome(text, 2),
-            BatchOutcome::Applied(vec!["W/\"datetime'1'\"".into(), "W/\"datetime'2'\"".into()])
+            TransactionOutcome::Applied(vec![
+                "W/\"datetime'1'\"".into(),
+                "W/\"datetime'2'\"".into()
+            ])
         );
     }
 
@@ -171,7 +174,7 @@ mod tests {
             \"value\":\"1:The update condition specified in the request was not satisfied.\"}}}\r\n";
         assert_eq!(
             outcome(text, 2),
-            BatchOutcome::Refused {
+            TransactionOutcome::Refused {
                 index: Some(1),
                 status: 412
             }
@@ -182,14 +185,14 @@ mod tests {
                 "HTTP/1.1 409 Conflict\r\n\r\n{\"value\":\"The entity exists\"}",
                 2
             ),
-            BatchOutcome::Refused {
+            TransactionOutcome::Refused {
                 index: None,
                 status: 409
             }
         );
         assert_eq!(
             outcome("HTTP/1.1 409 Conflict\r\n\r\n{\"value\": \"7:exists\"}", 2),
-            BatchOutcome::Refused {
+            TransactionOutcome::Refused {
                 index: None,
                 status: 409
             }
