@@ -12,11 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
-use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -27,14 +25,12 @@ use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
 use crate::import::ndjson::{ChunkStream, LineReader};
-use crate::import::sources::{BLOB_CHUNK_BYTES, gunzip};
+use crate::import::sources::{BlobChunks, gunzip};
 use crate::storage::{BlobEntry, BlobStore, block_id};
 
 /// Ids held in one type's duplicate set at once (16 bytes each); more resources of a type mean
 /// more passes over its staging. Several types may be composed at once.
 const IDS_PER_PASS: u64 = 1_000_000;
-/// Staged ranges read ahead of the one being composed.
-const READ_AHEAD: usize = 4;
 /// Output blocks uploaded at once while composing.
 const UPLOADS_IN_FLIGHT: usize = 4;
 
@@ -329,44 +325,24 @@ impl TypeFile {
     }
 }
 
-/// The staged blobs, in name order, as one stream of 1 MiB ranges read `READ_AHEAD` at a time:
-/// reading the next ranges overlaps with sorting and writing the current one. Every staged
-/// blob is whole gzip members of whole lines, so the stream is one multi-member gzip stream
-/// and lines never span two blobs.
+/// The staged blobs, in name order, as one stream: each blob is one streamed read, so the
+/// transport reads ahead while the current bytes are sorted and written. Every staged blob is
+/// whole gzip members of whole lines, so the stream is one multi-member gzip stream and lines
+/// never span two blobs.
 struct StagedChunks {
-    ranges: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+    blobs: BlobStore,
+    container: String,
+    staged: std::collections::VecDeque<BlobEntry>,
+    current: Option<BlobChunks>,
 }
 
 impl StagedChunks {
     fn new(blobs: &BlobStore, container: &str, staged: &[BlobEntry]) -> Self {
-        let ranges: Vec<(String, u64, u64)> = staged
-            .iter()
-            .flat_map(|b| {
-                (0..b.size)
-                    .step_by(BLOB_CHUNK_BYTES as usize)
-                    .map(|offset| {
-                        (
-                            b.name.clone(),
-                            offset,
-                            BLOB_CHUNK_BYTES.min(b.size - offset),
-                        )
-                    })
-            })
-            .collect();
-        let (blobs, container) = (blobs.clone(), container.to_string());
-        let ranges = futures::stream::iter(ranges)
-            .map(move |(name, offset, len)| {
-                let (blobs, container) = (blobs.clone(), container.clone());
-                async move {
-                    blobs
-                        .read_range(&container, &name, offset, len)
-                        .await
-                        .map_err(|e| io::Error::other(format!("{name}: {e}")))
-                }
-            })
-            .buffered(READ_AHEAD);
         StagedChunks {
-            ranges: Box::pin(ranges),
+            blobs: blobs.clone(),
+            container: container.to_string(),
+            staged: staged.iter().cloned().collect(),
+            current: None,
         }
     }
 }
@@ -374,7 +350,24 @@ impl StagedChunks {
 #[async_trait]
 impl ChunkStream for StagedChunks {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        self.ranges.next().await.transpose()
+        loop {
+            if let Some(blob) = &mut self.current {
+                if let Some(bytes) = blob.next_chunk().await? {
+                    return Ok(Some(bytes));
+                }
+                self.current = None;
+            }
+            let Some(next) = self.staged.pop_front() else {
+                return Ok(None);
+            };
+            self.current = Some(BlobChunks::new(
+                self.blobs.clone(),
+                &self.container,
+                &next.name,
+                0,
+                next.size,
+            ));
+        }
     }
 }
 

@@ -342,7 +342,8 @@ pub async fn run_ndjson_range(
         &work.blob,
         reader_start,
         size,
-    );
+    )
+    .planned_to(work.end);
     let mut reader = LineReader::new(
         chunks,
         reader_start,

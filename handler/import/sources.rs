@@ -1,5 +1,5 @@
 //! Byte sources for the line reader, each holding at most a few chunks in memory: a blob read
-//! in ranges, and any blocking `Read` (a gzip decoder, a zip entry) run on a blocking thread
+//! as a stream, and any blocking `Read` (a gzip decoder, a zip entry) run on a blocking thread
 //! that hands chunks over a bounded channel.
 
 use std::io::{self, Read};
@@ -9,21 +9,34 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::ndjson::ChunkStream;
-use crate::storage::BlobStore;
+use crate::storage::{BlobBody, BlobStore};
 
-/// Size of one ranged blob read.
-pub const BLOB_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Most bytes one streamed blob request covers: a long read is a few requests, each short
+/// enough for the service's time limit on one read however slowly the FHIR server takes it.
+pub const BLOB_REQUEST_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes asked for at a time past `planned_end` (a range finishing its last line).
+pub const BLOB_TAIL_BYTES: u64 = 1024 * 1024;
+/// Times a broken read is reopened where it stopped before the error is the work item's.
+const REOPENS: u32 = 3;
 
-/// Reads `[offset, size)` of a blob in `BLOB_CHUNK_BYTES` ranges.
+/// Reads `[offset, size)` of a blob as it is consumed: one streamed request up to
+/// `planned_end` (in `BLOB_REQUEST_BYTES` pieces), then `BLOB_TAIL_BYTES` at a time, so memory
+/// holds what the transport buffers, not the range. A request that breaks off is reopened at
+/// the first byte not yet handed out.
 pub struct BlobChunks {
     store: BlobStore,
     container: String,
     blob: String,
     offset: u64,
     size: u64,
+    planned_end: u64,
+    /// The open request, and the offset its body ends at.
+    body: Option<(BlobBody, u64)>,
+    failures: u32,
 }
 
 impl BlobChunks {
+    /// Reads from `offset` to the end of the blob (`size`) in as few requests as it can.
     pub fn new(store: BlobStore, container: &str, blob: &str, offset: u64, size: u64) -> Self {
         BlobChunks {
             store,
@@ -31,27 +44,93 @@ impl BlobChunks {
             blob: blob.to_string(),
             offset,
             size,
+            planned_end: size,
+            body: None,
+            failures: 0,
         }
+    }
+
+    /// Expects to be read up to about `end` (an NDJSON range's end): bytes past it are asked
+    /// for a little at a time, so a range does not request the rest of the file.
+    pub fn planned_to(mut self, end: u64) -> Self {
+        self.planned_end = end.min(self.size);
+        self
+    }
+
+    fn next_request_end(&self) -> u64 {
+        let end = if self.offset < self.planned_end {
+            self.planned_end.min(self.offset + BLOB_REQUEST_BYTES)
+        } else {
+            self.offset + BLOB_TAIL_BYTES
+        };
+        end.min(self.size)
+    }
+
+    /// Counts a broken request; past `REOPENS` in a row without progress it is an error.
+    fn broken(&mut self, error: io::Error) -> io::Result<()> {
+        self.body = None;
+        self.failures += 1;
+        if self.failures > REOPENS {
+            return Err(error);
+        }
+        tracing::warn!(
+            container = %self.container,
+            blob = %self.blob,
+            offset = self.offset,
+            error = %error,
+            "blob read broke off; reopening where it stopped"
+        );
+        Ok(())
     }
 }
 
 #[async_trait]
 impl ChunkStream for BlobChunks {
     async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        if self.offset >= self.size {
-            return Ok(None);
+        loop {
+            if self.offset >= self.size {
+                return Ok(None);
+            }
+            let (body, body_end) = match &mut self.body {
+                Some(open) => open,
+                None => {
+                    let end = self.next_request_end();
+                    let body = self
+                        .store
+                        .stream_range(&self.container, &self.blob, self.offset, end - self.offset)
+                        .await
+                        .map_err(io::Error::other)?;
+                    self.body.insert((body, end))
+                }
+            };
+            let body_end = *body_end;
+            match body.next_bytes().await {
+                Ok(Some(bytes)) if !bytes.is_empty() => {
+                    let room = (body_end - self.offset) as usize;
+                    let bytes = if bytes.len() > room {
+                        bytes.slice(..room)
+                    } else {
+                        bytes
+                    };
+                    self.offset += bytes.len() as u64;
+                    self.failures = 0;
+                    return Ok(Some(bytes));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) if self.offset >= body_end => self.body = None,
+                // A complete answer that is short: the blob is not the one registered.
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the blob {}/{} ends at byte {}, before the {} bytes it had when registered",
+                            self.container, self.blob, self.offset, self.size
+                        ),
+                    ));
+                }
+                Err(e) => self.broken(io::Error::other(e))?,
+            }
         }
-        let len = BLOB_CHUNK_BYTES.min(self.size - self.offset);
-        let bytes = self
-            .store
-            .read_range(&self.container, &self.blob, self.offset, len)
-            .await
-            .map_err(io::Error::other)?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        self.offset += bytes.len() as u64;
-        Ok(Some(bytes))
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::http::Etag;
-use azure_core::http::{ClientOptions, RequestContent, StatusCode};
+use azure_core::http::{AsyncResponseBody, ClientOptions, RequestContent, StatusCode};
 use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobClientStartCopyFromUrlOptions, BlobClientStartCopyFromUrlResultHeaders,
@@ -58,6 +58,23 @@ impl BlobVersion {
             etag: format!("\"{bare}\""),
             size,
         })
+    }
+}
+
+/// The body of a ranged read, arriving as it is taken (`BlobStore::stream_range`).
+pub struct BlobBody {
+    body: AsyncResponseBody,
+    context: String,
+}
+
+impl BlobBody {
+    /// The next bytes received, or `None` when the body is complete.
+    pub async fn next_bytes(&mut self) -> StorageResult<Option<Bytes>> {
+        self.body
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| StorageError::sdk("read blob range", &self.context, e))
     }
 }
 
@@ -145,7 +162,7 @@ impl BlobStore {
         }
     }
 
-    /// Reads `len` bytes from `offset` (fewer at the end of the blob).
+    /// Reads `len` bytes from `offset` (fewer at the end of the blob), in one request.
     pub async fn read_range(
         &self,
         container: &str,
@@ -156,22 +173,40 @@ impl BlobStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let body = self.stream_range(container, name, offset, len).await?;
+        body.body
+            .collect()
+            .await
+            .map_err(|e| StorageError::sdk("read blob range", &body.context, e))
+    }
+
+    /// Opens `[offset, offset + len)` of a blob as one request whose body arrives as it is
+    /// read (memory: the transport's buffers, not the range). One request, not the SDK's
+    /// default 4 MiB partitions: fewer billed reads, and Azurite hashes every partial read of
+    /// up to 4 MiB twice over (its CPU per MiB read drops from ~9 ms to ~1.7 ms).
+    pub async fn stream_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> StorageResult<BlobBody> {
+        let context = where_(container, name);
         let options = BlobClientDownloadOptions {
             range: Some(HttpRange::new(offset, len)),
             parallel: Some(NonZero::new(1).expect("one")),
+            partition_size: NonZero::new(usize::try_from(len).unwrap_or(usize::MAX)),
             ..Default::default()
         };
-        let context = || where_(container, name);
         let result = self
             .blob(container, name)
             .download(Some(options))
             .await
-            .map_err(|e| StorageError::sdk("read blob range", &context(), e))?;
-        result
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::sdk("read blob range", &context(), e))
+            .map_err(|e| StorageError::sdk("read blob range", &context, e))?;
+        Ok(BlobBody {
+            body: result.body,
+            context,
+        })
     }
 
     /// Uploads small content in one request, replacing any blob of that name.

@@ -8,7 +8,7 @@ pub mod shared_key;
 pub mod table;
 mod table_transaction;
 
-pub use blob::{BlobEntry, BlobStore, BlobVersion, MoveOutcome, block_id};
+pub use blob::{BlobBody, BlobEntry, BlobStore, BlobVersion, MoveOutcome, block_id};
 pub use credentials::StorageCredentials;
 pub use queue::{ReceivedWork, WorkQueue};
 pub use table::{Entity, QueryPages, TableClient, odata_string};

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
+use fhir_bulk::import::ndjson::ChunkStream;
+use fhir_bulk::import::sources::BlobChunks;
 use fhir_bulk::storage::{
     BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient, TransactionOp,
     TransactionOutcome, WorkQueue,
@@ -275,5 +277,60 @@ async fn blobs_queues_and_tables_work_against_azurite() {
             .exists("errors", "PartitionKey eq 'other'")
             .await
             .unwrap()
+    );
+}
+
+/// Large reads are one streamed request each: the bytes come back whole and in order, past
+/// the SDK's 4 MiB partitions, across a range's planned end, and a blob shorter than it was
+/// registered is an error that says so.
+#[tokio::test]
+async fn streamed_blob_reads_return_every_byte_once() {
+    let azurite = Azurite::start();
+    let creds =
+        StorageCredentials::new(&parse_connection_string(&azurite.connection_string).unwrap())
+            .unwrap();
+    let blobs = BlobStore::new(&creds).unwrap();
+    blobs.ensure_container("ndjson").await.unwrap();
+    // 9 MiB + 7 bytes of a pattern that shows any byte out of place.
+    let content: Vec<u8> = (0..(9 << 20) + 7).map(|i: u32| (i % 251) as u8).collect();
+    let size = content.len() as u64;
+    blobs
+        .upload("ndjson", "big.ndjson", Bytes::from(content.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        blobs
+            .read_range("ndjson", "big.ndjson", 0, size)
+            .await
+            .unwrap(),
+        content,
+        "a read larger than the SDK's 4 MiB partitions"
+    );
+
+    let read = |start: u64, planned_end: u64, registered: u64| {
+        let blobs = blobs.clone();
+        async move {
+            let mut chunks = BlobChunks::new(blobs, "ndjson", "big.ndjson", start, registered)
+                .planned_to(planned_end);
+            let mut out = Vec::new();
+            loop {
+                match chunks.next_chunk().await {
+                    Ok(Some(c)) => out.extend_from_slice(&c),
+                    Ok(None) => return Ok(out),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    };
+    let start = 3 << 20;
+    assert_eq!(
+        read(start, 5 << 20, size).await.unwrap(),
+        content[start as usize..],
+        "a range read on past its planned end (as to finish its last line) gets the rest in order"
+    );
+    let error = read(0, size, size + 10).await.unwrap_err();
+    assert!(
+        error.contains("before the 9437201 bytes it had when registered"),
+        "{error}"
     );
 }
