@@ -3,11 +3,10 @@
 //! decided from the file alone so that every try of a work item agrees.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::raw_json::ResourceScan;
@@ -86,8 +85,32 @@ pub(crate) struct RawEntry<'a> {
     pub(crate) full_url: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(crate) resource: Option<&'a RawValue>,
-    #[serde(default)]
-    pub(crate) request: Option<Value>,
+    /// Kept as written: entries sent unchanged (DELETE, GET ...) carry it as it is.
+    #[serde(borrow, default)]
+    pub(crate) request: Option<&'a RawValue>,
+}
+
+/// What the loader reads of an entry's `request`, borrowed from the file.
+#[derive(Deserialize, Default)]
+pub(crate) struct RequestHead<'a> {
+    #[serde(borrow, default)]
+    pub(crate) method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) url: Option<Cow<'a, str>>,
+    #[serde(rename = "ifNoneExist", borrow, default)]
+    pub(crate) if_none_exist: Option<Cow<'a, str>>,
+}
+
+impl<'a> RawEntry<'a> {
+    /// The entry's `request`: `None` when it has none, an error when it is not an object with
+    /// string members.
+    pub(crate) fn request_head(&self) -> Option<Result<RequestHead<'a>, String>> {
+        let raw = self.request?.get();
+        if !raw.starts_with('{') {
+            return Some(Err("its request is not an object".into()));
+        }
+        Some(serde_json::from_str(raw).map_err(|e| format!("its request cannot be read: {e}")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,14 +144,17 @@ impl<'a> ResourceHead<'a> {
 /// entry's fullUrl, its `Type/id` as written, or its `ifNoneExist` criteria.
 pub(crate) fn static_dependencies(
     entries: &[RawEntry<'_>],
+    requests: &[Option<Result<RequestHead<'_>, String>>],
     heads: &[Option<ResourceHead<'_>>],
     scans: &[ResourceScan<'_>],
 ) -> Vec<Vec<usize>> {
     // Borrowed keys: no string is built per entry (criteria are rare and owned).
-    let mut full_urls: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-    let mut ids: HashMap<(&str, &str), usize> = HashMap::with_capacity(entries.len());
-    let mut criteria: HashMap<String, usize> = HashMap::new();
-    for (i, (entry, head)) in entries.iter().zip(heads).enumerate() {
+    let mut full_urls: FxHashMap<&str, usize> = FxHashMap::default();
+    full_urls.reserve(entries.len());
+    let mut ids: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    ids.reserve(entries.len());
+    let mut criteria: FxHashMap<String, usize> = FxHashMap::default();
+    for (i, ((entry, head), request)) in entries.iter().zip(heads).zip(requests).enumerate() {
         if let Some(full_url) = entry.full_url.as_deref() {
             full_urls.entry(full_url).or_insert(i);
         }
@@ -139,11 +165,10 @@ pub(crate) fn static_dependencies(
         if let Some(id) = head.id.as_deref() {
             ids.entry((ty, id)).or_insert(i);
         }
-        if let Some(c) = entry
-            .request
-            .as_ref()
-            .and_then(|r| r.get("ifNoneExist"))
-            .and_then(Value::as_str)
+        if let Some(Ok(RequestHead {
+            if_none_exist: Some(c),
+            ..
+        })) = request
         {
             criteria
                 .entry(format!("{ty}?{}", c.trim_start_matches('?')))
@@ -182,7 +207,7 @@ pub(crate) fn static_dependencies(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn txn(entries: Value) -> Value {
         json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})

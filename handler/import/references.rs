@@ -70,18 +70,18 @@ pub fn is_fhir_id(s: &str) -> bool {
 }
 
 /// `Type/id` from the tail of an absolute URL (`http://x/fhir/Patient/1/_history/2` → `Patient/1`).
-pub fn relative_from_url(url: &str) -> Option<(String, String)> {
-    let path = url.split(['?', '#']).next()?;
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let n = segments.len();
-    let (ty, id) = if n >= 4 && segments[n - 2] == "_history" {
-        (segments[n - 4], segments[n - 3])
-    } else if n >= 2 {
-        (segments[n - 2], segments[n - 1])
+pub fn relative_from_url(url: &str) -> Option<(&str, &str)> {
+    let path = url.split(['?', '#']).next()?.trim_end_matches('/');
+    let mut segments = path.rsplit('/');
+    let last = segments.next()?;
+    let before = segments.next()?;
+    let (ty, id) = if before == "_history" {
+        let id = segments.next()?;
+        (segments.next()?, id)
     } else {
-        return None;
+        (before, last)
     };
-    (is_resource_type(ty) && is_fhir_id(id)).then(|| (ty.to_string(), id.to_string()))
+    (is_resource_type(ty) && is_fhir_id(id)).then_some((ty, id))
 }
 
 #[cfg(test)]

@@ -11,10 +11,9 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use rustc_hash::FxHashMap;
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::bundle_text::{RawBundle, RawEntry, ResourceHead, static_dependencies};
+use super::bundle_text::{RawBundle, RawEntry, RequestHead, ResourceHead, static_dependencies};
 use super::raw_json::{ResourceScan, push_json_string, rewrite_into, scan_resource};
 use super::references::{ReferenceForm, classify, is_fhir_id, is_resource_type, relative_from_url};
 
@@ -67,17 +66,18 @@ impl PreparedBundle {
     }
 }
 
-/// How one entry writes, decided in the first pass.
-enum Plan {
+/// How one entry writes, decided in the first pass (strings borrowed from the file where
+/// they can be).
+enum Plan<'a> {
     /// Write `Type/id`.
     Write {
-        resource_type: String,
-        id: String,
+        resource_type: Cow<'a, str>,
+        id: Cow<'a, str>,
     },
     /// `ifNoneExist` matched: the server has it as `Type/id`; nothing to send.
     Present {
-        resource_type: String,
-        id: String,
+        resource_type: Cow<'a, str>,
+        id: Cow<'a, str>,
     },
     /// Send unchanged (DELETE, GET, PATCH ...).
     AsIs,
@@ -89,6 +89,27 @@ enum Plan {
 pub async fn prepare(text: &str, resolver: &dyn SearchResolver) -> Result<PreparedBundle, String> {
     let (_, bundle) = super::bundle_text::read_bundle(text)?;
     prepare_bundle(bundle, resolver).await
+}
+
+/// What references to this Bundle's entries point at once they are written: `Type/id` by
+/// entry, found by fullUrl or by the `Type/id` the file gave the resource.
+struct Targets<'a> {
+    by_entry: Vec<Option<String>>,
+    full_urls: FxHashMap<&'a str, usize>,
+    ids: FxHashMap<(&'a str, &'a str), usize>,
+}
+
+impl Targets<'_> {
+    /// The new `Type/id` of the entry a reference names as written, if it names one.
+    fn of(&self, reference: &str) -> Option<&str> {
+        let entry = self.full_urls.get(reference).copied().or_else(|| {
+            let (ty, id) = reference.split_once('/')?;
+            (!id.contains('/'))
+                .then(|| self.ids.get(&(ty, id)).copied())
+                .flatten()
+        })?;
+        self.by_entry[entry].as_deref()
+    }
 }
 
 /// Prepares the entries of a Bundle read by `read_bundle`.
@@ -111,45 +132,65 @@ pub(crate) async fn prepare_bundle(
         .zip(&scans)
         .map(|(e, scan)| e.resource.and_then(|_| ResourceHead::of(scan)))
         .collect();
+    let requests: Vec<_> = entries.iter().map(RawEntry::request_head).collect();
     let mut out = PreparedBundle {
         slots: (0..entries.len()).map(|_| None).collect(),
-        deps: static_dependencies(&entries, &heads, &scans),
+        deps: static_dependencies(&entries, &requests, &heads, &scans),
         ..Default::default()
     };
 
     // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
-    let mut aliases: FxHashMap<String, String> = FxHashMap::default();
+    let mut targets = Targets {
+        by_entry: Vec::with_capacity(entries.len()),
+        full_urls: FxHashMap::default(),
+        ids: FxHashMap::default(),
+    };
+    targets.full_urls.reserve(entries.len());
     let mut criteria_ids: FxHashMap<String, String> = FxHashMap::default();
     let mut plans = Vec::with_capacity(entries.len());
-    for (index, (entry, head)) in entries.iter().zip(&heads).enumerate() {
-        let plan = plan_entry(index, entry, head.as_ref(), resolver, &mut criteria_ids).await;
+    for (index, ((entry, head), request)) in entries.iter().zip(&heads).zip(&requests).enumerate() {
+        let plan = plan_entry(
+            index,
+            entry,
+            request.as_ref(),
+            head.as_ref(),
+            resolver,
+            &mut criteria_ids,
+        )
+        .await;
+        let mut target = None;
         if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
-            let target = format!("{resource_type}/{id}");
+            target = Some(format!("{resource_type}/{id}"));
             if let Some(full_url) = entry.full_url.as_deref() {
-                aliases.insert(full_url.to_string(), target.clone());
+                targets.full_urls.insert(full_url, index);
             }
             if let Some(old_id) = head.as_ref().and_then(|h| h.id.as_deref()) {
-                aliases
-                    .entry(format!("{resource_type}/{old_id}"))
-                    .or_insert(target.clone());
+                let ty = head
+                    .as_ref()
+                    .and_then(|h| h.resource_type.as_deref())
+                    .expect("planned writes have a resourceType");
+                targets.ids.entry((ty, old_id)).or_insert(index);
             }
         }
+        targets.by_entry.push(target);
         plans.push(plan);
     }
 
     // Pass 2: rewrite references in the text and serialise the batch entries.
     let mut conditional_cache: FxHashMap<String, Result<String, String>> = FxHashMap::default();
-    for (index, ((entry, plan), scan)) in entries.iter().zip(plans).zip(&scans).enumerate() {
+    // A resource has few references: a list searched in order beats a map (reused per entry).
+    let mut replacements: Vec<(&str, Cow<str>)> = Vec::new();
+    for (index, ((entry, plan), scan)) in entries.iter().zip(&plans).zip(&scans).enumerate() {
         match plan {
             Plan::Failed(reason) => out.failures.push(EntryFailure {
                 index,
                 target: None,
                 status: 0,
-                diagnostics: reason,
+                diagnostics: reason.clone(),
             }),
             Plan::Present { .. } => out.already_present += 1,
             Plan::AsIs => {
-                let request = entry.request.clone().unwrap_or(Value::Null);
+                let request = entry.request.map_or("null", |r| r.get());
                 let json = match entry.resource {
                     Some(r) => format!(r#"{{"resource":{},"request":{request}}}"#, r.get()),
                     None => format!(r#"{{"request":{request}}}"#),
@@ -160,20 +201,21 @@ pub(crate) async fn prepare_bundle(
                     json,
                 });
             }
-            Plan::Write { resource_type, id } => {
-                let target = format!("{resource_type}/{id}");
+            Plan::Write { id, .. } => {
+                let target = targets.by_entry[index]
+                    .as_deref()
+                    .expect("planned writes have a target");
                 let text = entry
                     .resource
                     .expect("planned writes have a resource")
                     .get();
                 let mut problems = Vec::new();
-                // A resource has few references: a list searched in order beats a map.
-                let mut replacements: Vec<(&str, Cow<str>)> = Vec::new();
+                replacements.clear();
                 for reference in &scan.references {
                     let r = reference.value.as_ref();
                     match classify(r) {
                         ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
-                            if let Some(t) = aliases.get(r) {
+                            if let Some(t) = targets.of(r) {
                                 replacements.push((r, Cow::Borrowed(t)));
                             } else if r.starts_with("urn:uuid:") {
                                 problems.push(format!(
@@ -182,7 +224,7 @@ pub(crate) async fn prepare_bundle(
                             }
                         }
                         ReferenceForm::Relative { .. } => {
-                            if let Some(t) = aliases.get(r) {
+                            if let Some(t) = targets.of(r) {
                                 replacements.push((r, Cow::Borrowed(t)));
                             }
                         }
@@ -209,7 +251,7 @@ pub(crate) async fn prepare_bundle(
                 if !problems.is_empty() {
                     out.failures.push(EntryFailure {
                         index,
-                        target: Some(target),
+                        target: Some(target.to_string()),
                         status: 0,
                         diagnostics: problems.join("; "),
                     });
@@ -223,12 +265,18 @@ pub(crate) async fn prepare_bundle(
                 };
                 out.slots[index] = Some(PreparedEntry {
                     index,
-                    json: put_entry_json(&target, text.len(), |json| {
-                        rewrite_into(json, text, scan, replace, &id)
+                    json: put_entry_json(target, text.len(), |json| {
+                        rewrite_into(json, text, scan, replace, id)
                     }),
-                    target: Some(target),
+                    target: None,
                 });
             }
+        }
+    }
+    // The targets move into the entries that write them.
+    for (slot, target) in out.slots.iter_mut().zip(targets.by_entry) {
+        if let Some(entry) = slot {
+            entry.target = target;
         }
     }
     Ok(out)
@@ -252,49 +300,54 @@ pub fn put_entry_json(
     json
 }
 
-async fn plan_entry(
+async fn plan_entry<'a>(
     index: usize,
-    entry: &RawEntry<'_>,
-    head: Option<&ResourceHead<'_>>,
+    entry: &RawEntry<'a>,
+    request: Option<&Result<RequestHead<'a>, String>>,
+    head: Option<&ResourceHead<'a>>,
     resolver: &dyn SearchResolver,
     criteria_ids: &mut FxHashMap<String, String>,
-) -> Plan {
-    let Some(request) = entry.request.as_ref().and_then(Value::as_object) else {
-        return Plan::Failed(format!(
-            "entry {index} has no request (method and url are required)"
-        ));
+) -> Plan<'a> {
+    let request = match request {
+        Some(Ok(request)) => request,
+        Some(Err(problem)) => return Plan::Failed(format!("entry {index}: {problem}")),
+        None => {
+            return Plan::Failed(format!(
+                "entry {index} has no request (method and url are required)"
+            ));
+        }
     };
-    let method = request
-        .get("method")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    if !matches!(method.as_str(), "POST" | "PUT") {
+    let method = request.method.as_deref().unwrap_or("");
+    let is_post = method.eq_ignore_ascii_case("POST");
+    if !is_post && !method.eq_ignore_ascii_case("PUT") {
         return Plan::AsIs;
     }
     let (Some(resource), Some(head)) = (entry.resource, head) else {
-        return Plan::Failed(format!("entry {index} is a {method} without a resource"));
+        return Plan::Failed(format!(
+            "entry {index} is a {} without a resource",
+            method.to_ascii_uppercase()
+        ));
     };
     let Some(resource_type) = head
         .resource_type
-        .as_deref()
+        .as_ref()
         .filter(|t| is_resource_type(t))
-        .map(str::to_string)
+        .cloned()
     else {
         return Plan::Failed(format!(
             "entry {index} has a resource without a valid resourceType"
         ));
     };
-    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    let url = request.url.as_deref().unwrap_or("");
 
     // Conditional create and conditional update: the server's match decides the id.
-    let criteria = if method == "POST" {
+    let criteria = if is_post {
         request
-            .get("ifNoneExist")
-            .and_then(Value::as_str)
-            .map(|q| q.trim_start_matches('?').to_string())
+            .if_none_exist
+            .as_deref()
+            .map(|q| q.trim_start_matches('?'))
     } else {
-        url.split_once('?').map(|(_, q)| q.to_string())
+        url.split_once('?').map(|(_, q)| q)
     };
     if let Some(query) = criteria.filter(|q| !q.is_empty()) {
         let key = format!("{resource_type}?{query}");
@@ -302,28 +355,27 @@ async fn plan_entry(
             // The same criteria earlier in this Bundle: one resource, not two.
             return Plan::Present {
                 resource_type,
-                id: id.clone(),
+                id: Cow::Owned(id.clone()),
             };
         }
-        return match resolver.find_ids(&resource_type, &query).await {
-            Ok(ids) if ids.len() == 1 => {
-                criteria_ids.insert(key, ids[0].clone());
-                if method == "POST" {
-                    Plan::Present {
-                        resource_type,
-                        id: ids[0].clone(),
-                    }
+        return match resolver.find_ids(&resource_type, query).await {
+            Ok(mut ids) if ids.len() == 1 => {
+                let id = ids.pop().expect("one id");
+                criteria_ids.insert(key, id.clone());
+                let id = Cow::Owned(id);
+                if is_post {
+                    Plan::Present { resource_type, id }
                 } else {
-                    Plan::Write {
-                        resource_type,
-                        id: ids[0].clone(),
-                    }
+                    Plan::Write { resource_type, id }
                 }
             }
             Ok(ids) if ids.is_empty() => {
                 let id = derived_id(&key);
                 criteria_ids.insert(key, id.clone());
-                Plan::Write { resource_type, id }
+                Plan::Write {
+                    resource_type,
+                    id: Cow::Owned(id),
+                }
             }
             Ok(ids) => Plan::Failed(format!(
                 "{key} matches {} resources on the server; the criteria must select one (412)",
@@ -333,24 +385,48 @@ async fn plan_entry(
         };
     }
 
-    let full_url = entry.full_url.as_deref().unwrap_or("");
-    let id = if let Some(uuid) = full_url.strip_prefix("urn:uuid:").filter(|u| is_fhir_id(u)) {
-        uuid.to_string()
-    } else if let Some((_, id)) = relative_from_url(full_url).filter(|(ty, _)| *ty == resource_type)
-    {
-        id
-    } else if method == "PUT"
+    let id = entry_id(entry.full_url.as_ref(), &resource_type, is_post, url, head)
+        .unwrap_or_else(|| Cow::Owned(content_id(&resource_type, resource.get(), index)));
+    Plan::Write { resource_type, id }
+}
+
+/// The id the file gives an entry that writes `resource_type`: the `urn:uuid` of its fullUrl,
+/// the id of an absolute fullUrl, the id of a `PUT Type/id`, or the resource's own id.
+fn entry_id<'a>(
+    full_url: Option<&Cow<'a, str>>,
+    resource_type: &str,
+    is_post: bool,
+    url: &str,
+    head: &ResourceHead<'a>,
+) -> Option<Cow<'a, str>> {
+    if let Some(full_url) = full_url {
+        if let Some(uuid) = full_url.strip_prefix("urn:uuid:").filter(|u| is_fhir_id(u)) {
+            return Some(part_of(full_url, uuid));
+        }
+        if let Some((_, id)) = relative_from_url(full_url).filter(|(ty, _)| *ty == resource_type) {
+            return Some(part_of(full_url, id));
+        }
+    }
+    if !is_post
         && let Some(id) = url
-            .strip_prefix(&format!("{resource_type}/"))
+            .strip_prefix(resource_type)
+            .and_then(|rest| rest.strip_prefix('/'))
             .filter(|id| is_fhir_id(id))
     {
-        id.to_string()
-    } else if let Some(id) = head.id.as_deref().filter(|i| is_fhir_id(i)) {
-        id.to_string()
-    } else {
-        content_id(&resource_type, resource.get(), index)
-    };
-    Plan::Write { resource_type, id }
+        return Some(Cow::Owned(id.to_string()));
+    }
+    head.id.as_ref().filter(|i| is_fhir_id(i)).cloned()
+}
+
+/// `part`, a slice of `whole`, borrowed from the file when `whole` is.
+fn part_of<'a>(whole: &Cow<'a, str>, part: &str) -> Cow<'a, str> {
+    match whole {
+        Cow::Borrowed(text) => {
+            let start = part.as_ptr() as usize - text.as_ptr() as usize;
+            Cow::Borrowed(&text[start..start + part.len()])
+        }
+        Cow::Owned(_) => Cow::Owned(part.to_string()),
+    }
 }
 
 async fn resolve_conditional(
@@ -393,7 +469,7 @@ fn content_id(resource_type: &str, resource_text: &str, index: usize) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -588,12 +664,25 @@ mod tests {
             {"fullUrl": "urn:uuid:d1", "resource": {"resourceType": "Observation",
                 "subject": {"reference": "urn:uuid:not-here"}}, "request": {"method": "POST", "url": "Observation"}},
             {"resource": {"resourceType": "Patient"}},
-            {"request": {"method": "DELETE", "url": "Patient/old"}}
+            {"request": {"method": "DELETE", "url": "Patient/old"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": 5}},
+            {"resource": {"resourceType": "Patient"}, "request": "POST Patient"}
         ]));
         let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
-        assert_eq!(p.failures.len(), 2);
+        assert_eq!(p.failures.len(), 4);
         assert!(p.failures[0].diagnostics.contains("urn:uuid:not-here"));
         assert!(p.failures[1].diagnostics.contains("no request"));
+        assert!(
+            p.failures[2]
+                .diagnostics
+                .starts_with("entry 3: its request cannot be read"),
+            "{:?}",
+            p.failures[2]
+        );
+        assert_eq!(
+            p.failures[3].diagnostics,
+            "entry 4: its request is not an object"
+        );
         assert_eq!(p.entries().len(), 1);
         assert_eq!(entry(p.entries()[0])["request"]["method"], "DELETE");
     }
