@@ -127,11 +127,11 @@ mod tests {
     fn absolute_urls_give_type_and_id() {
         assert_eq!(
             relative_from_url("http://x/fhir/Patient/1/_history/2"),
-            Some(("Patient".into(), "1".into()))
+            Some(("Patient", "1"))
         );
         assert_eq!(
             relative_from_url("https://x/Observation/a-b.c"),
-            Some(("Observation".into(), "a-b.c".into()))
+            Some(("Observation", "a-b.c"))
         );
         assert_eq!(relative_from_url("https://x/"), None);
     }
