@@ -14,7 +14,7 @@ use azure_storage_blob::models::{
     BlobContainerClientListBlobsOptions, BlockLookupList, CopyStatus, HttpRange,
 };
 use azure_storage_blob::{BlobClient, BlobServiceClient, BlobServiceClientOptions};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{StorageError, StorageResult, credentials::StorageCredentials};
@@ -173,11 +173,13 @@ impl BlobStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let body = self.stream_range(container, name, offset, len).await?;
-        body.body
-            .collect()
-            .await
-            .map_err(|e| StorageError::sdk("read blob range", &body.context, e))
+        let mut body = self.stream_range(container, name, offset, len).await?;
+        // Sized once: a Bundle of megabytes is not copied again as the buffer grows.
+        let mut out = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0).min(1 << 30));
+        while let Some(bytes) = body.next_bytes().await? {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out.freeze())
     }
 
     /// Opens `[offset, offset + len)` of a blob as one request whose body arrives as it is
