@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A `batch-response` as read: per entry only what the loader looks at (status, location,
+/// A `batch-response` as read: per entry only what the loader looks at (status and
 /// outcome), not a JSON tree of everything the server sent back.
 #[derive(Debug, Default, Deserialize)]
 pub struct BatchReply {
@@ -26,8 +26,6 @@ struct ReplyResponse {
     #[serde(default)]
     status: Option<Value>,
     #[serde(default)]
-    location: Option<Value>,
-    #[serde(default)]
     outcome: Option<Value>,
 }
 
@@ -35,8 +33,6 @@ struct ReplyResponse {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntryOutcome {
     pub status: u16,
-    /// `response.location`, e.g. `Patient/123/_history/1`.
-    pub location: Option<String>,
     /// `response.outcome` (an OperationOutcome) when the server gave one.
     pub outcome: Option<Value>,
 }
@@ -54,7 +50,7 @@ pub fn parse_status(raw: &str) -> Option<u16> {
         .strip_prefix("HTTP/")
         .map(|rest| rest.split_once(' ').map(|(_, s)| s).unwrap_or(""))
         .unwrap_or(raw);
-    let digits: String = raw.chars().take_while(char::is_ascii_digit).collect();
+    let digits = &raw[..raw.bytes().take_while(u8::is_ascii_digit).count()];
     match digits.parse::<u16>() {
         Ok(code) if (100..600).contains(&code) && digits.len() == 3 => Some(code),
         _ => None,
@@ -78,11 +74,6 @@ pub fn read_batch_response(reply: BatchReply, expected: usize) -> Vec<EntryOutco
             {
                 Some(status) => EntryOutcome {
                     status,
-                    location: resp
-                        .location
-                        .as_ref()
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
                     outcome: resp.outcome,
                 },
                 None => unreadable("the batch-response entry has no readable status"),
@@ -94,7 +85,6 @@ pub fn read_batch_response(reply: BatchReply, expected: usize) -> Vec<EntryOutco
 fn unreadable(reason: &str) -> EntryOutcome {
     EntryOutcome {
         status: 0,
-        location: None,
         outcome: Some(operation_outcome("error", "exception", reason)),
     }
 }
@@ -153,7 +143,6 @@ mod tests {
         let out = read_batch_response(reply, 4);
         assert_eq!(out.len(), 4);
         assert!(out[0].is_success());
-        assert_eq!(out[0].location.as_deref(), Some("Patient/a/_history/1"));
         assert_eq!(out[1].status, 429);
         assert_eq!(diagnostics(out[1].outcome.as_ref().unwrap()), "slow down");
         assert_eq!(out[2].status, 0);
