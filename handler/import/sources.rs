@@ -106,7 +106,12 @@ impl ChunkStream for BlobChunks {
             let body_end = *body_end;
             match body.next_bytes().await {
                 Ok(Some(bytes)) if !bytes.is_empty() => {
+                    // Never more than was asked for (an empty chunk would read as the end).
                     let room = (body_end - self.offset) as usize;
+                    if room == 0 {
+                        self.body = None;
+                        continue;
+                    }
                     let bytes = if bytes.len() > room {
                         bytes.slice(..room)
                     } else {

@@ -334,3 +334,81 @@ async fn streamed_blob_reads_return_every_byte_once() {
         "{error}"
     );
 }
+
+/// A streamed read whose connection breaks mid-body is reopened where it stopped: the reader
+/// gets every byte once, in order. The break is made by a proxy in front of Azurite's blob
+/// port that closes its first connection after 3 MiB of the answer.
+#[tokio::test]
+async fn a_blob_read_cut_off_mid_body_resumes_where_it_stopped() {
+    let azurite = Azurite::start();
+    let settings = parse_connection_string(&azurite.connection_string).unwrap();
+    let direct = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+    direct.ensure_container("ndjson").await.unwrap();
+    let content: Vec<u8> = (0..(9 << 20) + 3).map(|i: u32| (i % 253) as u8).collect();
+    direct
+        .upload("ndjson", "cut.ndjson", Bytes::from(content.clone()))
+        .await
+        .unwrap();
+
+    let blob_port: u16 = azurite
+        .connection_string
+        .split("BlobEndpoint=http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .expect("the blob port of the connection string");
+    let proxy = cutting_proxy(blob_port, 3 << 20).await;
+    let through_proxy = azurite.connection_string.replace(
+        &format!("BlobEndpoint=http://127.0.0.1:{blob_port}/"),
+        &format!("BlobEndpoint=http://127.0.0.1:{proxy}/"),
+    );
+    let settings = parse_connection_string(&through_proxy).unwrap();
+    let blobs = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+
+    let mut chunks = BlobChunks::new(blobs, "ndjson", "cut.ndjson", 0, content.len() as u64);
+    let mut read = Vec::new();
+    while let Some(chunk) = chunks.next_chunk().await.unwrap() {
+        read.extend_from_slice(&chunk);
+    }
+    assert_eq!(read.len(), content.len());
+    assert!(read == content, "every byte once, in order");
+}
+
+/// Forwards connections to `port` on loopback; the first one is closed after `cut_after`
+/// bytes of the answer. Returns the proxy's port.
+async fn cutting_proxy(port: u16, cut_after: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let limit = if first { cut_after } else { usize::MAX };
+            first = false;
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = tokio::spawn(async move {
+                    tokio::io::copy(&mut client_read, &mut server_write).await
+                });
+                let mut sent = 0;
+                let mut buf = vec![0u8; 64 * 1024];
+                while sent < limit {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(limit - sent),
+                    };
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                requests.abort();
+            });
+        }
+    });
+    proxy_port
+}
