@@ -17,7 +17,7 @@
 # EXPORT_PATIENTS (300), EXPORT_ROUNDS (5: ideal client and handler export alternate, each
 # round prints both and their ratio, then the median ratio), AZURITE_ARGS (extra Azurite options).
 # storage-costs measures what each kind of storage request the importer makes costs Azurite
-# (CPU ms per request): the bound on files/hour here.
+# (CPU ms per request, and per MiB of ranged reads by range size): the bound on files/hour here.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
