@@ -91,7 +91,7 @@ pub(crate) struct RawEntry<'a> {
 }
 
 /// What the loader reads of an entry's `request`, borrowed from the file.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub(crate) struct RequestHead<'a> {
     #[serde(borrow, default)]
     pub(crate) method: Option<Cow<'a, str>>,

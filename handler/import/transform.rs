@@ -164,11 +164,11 @@ pub(crate) async fn prepare_bundle(
             if let Some(full_url) = entry.full_url.as_deref() {
                 targets.full_urls.insert(full_url, index);
             }
-            if let Some(old_id) = head.as_ref().and_then(|h| h.id.as_deref()) {
-                let ty = head
-                    .as_ref()
-                    .and_then(|h| h.resource_type.as_deref())
-                    .expect("planned writes have a resourceType");
+            if let Some(ResourceHead {
+                resource_type: Some(ty),
+                id: Some(old_id),
+            }) = head
+            {
                 targets.ids.entry((ty, old_id)).or_insert(index);
             }
         }
