@@ -59,13 +59,16 @@ run_case() {
   STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
     scripts/azurite-up.sh > "$WORK/azurite.pid"
   local azurite_pid; azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+  local services; read -r -a services < "$WORK/azurite/services.pid" # blob, queue, table
+  local azurite_services; azurite_services=$(IFS=,; echo "${services[*]}")
   export FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;"
   export FHIRBULK_FHIR_URL=$url FUNCTIONS_CUSTOMHANDLER_PORT=$HANDLER_PORT RUST_LOG=warn
   "$HANDLER" upload "$container" "$path" > /dev/null
   # Start the handler after the upload, so the measurement is the import alone.
   local side_pid=$SINK_PID
   [ "$url" = "$sink_url" ] || side_pid=${FHIR_PIDS[$url]}
-  local others_before; others_before=$(cpu_ticks "$azurite_pid" "$side_pid")
+  local others_before; others_before=$(cpu_ticks "$azurite_services" "$side_pid")
+  local services_before; services_before=$(cpu_ticks "${services[@]}")
   "$HANDLER" serve > "$WORK/handler-$name.log" 2>&1 &
   local hpid=$!; PIDS+=("$hpid")
   local peak=0 out
@@ -78,9 +81,11 @@ run_case() {
         done; wait "$spid") || true
   peak=$(cat "$WORK/peak.$name" 2>/dev/null || echo 0)
   local ticks; ticks=$(cpu_ticks "$hpid")
-  local others_after; others_after=$(cpu_ticks "$azurite_pid" "$side_pid")
-  kill "$hpid" "$azurite_pid" 2>/dev/null || true
+  local others_after; others_after=$(cpu_ticks "$azurite_services" "$side_pid")
+  local services_after; services_after=$(cpu_ticks "${services[@]}")
+  kill "$hpid" 2>/dev/null || true
   wait "$hpid" 2>/dev/null || true
+  stop_azurite "$azurite_pid"
   local loaded rate secs
   loaded=$(echo "$out" | sed -n 's/.*Resources loaded: \([0-9]*\).*/\1/p')
   rate=$(echo "$out" | sed -n 's/.*: \([0-9]*\) resources\/second.*/\1/p')
@@ -96,11 +101,30 @@ run_case() {
   read -r az_before fhir_before <<< "$others_before"; read -r az_after fhir_after <<< "$others_after"
   [ -n "$secs" ] && awk -v h="$ticks" -v a="$((az_after - az_before))" -v f="$((fhir_after - fhir_before))" -v s="$secs" -v t="$CLK_TCK" \
     'BEGIN { printf "    CPU while importing (cores busy): handler %.2f, Azurite %.2f, FHIR side %.2f\n", h/t/s, a/t/s, f/t/s }'
+  # Azurite's share per service, when they run as processes of their own (blob, queue, table).
+  if [ -n "$secs" ] && [ "${#services[@]}" = 3 ]; then
+    awk -v b="$services_before" -v a="$services_after" -v s="$secs" -v t="$CLK_TCK" \
+      'BEGIN { split(b, x, " "); split(a, y, " "); printf "    Azurite per service (cores busy): blob %.2f, queue %.2f, table %.2f\n", (y[1]-x[1])/t/s, (y[2]-x[2])/t/s, (y[3]-x[3])/t/s }'
+  fi
 }
 
-# cpu_ticks PID...: user + system clock ticks of each process so far, space-separated.
+# stop_azurite PID: stops the Azurite azurite-up.sh started and waits until its ports are free.
+stop_azurite() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+# cpu_ticks PIDS...: user + system clock ticks so far of each argument, space-separated; an
+# argument may be a comma-separated list of PIDs (Azurite's three services), summed.
 cpu_ticks() {
-  local p; for p in "$@"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat" 2>/dev/null || printf '0 '; done
+  local arg p sum t
+  for arg in "$@"; do
+    sum=0
+    for p in ${arg//,/ }; do
+      t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); sum=$((sum + t))
+    done
+    printf '%d ' "$sum"
+  done
 }
 
 # export_case: loads patients through the importer, then measures exports against the ideal
@@ -158,8 +182,9 @@ export_once() {
     sleep 1 # (Retry-After says 5 s; the time is read from the log, not from the polls)
   done
   local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$hpid/stat")
-  kill "$hpid" "$azurite_pid" 2>/dev/null || true
+  kill "$hpid" 2>/dev/null || true
   wait "$hpid" 2>/dev/null || true
+  stop_azurite "$azurite_pid"
   python3 - "$WORK/export-status.json" "$status" "$((peak / 1024))" "$ticks" "$CLK_TCK" "$WORK/handler-export.log" <<'PY'
 import json, re, sys
 from datetime import datetime
@@ -206,8 +231,8 @@ for c in $CASES; do
         scripts/azurite-up.sh > "$WORK/azurite.pid"
       azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
       FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;" \
-        target/release/fhir-storage-costs "$azurite_pid" 400 | sed 's/^/storage-costs  /'
-      kill "$azurite_pid" 2>/dev/null || true ;;
+        target/release/fhir-storage-costs "$(tr ' ' ',' < "$WORK/azurite/services.pid")" 400 | sed 's/^/storage-costs  /'
+      stop_azurite "$azurite_pid" ;;
     small-files)
       [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
       run_case small-files bundles "$WORK/small" "$sink_url" "$SMALL_FILES" ;;

@@ -1,5 +1,6 @@
-//! `fhir-storage-costs AZURITE_PID [N]`: what each storage operation the importer uses costs the
-//! storage emulator, in CPU milliseconds of the Azurite process per operation (N operations of
+//! `fhir-storage-costs AZURITE_PIDS [N]`: what each storage operation the importer uses costs the
+//! storage emulator, in CPU milliseconds of the Azurite processes (a comma-separated list: blob,
+//! queue and table run in processes of their own) per operation (N operations of
 //! each kind, 4 at a time, through the project's own storage clients). For `scripts/bench.sh
 //! storage-costs`: it shows what bounds files/hour on Azurite. Not part of the deployed package.
 //! Reads `FHIRBULK_STORAGE_CONNECTION_STRING`.
@@ -16,9 +17,14 @@ use futures::StreamExt;
 
 const AT_ONCE: usize = 4;
 
-/// User + system CPU of a process, in milliseconds.
-fn cpu_ms(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the Azurite PID");
+/// User + system CPU of the comma-separated processes `pids`, in milliseconds.
+fn cpu_ms(pids: &str) -> f64 {
+    pids.split(',').map(process_cpu_ms).sum()
+}
+
+/// User + system CPU of one process, in milliseconds.
+fn process_cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("an Azurite PID");
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
         .split_whitespace()
@@ -50,7 +56,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let pid = args
         .next()
-        .expect("usage: fhir-storage-costs AZURITE_PID [N]");
+        .expect("usage: fhir-storage-costs AZURITE_PIDS [N]");
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(400);
     let connection = std::env::var("FHIRBULK_STORAGE_CONNECTION_STRING")
         .expect("FHIRBULK_STORAGE_CONNECTION_STRING");
