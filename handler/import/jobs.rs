@@ -202,9 +202,8 @@ pub async fn run_bundle(
     }
     let mut progress = claim(importer, work, row, file).await?;
     let reservation = reserve_bundle_memory(importer, size).await?;
-    let bytes = importer
-        .blobs
-        .read_range(&work.container, &work.blob, 0, size)
+    let bytes = BlobChunks::new(importer.blobs.clone(), &work.container, &work.blob, 0, size)
+        .read_to_end()
         .await?;
     load_bundle_bytes(importer, &mut progress, bytes, reservation, "piece").await?;
     progress.finish().await

@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::ndjson::ChunkStream;
@@ -57,6 +57,17 @@ impl BlobChunks {
         self
     }
 
+    /// Reads everything left into one buffer, sized once (a Bundle read whole), reopening a
+    /// request that breaks off like every other read.
+    pub async fn read_to_end(mut self) -> io::Result<Bytes> {
+        let left = usize::try_from(self.size.saturating_sub(self.offset)).unwrap_or(0);
+        let mut out = BytesMut::with_capacity(left.min(1 << 30));
+        while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
     fn next_request_end(&self) -> u64 {
         let end = if self.offset < self.planned_end {
             self.planned_end.min(self.offset + BLOB_REQUEST_BYTES)
@@ -99,7 +110,14 @@ impl ChunkStream for BlobChunks {
                         .store
                         .stream_range(&self.container, &self.blob, self.offset, end - self.offset)
                         .await
-                        .map_err(io::Error::other)?;
+                        .map_err(|e| {
+                            // A 404 stays one: the file was deleted after it was registered.
+                            let kind = match e.status() {
+                                Some(404) => io::ErrorKind::NotFound,
+                                _ => io::ErrorKind::Other,
+                            };
+                            io::Error::new(kind, e)
+                        })?;
                     self.body.insert((body, end))
                 }
             };

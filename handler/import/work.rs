@@ -67,12 +67,16 @@ impl From<StorageError> for ImportError {
     /// A 404 is final: the file (or its container) was deleted after it was registered.
     fn from(e: StorageError) -> Self {
         if e.status() == Some(404) {
-            return ImportError::Rejected(format!(
-                "{e} — the file was deleted or replaced after it was registered; upload it again to import it"
-            ));
+            return gone(&e);
         }
         ImportError::Transient(e.to_string())
     }
+}
+
+fn gone(e: &dyn std::fmt::Display) -> ImportError {
+    ImportError::Rejected(format!(
+        "{e} — the file was deleted or replaced after it was registered; upload it again to import it"
+    ))
 }
 
 impl From<FhirError> for ImportError {
@@ -84,10 +88,12 @@ impl From<FhirError> for ImportError {
 
 impl From<std::io::Error> for ImportError {
     /// Bytes that cannot be decoded (corrupt gzip or zip data, an entry larger than its limit)
-    /// are a property of the file: final. Anything else (storage unreachable) may pass.
+    /// are a property of the file: final, as is a file no longer there (a read's 404).
+    /// Anything else (storage unreachable) may pass.
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind;
         match e.kind() {
+            ErrorKind::NotFound => gone(&e),
             ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {
                 ImportError::Rejected(format!("data cannot be read: {e}"))
             }

@@ -191,4 +191,38 @@ async fn host_payloads_register_load_and_report() {
             .contains("deleted or replaced after it was registered"),
         "{view}"
     );
+
+    // The same for an NDJSON file: rejected at once with the reason, not retried.
+    blobs
+        .upload(
+            "ndjson",
+            "gone.ndjson",
+            Bytes::from_static(b"{\"resourceType\":\"Patient\",\"id\":\"g\"}\n"),
+        )
+        .await
+        .unwrap();
+    let version = blobs
+        .properties("ndjson", "gone.ndjson")
+        .await
+        .unwrap()
+        .unwrap();
+    blobs.delete("ndjson", "gone.ndjson").await.unwrap();
+    gone["subject"] = json!("/blobServices/default/containers/ndjson/blobs/gone.ndjson");
+    gone["data"]["eTag"] = json!(version.etag);
+    gone["data"]["contentLength"] = json!(version.size);
+    let (_, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
+    assert!(
+        first_log(&body).starts_with("queued ndjson/gone.ndjson"),
+        "{body}"
+    );
+    run_the_queued_work_item(&state).await;
+    let (_, view) = import_status(&state, "ndjson/gone.ndjson").await;
+    assert_eq!(view["status"], "rejected", "{view}");
+    assert!(
+        view["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted or replaced after it was registered"),
+        "{view}"
+    );
 }

@@ -372,6 +372,20 @@ async fn a_blob_read_cut_off_mid_body_resumes_where_it_stopped() {
     }
     assert_eq!(read.len(), content.len());
     assert!(read == content, "every byte once, in order");
+
+    // A Bundle is read whole, the same way: cut off, reopened, every byte once.
+    let proxy = cutting_proxy(blob_port, 3 << 20).await;
+    let through_proxy = azurite.connection_string.replace(
+        &format!("BlobEndpoint=http://127.0.0.1:{blob_port}/"),
+        &format!("BlobEndpoint=http://127.0.0.1:{proxy}/"),
+    );
+    let settings = parse_connection_string(&through_proxy).unwrap();
+    let blobs = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+    let whole = BlobChunks::new(blobs, "ndjson", "cut.ndjson", 0, content.len() as u64)
+        .read_to_end()
+        .await
+        .unwrap();
+    assert!(whole[..] == content[..], "every byte once, in order");
 }
 
 /// Forwards connections to `port` on loopback; the first one is closed after `cut_after`
