@@ -4,13 +4,11 @@
 //! and with the ETag last read, so two deliveries of one work item never both advance it.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::io::AsyncWriteExt;
 
 use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::engine::Importer;
@@ -18,7 +16,7 @@ use super::ledger::{Counts, ErrorRecord};
 use super::ndjson::{ChunkStream, LineReader};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, gunzip};
+use super::sources::{BlobChunks, BlobFile, gunzip};
 use super::work::{FileKind, ImportError, ImportWork};
 use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
 use crate::storage::{Entity, TransactionOp, TransactionOutcome};
@@ -414,13 +412,20 @@ pub async fn run_zip(
 ) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
     let mut progress = claim(importer, work, row, file).await?;
-    let copy = download_to_temp(importer, work).await?;
-    let path: PathBuf = copy.path().to_path_buf();
-    let dir_path = path.clone();
-    let directory = tokio::task::spawn_blocking(move || read_directory(&dir_path))
+    // Read in place: ranged reads of the blob, no copy on disk.
+    let file = BlobFile::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        work.end,
+    );
+    let (archive, directory) = tokio::task::spawn_blocking(move || read_directory(file))
         .await
         .map_err(|e| ImportError::Transient(e.to_string()))?
-        .map_err(ImportError::Rejected)?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => ImportError::Rejected(e.to_string()),
+            _ => ImportError::from(e),
+        })?;
     let limits = ZipLimits {
         max_entries: settings.zip_max_entries,
         max_uncompressed: settings.zip_max_uncompressed_bytes,
@@ -456,12 +461,11 @@ pub async fn run_zip(
         } else {
             limit
         };
-        let stream = stream_entry(path.clone(), index, gzip, limit);
+        let stream = stream_entry(archive.clone(), index, gzip, limit);
         if kind == FileKind::Bundle {
             let reservation =
                 reserve_bundle_memory(importer, directory[index].uncompressed).await?;
-            let bytes = collect_limited(stream, settings.max_bundle_file_bytes).await;
-            match bytes {
+            match collect_limited(stream, settings.max_bundle_file_bytes).await {
                 Ok(bytes) => {
                     let loaded = load_bundle_bytes(
                         importer,
@@ -475,7 +479,9 @@ pub async fn run_zip(
                         other => other?,
                     }
                 }
-                Err(reason) => progress.refuse_entry(reason),
+                Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
+                // The archive's blob could not be read (storage unreachable): retried.
+                Err(other) => return Err(other),
             }
         } else {
             let lines_done = if (index as i64) == start_entry {
@@ -498,42 +504,33 @@ pub async fn run_zip(
     progress.finish().await
 }
 
-/// Copies the blob to a temporary file (the zip directory sits at its end), chunk by chunk.
-async fn download_to_temp(
-    importer: &Importer,
-    work: &ImportWork,
-) -> Result<tempfile::NamedTempFile, ImportError> {
-    let temp = tempfile::NamedTempFile::new()?;
-    let mut out = tokio::fs::File::create(temp.path()).await?;
-    let mut chunks = BlobChunks::new(
-        importer.blobs.clone(),
-        &work.container,
-        &work.blob,
-        0,
-        work.end,
-    );
-    while let Some(chunk) = chunks.next_chunk().await? {
-        out.write_all(&chunk).await?;
-    }
-    out.flush().await?;
-    Ok(temp)
-}
-
-async fn collect_limited<S: ChunkStream>(mut stream: S, limit: u64) -> Result<Vec<u8>, String> {
+/// Reads a zip entry whole, up to `limit` bytes. An entry over the limit or with undecodable
+/// data is `Rejected` (the entry is refused, the archive goes on); an error reading the
+/// archive's blob is the work item's (`From<io::Error>`: transient unless the blob is gone).
+async fn collect_limited<S: ChunkStream>(
+    mut stream: S,
+    limit: u64,
+) -> Result<Vec<u8>, ImportError> {
+    use std::io::ErrorKind;
     let mut out = Vec::new();
     loop {
         match stream.next_chunk().await {
             Ok(Some(c)) => {
                 out.extend_from_slice(&c);
                 if out.len() as u64 > limit {
-                    return Err(format!(
+                    return Err(ImportError::Rejected(format!(
                         "the Bundle entry is larger than {} MiB (FHIRBULK_MAX_BUNDLE_FILE_MIB)",
                         limit / (1024 * 1024)
-                    ));
+                    )));
                 }
             }
             Ok(None) => return Ok(out),
-            Err(e) => return Err(format!("the entry cannot be read: {e}")),
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) => {
+                return Err(ImportError::Rejected(format!(
+                    "the entry cannot be read: {e}"
+                )));
+            }
+            Err(e) => return Err(ImportError::from(e)),
         }
     }
 }

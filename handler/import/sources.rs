@@ -2,7 +2,7 @@
 //! as a stream, and any blocking `Read` (a gzip decoder, a zip entry) run on a blocking thread
 //! that hands chunks over a bounded channel.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -63,6 +63,19 @@ impl BlobChunks {
         let left = usize::try_from(self.size.saturating_sub(self.offset)).unwrap_or(0);
         let mut out = BytesMut::with_capacity(left.min(1 << 30));
         while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads up to offset `end` (or the end of the blob) into one buffer.
+    async fn read_up_to(mut self, end: u64) -> io::Result<Bytes> {
+        let end = end.min(self.size);
+        let mut out = BytesMut::with_capacity(end.saturating_sub(self.offset) as usize);
+        while self.offset < end {
+            let Some(chunk) = self.next_chunk().await? else {
+                break;
+            };
             out.extend_from_slice(&chunk);
         }
         Ok(out.freeze())
@@ -154,6 +167,114 @@ impl ChunkStream for BlobChunks {
                 Err(e) => self.broken(io::Error::other(e))?,
             }
         }
+    }
+}
+
+/// Smallest and largest ranged read of a [`BlobFile`]: a read after a seek starts small (a zip
+/// entry may be a few KiB) and doubles while reading goes on in the same direction.
+const FILE_READ_MIN: u64 = 64 * 1024;
+const FILE_READ_MAX: u64 = 8 * 1024 * 1024;
+
+/// A blob as a seekable file, for a blocking reader that wants one (the zip reader, on a
+/// blocking thread): no copy of the blob on disk. Bytes are read in ranged requests into one
+/// window; a read after a seek asks for `FILE_READ_MIN` bytes, and each following one in the
+/// same direction for twice as many, up to `FILE_READ_MAX`, so an entry read front to back is a
+/// few large requests and a search backwards from the end (for the zip directory) a few more.
+/// Each request is a [`BlobChunks`] read: reopened if it breaks off, and an error if the blob
+/// is shorter than registered. Clones share the window's bytes.
+#[derive(Clone)]
+pub struct BlobFile {
+    store: BlobStore,
+    container: String,
+    blob: String,
+    size: u64,
+    pos: u64,
+    window: Bytes,
+    window_start: u64,
+    /// The size of the next ranged read, grown while reads follow each other.
+    next_read: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BlobFile {
+    /// The blob as registered: `size` bytes. Call from within the runtime.
+    pub fn new(store: BlobStore, container: &str, blob: &str, size: u64) -> Self {
+        BlobFile {
+            store,
+            container: container.to_string(),
+            blob: blob.to_string(),
+            size,
+            pos: 0,
+            window: Bytes::new(),
+            window_start: 0,
+            next_read: FILE_READ_MIN,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Reads a new window holding `self.pos`.
+    fn fill(&mut self) -> io::Result<()> {
+        let window_end = self.window_start + self.window.len() as u64;
+        let (start, end) = if self.pos >= window_end && self.pos < window_end + FILE_READ_MIN {
+            // Reading on past the window: grow the read.
+            self.next_read = (self.next_read * 2).min(FILE_READ_MAX);
+            (self.pos, self.pos + self.next_read)
+        } else if self.pos < self.window_start && self.pos + FILE_READ_MIN >= self.window_start {
+            // Stepping back just before the window (a search backwards): grow it backwards,
+            // to the same end, so a read across the old start is not cut short.
+            self.next_read = (self.next_read * 2).min(FILE_READ_MAX);
+            (window_end.saturating_sub(self.next_read), window_end)
+        } else {
+            self.next_read = FILE_READ_MIN;
+            (self.pos, self.pos + self.next_read)
+        };
+        let end = end.min(self.size).max(self.pos + 1).min(self.size);
+        self.window = Bytes::new(); // (not held while the next one is read)
+        let chunks = BlobChunks::new(
+            self.store.clone(),
+            &self.container,
+            &self.blob,
+            start,
+            self.size,
+        )
+        .planned_to(end);
+        self.window = self.runtime.block_on(chunks.read_up_to(end))?;
+        self.window_start = start;
+        Ok(())
+    }
+}
+
+impl Read for BlobFile {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let window_end = self.window_start + self.window.len() as u64;
+        if self.pos < self.window_start || self.pos >= window_end {
+            self.fill()?;
+        }
+        let at = (self.pos - self.window_start) as usize;
+        let n = out.len().min(self.window.len() - at);
+        out[..n].copy_from_slice(&self.window[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for BlobFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            )
+        })?;
+        Ok(self.pos)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Zip archives: the checks made before anything is loaded (entry names, nested archives,
-//! uncompressed size and compression ratio), and streaming one entry at a time out of a
-//! temporary copy of the archive, so memory stays at a few chunks whatever the archive holds.
+//! uncompressed size and compression ratio), and streaming one entry at a time out of the
+//! archive read in place (a `BlobFile`: ranged reads, no copy on disk), so memory stays at a
+//! few chunks whatever the archive holds.
 
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Seek};
+
+use zip::result::ZipError;
 
 use flate2::read::MultiGzDecoder;
 
@@ -123,16 +124,27 @@ fn plan_entry(index: usize, e: &EntryInfo, limits: ZipLimits) -> EntryPlan {
     }
 }
 
-/// Reads the central directory of the archive at `path`.
-pub fn read_directory(path: &Path) -> Result<Vec<EntryInfo>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open the archive copy: {e}"))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| format!("the file is not a readable zip archive: {e}"))?;
+/// A zip error as an `io::Error`: the reader's own errors (storage unreachable, the blob gone)
+/// keep their kind; anything else means the archive cannot be read (`InvalidData`, final).
+fn unreadable(e: ZipError, what: impl FnOnce() -> String) -> io::Error {
+    match e {
+        ZipError::Io(e) if e.kind() != io::ErrorKind::UnexpectedEof => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, format!("{}: {other}", what())),
+    }
+}
+
+/// Opens the archive and reads its central directory (blocking: run it on a blocking thread).
+/// The archive is returned for [`stream_entry`]; its clones share the directory.
+pub fn read_directory<R: Read + Seek>(
+    reader: R,
+) -> io::Result<(zip::ZipArchive<R>, Vec<EntryInfo>)> {
+    let mut archive = zip::ZipArchive::new(reader)
+        .map_err(|e| unreadable(e, || "the file is not a readable zip archive".into()))?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
         let entry = archive
             .by_index_raw(i)
-            .map_err(|e| format!("entry {i} of the archive is unreadable: {e}"))?;
+            .map_err(|e| unreadable(e, || format!("entry {i} of the archive is unreadable")))?;
         out.push(EntryInfo {
             name: entry.name().to_string(),
             compressed: entry.compressed_size(),
@@ -141,17 +153,22 @@ pub fn read_directory(path: &Path) -> Result<Vec<EntryInfo>, String> {
             safe_name: entry.enclosed_name().is_some() && !entry.name().contains(".."),
         });
     }
-    Ok(out)
+    Ok((archive, out))
 }
 
-/// Streams entry `index` of the archive at `path` on a blocking thread. Reading stops with an
-/// error if the entry yields more than `limit` bytes (a directory can lie about sizes).
-/// `.ndjson.gz` entries are decompressed on the way.
-pub fn stream_entry(path: PathBuf, index: usize, gzip: bool, limit: u64) -> ChannelChunks {
+/// Streams entry `index` of `archive` (a clone per entry) on a blocking thread. Reading stops
+/// with an error if the entry yields more than `limit` bytes (a directory can lie about
+/// sizes). `.ndjson.gz` entries are decompressed on the way.
+pub fn stream_entry<R: Read + Seek + Send + 'static>(
+    mut archive: zip::ZipArchive<R>,
+    index: usize,
+    gzip: bool,
+    limit: u64,
+) -> ChannelChunks {
     spawn_producer(move |out| {
-        let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
-        let mut archive = zip::ZipArchive::new(File::open(&path)?).map_err(invalid)?;
-        let entry = archive.by_index(index).map_err(invalid)?;
+        let entry = archive
+            .by_index(index)
+            .map_err(|e| unreadable(e, || format!("entry {index} of the archive is unreadable")))?;
         if gzip {
             out.pump(MultiGzDecoder::new(io::BufReader::new(entry)), limit)
         } else {
@@ -256,24 +273,42 @@ mod tests {
     async fn entries_stream_from_a_real_archive() {
         use super::super::ndjson::ChunkStream;
         use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.zip");
-        let mut w = zip::ZipWriter::new(File::create(&path).unwrap());
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default();
         w.start_file("x/Patient.ndjson", opts).unwrap();
         w.write_all(b"{\"resourceType\":\"Patient\",\"id\":\"1\"}\n")
             .unwrap();
-        w.finish().unwrap();
-        let dir_entries = read_directory(&path).unwrap();
+        let bytes = w.finish().unwrap().into_inner();
+        let (archive, dir_entries) = read_directory(io::Cursor::new(bytes)).unwrap();
         assert_eq!(dir_entries[0].name, "x/Patient.ndjson");
         assert!(dir_entries[0].safe_name);
-        let mut s = stream_entry(path.clone(), 0, false, 1 << 20);
+        let mut s = stream_entry(archive.clone(), 0, false, 1 << 20);
         let chunk = s.next_chunk().await.unwrap().unwrap();
         assert!(chunk.starts_with(b"{\"resourceType\""));
-        let mut s = stream_entry(path, 0, false, 5);
+        let mut s = stream_entry(archive, 0, false, 5);
         assert!(
             s.next_chunk().await.is_err(),
             "the byte limit is enforced while reading"
         );
+        // Not an archive: final (InvalidData), with the reason.
+        let e = read_directory(io::Cursor::new(b"{\"resourceType\":\"Patient\"}".to_vec()))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("not a readable zip archive"), "{e}");
+        // The reader's own failure keeps its kind (storage unreachable: worth a retry).
+        struct Unreachable;
+        impl Read for Unreachable {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("connection refused"))
+            }
+        }
+        impl Seek for Unreachable {
+            fn seek(&mut self, _: io::SeekFrom) -> io::Result<u64> {
+                Ok(1000)
+            }
+        }
+        let e = read_directory(Unreachable).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::Other, "{e}");
     }
 }

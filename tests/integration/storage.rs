@@ -426,3 +426,95 @@ async fn cutting_proxy(port: u16, cut_after: usize) -> u16 {
     });
     proxy_port
 }
+
+/// A blob read as a seekable file (how a zip is read, in place): every read, forward, after a
+/// seek, or stepping backwards from the end, returns the blob's bytes at that position; and a
+/// zip archive larger than the largest read window, with a comment and stored and deflated
+/// entries, streams each entry whole.
+#[tokio::test]
+async fn a_blob_read_as_a_file_returns_the_bytes_at_every_position() {
+    use fhir_bulk::import::sources::BlobFile;
+    use fhir_bulk::import::zip::{read_directory, stream_entry};
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let azurite = Azurite::start();
+    let blobs = BlobStore::new(
+        &StorageCredentials::new(&parse_connection_string(&azurite.connection_string).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    blobs.ensure_container("zip").await.unwrap();
+    let content: Vec<u8> = (0..(11 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+    blobs
+        .upload("zip", "raw.bin", Bytes::from(content.clone()))
+        .await
+        .unwrap();
+    let file = BlobFile::new(blobs.clone(), "zip", "raw.bin", content.len() as u64);
+    let expected = content.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut all = Vec::new();
+        file.read_to_end(&mut all).unwrap();
+        assert!(all == expected, "a front-to-back read is the blob");
+        // Backwards from the end in 2,000-byte steps, as a zip reader looks for its directory.
+        let mut at = expected.len() as u64;
+        let mut block = [0u8; 2000];
+        for _ in 0..3000 {
+            at -= 2000;
+            file.seek(SeekFrom::Start(at)).unwrap();
+            file.read_exact(&mut block).unwrap();
+            assert!(
+                block[..] == expected[at as usize..at as usize + 2000],
+                "at {at}"
+            );
+        }
+        for at in [0u64, 7 << 20, 3, (11 << 20) + 1, 65_535, 65_536] {
+            file.seek(SeekFrom::Start(at)).unwrap();
+            let mut four = [0u8; 4];
+            file.read_exact(&mut four).unwrap();
+            assert!(
+                four[..] == expected[at as usize..at as usize + 4],
+                "at {at}"
+            );
+        }
+        file.seek(SeekFrom::End(-2)).unwrap();
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, expected[expected.len() - 2..]);
+    })
+    .await
+    .unwrap();
+
+    let big_line = format!("{}\n", "{\"resourceType\":\"Patient\",\"id\":\"p\"}");
+    let stored: Vec<u8> = big_line.repeat(300_000).into_bytes(); // ~11 MB
+    let deflated: Vec<u8> = big_line.repeat(1_000).into_bytes();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let plain =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("data/Patient.ndjson", plain).unwrap();
+    w.write_all(&stored).unwrap();
+    w.start_file("data/More.ndjson", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    w.write_all(&deflated).unwrap();
+    w.set_comment("x".repeat(1000));
+    let archive_bytes = w.finish().unwrap().into_inner();
+    blobs
+        .upload("zip", "big.zip", Bytes::from(archive_bytes.clone()))
+        .await
+        .unwrap();
+    let file = BlobFile::new(blobs, "zip", "big.zip", archive_bytes.len() as u64);
+    let (archive, entries) = tokio::task::spawn_blocking(move || read_directory(file))
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["data/Patient.ndjson", "data/More.ndjson"]);
+    for (index, want) in [(0, &stored), (1, &deflated)] {
+        let mut chunks = stream_entry(archive.clone(), index, false, u64::MAX);
+        let mut got = Vec::new();
+        while let Some(chunk) = chunks.next_chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == *want, "entry {index} whole, in order");
+    }
+}
