@@ -214,21 +214,13 @@ impl BlobFile {
 
     /// Reads a new window holding `self.pos`.
     fn fill(&mut self) -> io::Result<()> {
-        let window_end = self.window_start + self.window.len() as u64;
-        let (start, end) = if self.pos >= window_end && self.pos < window_end + FILE_READ_MIN {
-            // Reading on past the window: grow the read.
-            self.next_read = (self.next_read * 2).min(FILE_READ_MAX);
-            (self.pos, self.pos + self.next_read)
-        } else if self.pos < self.window_start && self.pos + FILE_READ_MIN >= self.window_start {
-            // Stepping back just before the window (a search backwards): grow it backwards,
-            // to the same end, so a read across the old start is not cut short.
-            self.next_read = (self.next_read * 2).min(FILE_READ_MAX);
-            (window_end.saturating_sub(self.next_read), window_end)
-        } else {
-            self.next_read = FILE_READ_MIN;
-            (self.pos, self.pos + self.next_read)
-        };
-        let end = end.min(self.size).max(self.pos + 1).min(self.size);
+        let (start, end, next_read) = plan_window(
+            self.pos,
+            (self.window_start, self.window.len() as u64),
+            self.next_read,
+            self.size,
+        );
+        self.next_read = next_read;
         self.window = Bytes::new(); // (not held while the next one is read)
         let chunks = BlobChunks::new(
             self.store.clone(),
@@ -242,6 +234,25 @@ impl BlobFile {
         self.window_start = start;
         Ok(())
     }
+}
+
+/// The next window of a [`BlobFile`] to read, holding `pos` (`pos < size`): `(start, end,
+/// next_read)`, from the current window `(start, len)` and read size. Reading on just past the
+/// window, or stepping back just before it, doubles the read size (up to `FILE_READ_MAX`);
+/// any other seek starts again at `FILE_READ_MIN`.
+fn plan_window(pos: u64, window: (u64, u64), next_read: u64, size: u64) -> (u64, u64, u64) {
+    let (window_start, window_end) = (window.0, window.0 + window.1);
+    let grown = (next_read * 2).min(FILE_READ_MAX);
+    let (start, end, next_read) = if pos >= window_end && pos < window_end + FILE_READ_MIN {
+        (pos, pos + grown, grown)
+    } else if pos < window_start && pos + FILE_READ_MIN >= window_start {
+        // A search backwards: the window ends a little past `pos` and reaches back.
+        let end = pos + FILE_READ_MIN;
+        (end.saturating_sub(grown), end, grown)
+    } else {
+        (pos, pos + FILE_READ_MIN, FILE_READ_MIN)
+    };
+    (start, end.min(size), next_read)
 }
 
 impl Read for BlobFile {
@@ -396,4 +407,74 @@ impl ChunkSender {
 pub fn gunzip<C: ChunkStream + 'static>(chunks: C) -> ChannelChunks {
     let raw = ChunkRead::new(chunks);
     spawn_reader(move || flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `[pos, pos + len)` the way `BlobFile` does, counting the windows it reads and
+    /// checking each holds the position it was read for.
+    struct Sim {
+        window: (u64, u64),
+        next_read: u64,
+        size: u64,
+        fills: u32,
+        bytes: u64,
+    }
+
+    impl Sim {
+        fn new(size: u64) -> Self {
+            Sim {
+                window: (0, 0),
+                next_read: FILE_READ_MIN,
+                size,
+                fills: 0,
+                bytes: 0,
+            }
+        }
+        fn read(&mut self, mut pos: u64, len: u64) {
+            let end = (pos + len).min(self.size);
+            while pos < end {
+                let (start, stop) = (self.window.0, self.window.0 + self.window.1);
+                if pos < start || pos >= stop {
+                    let (s, e, n) = plan_window(pos, self.window, self.next_read, self.size);
+                    assert!(s <= pos && pos < e, "window {s}..{e} holds {pos}");
+                    assert!(e - s <= FILE_READ_MAX && e <= self.size);
+                    self.window = (s, e - s);
+                    self.next_read = n;
+                    self.fills += 1;
+                    self.bytes += e - s;
+                }
+                pos = end.min(self.window.0 + self.window.1);
+            }
+        }
+    }
+
+    #[test]
+    fn blob_file_windows_grow_forward_and_backward_and_always_hold_the_read() {
+        const MIB: u64 = 1 << 20;
+        let size = 100 * MIB + 7;
+        // Front to back in 1 MiB reads: a ramp, then 8 MiB windows; every byte read once.
+        let mut sim = Sim::new(size);
+        for at in (0..size).step_by(MIB as usize) {
+            sim.read(at, MIB);
+        }
+        assert!(sim.fills <= 20, "{} windows", sim.fills);
+        assert_eq!(sim.bytes, size);
+        // Back to front in 2,000-byte steps, as a zip reader looks for its directory.
+        let mut sim = Sim::new(size);
+        let mut at = size;
+        while at >= 2000 {
+            at -= 2000;
+            sim.read(at, 2000);
+        }
+        assert!(sim.fills <= 25, "{} windows", sim.fills);
+        assert!(sim.bytes <= 2 * size, "{} bytes read for {size}", sim.bytes);
+        // Seeks elsewhere start small again: a small entry costs one small read.
+        let mut sim = Sim::new(size);
+        sim.read(50 * MIB, 4000);
+        sim.read(10 * MIB, 4000);
+        assert_eq!((sim.fills, sim.bytes), (2, 2 * FILE_READ_MIN));
+    }
 }

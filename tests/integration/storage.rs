@@ -485,6 +485,13 @@ async fn a_blob_read_as_a_file_returns_the_bytes_at_every_position() {
     .await
     .unwrap();
 
+    // A file that is not an archive is searched backwards to its start, then refused.
+    let not_zip = BlobFile::new(blobs.clone(), "zip", "raw.bin", content.len() as u64);
+    let e = tokio::task::spawn_blocking(move || read_directory(not_zip).err().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+
     let big_line = format!("{}\n", "{\"resourceType\":\"Patient\",\"id\":\"p\"}");
     let stored: Vec<u8> = big_line.repeat(300_000).into_bytes(); // ~11 MB
     let deflated: Vec<u8> = big_line.repeat(1_000).into_bytes();
