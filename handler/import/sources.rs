@@ -263,6 +263,15 @@ impl Read for BlobFile {
         let window_end = self.window_start + self.window.len() as u64;
         if self.pos < self.window_start || self.pos >= window_end {
             self.fill()?;
+            if self.pos >= self.window_start + self.window.len() as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the blob {}/{} ended before byte {}",
+                        self.container, self.blob, self.pos
+                    ),
+                ));
+            }
         }
         let at = (self.pos - self.window_start) as usize;
         let n = out.len().min(self.window.len() - at);
