@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Import and export benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
-#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink big-bundles-sink huge-bundles-sink
+#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink zip-small-sink big-bundles-sink huge-bundles-sink
 #                               bundles-sink small-files ndjson-real bundles-real export-real
 #                               storage-costs
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
@@ -21,7 +21,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real storage-costs}
+CASES=${*:-ndjson-sink zip-sink zip-small-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real storage-costs}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
@@ -216,6 +216,13 @@ for c in $CASES; do
         rm "$WORK/zip-part.ndjson"; }
       echo "zip file: $(du -m "$WORK/zip/big.zip" | cut -f1) MB (stored), $ZIP_LINES lines"
       run_case zip-sink zip "$WORK/zip/big.zip" "$sink_url" 1 ;;
+    zip-small-sink)
+      [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
+      [ -f "$WORK/zip-small/small.zip" ] || {
+        mkdir -p "$WORK/zip-small"
+        python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$WORK/zip-small/small.zip" "$WORK/small"; }
+      echo "zip file: $(du -k "$WORK/zip-small/small.zip" | cut -f1) KB (deflated), $SMALL_FILES Bundle entries"
+      run_case zip-small-sink zip "$WORK/zip-small/small.zip" "$sink_url" 1 ;;
     big-bundles-sink)
       [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 200 2000
       run_case big-bundles-sink bundles "$WORK/big-bundles" "$sink_url" 200 ;;

@@ -498,7 +498,10 @@ pub async fn run_zip(
         progress.set_cursor("entry", index as i64 + 1);
         progress.set_cursor("line", 0);
         progress.set_piece_set("entryPiece", &BTreeSet::new());
-        progress.save().await?;
+        // The row is consistent after every entry; it is written at most once a second (an
+        // archive of a thousand small Bundles is not a thousand writes). A redelivery redoes
+        // the entries since, and their PUTs and error records land on the same ids.
+        progress.save_if_due().await?;
     }
     progress.zip_entry = None;
     progress.finish().await

@@ -237,10 +237,16 @@ impl BlobFile {
 }
 
 /// The next window of a [`BlobFile`] to read, holding `pos` (`pos < size`): `(start, end,
-/// next_read)`, from the current window `(start, len)` and read size. Reading on just past the
-/// window, or stepping back just before it, doubles the read size (up to `FILE_READ_MAX`);
-/// any other seek starts again at `FILE_READ_MIN`.
+/// next_read)`, from the current window `(start, len)` and read size. A blob of at most
+/// `FILE_READ_MAX` is one window. Otherwise reading on just past the window, or stepping back
+/// just before it, doubles the read size (up to `FILE_READ_MAX`); any other seek starts again
+/// at `FILE_READ_MIN`.
 fn plan_window(pos: u64, window: (u64, u64), next_read: u64, size: u64) -> (u64, u64, u64) {
+    if size <= FILE_READ_MAX {
+        // A blob that fits one window is read whole, once: the clones of a small archive's
+        // reader (one per entry) then share it and read nothing more.
+        return (0, size, FILE_READ_MAX);
+    }
     let (window_start, window_end) = (window.0, window.0 + window.1);
     let grown = (next_read * 2).min(FILE_READ_MAX);
     let (start, end, next_read) = if pos >= window_end && pos < window_end + FILE_READ_MIN {
@@ -485,5 +491,13 @@ mod tests {
         sim.read(50 * MIB, 4000);
         sim.read(10 * MIB, 4000);
         assert_eq!((sim.fills, sim.bytes), (2, 2 * FILE_READ_MIN));
+        // A blob that fits one window is read once, whole, whatever the reads.
+        let small = 3 * MIB;
+        let mut sim = Sim::new(small);
+        sim.read(small - 22, 22);
+        sim.read(small - 4000, 2000);
+        sim.read(1000, 50);
+        sim.read(0, small);
+        assert_eq!((sim.fills, sim.bytes), (1, small));
     }
 }
