@@ -59,19 +59,16 @@ impl BlobChunks {
 
     /// Reads everything left into one buffer, sized once (a Bundle read whole), reopening a
     /// request that breaks off like every other read.
-    pub async fn read_to_end(mut self) -> io::Result<Bytes> {
-        let left = usize::try_from(self.size.saturating_sub(self.offset)).unwrap_or(0);
-        let mut out = BytesMut::with_capacity(left.min(1 << 30));
-        while let Some(chunk) = self.next_chunk().await? {
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out.freeze())
+    pub async fn read_to_end(self) -> io::Result<Bytes> {
+        let end = self.size;
+        self.read_up_to(end).await
     }
 
-    /// Reads up to offset `end` (or the end of the blob) into one buffer.
+    /// Reads up to offset `end` (or the end of the blob) into one buffer, sized once.
     async fn read_up_to(mut self, end: u64) -> io::Result<Bytes> {
         let end = end.min(self.size);
-        let mut out = BytesMut::with_capacity(end.saturating_sub(self.offset) as usize);
+        let left = usize::try_from(end.saturating_sub(self.offset)).unwrap_or(0);
+        let mut out = BytesMut::with_capacity(left.min(1 << 30));
         while self.offset < end {
             let Some(chunk) = self.next_chunk().await? else {
                 break;
