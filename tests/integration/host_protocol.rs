@@ -151,25 +151,8 @@ async fn host_payloads_register_load_and_report() {
     // An event names the version it is about (data.eTag, data.contentLength): registering it
     // needs no read of the blob, and a blob deleted before its work ran ends rejected, with
     // the reason recorded, instead of being retried.
-    let blobs = &state.importer.blobs;
-    blobs
-        .upload(
-            "bundles",
-            "gone.json",
-            Bytes::from(patient_bundle(2, 1).to_string()),
-        )
-        .await
-        .unwrap();
-    let version = blobs
-        .properties("bundles", "gone.json")
-        .await
-        .unwrap()
-        .unwrap();
-    blobs.delete("bundles", "gone.json").await.unwrap();
-    let mut gone = event.clone();
-    gone["subject"] = json!("/blobServices/default/containers/bundles/blobs/gone.json");
-    gone["data"]["eTag"] = json!(version.etag);
-    gone["data"]["contentLength"] = json!(version.size);
+    let bundle = Bytes::from(patient_bundle(2, 1).to_string());
+    let mut gone = event_for_a_deleted_blob(&state, &event, "bundles", "gone.json", bundle).await;
     let deliver = |e: &Value| json!({"Data": {"event": e.to_string()}, "Metadata": {}});
     let (status, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
     assert_eq!(status, 200);
@@ -178,45 +161,54 @@ async fn host_payloads_register_load_and_report() {
         "{body}"
     );
     // The same version without the ETag's quotes is the same file version.
-    gone["data"]["eTag"] = json!(version.etag.trim_matches('"'));
+    let etag = gone["data"]["eTag"]
+        .as_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    gone["data"]["eTag"] = json!(etag);
     let (_, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
     assert!(first_log(&body).contains("registered before"), "{body}");
     run_the_queued_work_item(&state).await;
-    let (_, view) = import_status(&state, "bundles/gone.json").await;
-    assert_eq!(view["status"], "rejected", "{view}");
-    assert!(
-        view["reason"]
-            .as_str()
-            .unwrap()
-            .contains("deleted or replaced after it was registered"),
-        "{view}"
-    );
+    assert_rejected_as_deleted(&state, "bundles/gone.json").await;
 
     // The same for an NDJSON file: rejected at once with the reason, not retried.
-    blobs
-        .upload(
-            "ndjson",
-            "gone.ndjson",
-            Bytes::from_static(b"{\"resourceType\":\"Patient\",\"id\":\"g\"}\n"),
-        )
-        .await
-        .unwrap();
-    let version = blobs
-        .properties("ndjson", "gone.ndjson")
-        .await
-        .unwrap()
-        .unwrap();
-    blobs.delete("ndjson", "gone.ndjson").await.unwrap();
-    gone["subject"] = json!("/blobServices/default/containers/ndjson/blobs/gone.ndjson");
-    gone["data"]["eTag"] = json!(version.etag);
-    gone["data"]["contentLength"] = json!(version.size);
+    let line = Bytes::from_static(b"{\"resourceType\":\"Patient\",\"id\":\"g\"}\n");
+    let gone = event_for_a_deleted_blob(&state, &event, "ndjson", "gone.ndjson", line).await;
     let (_, body) = invoke(&state, "ImportBlobCreated", deliver(&gone)).await;
     assert!(
         first_log(&body).starts_with("queued ndjson/gone.ndjson"),
         "{body}"
     );
     run_the_queued_work_item(&state).await;
-    let (_, view) = import_status(&state, "ndjson/gone.ndjson").await;
+    assert_rejected_as_deleted(&state, "ndjson/gone.ndjson").await;
+}
+
+/// Uploads `content` as `container/name`, deletes it, and returns `template` made into the
+/// BlobCreated event of the version that was deleted.
+async fn event_for_a_deleted_blob(
+    state: &AppState,
+    template: &Value,
+    container: &str,
+    name: &str,
+    content: Bytes,
+) -> Value {
+    let blobs = &state.importer.blobs;
+    blobs.upload(container, name, content).await.unwrap();
+    let version = blobs.properties(container, name).await.unwrap().unwrap();
+    blobs.delete(container, name).await.unwrap();
+    let mut event = template.clone();
+    event["subject"] = json!(format!(
+        "/blobServices/default/containers/{container}/blobs/{name}"
+    ));
+    event["data"]["eTag"] = json!(version.etag);
+    event["data"]["contentLength"] = json!(version.size);
+    event
+}
+
+/// The import of `path` ended rejected, saying the file was deleted after it was registered.
+async fn assert_rejected_as_deleted(state: &AppState, path: &str) {
+    let (_, view) = import_status(state, path).await;
     assert_eq!(view["status"], "rejected", "{view}");
     assert!(
         view["reason"]

@@ -357,14 +357,18 @@ async fn a_blob_read_cut_off_mid_body_resumes_where_it_stopped() {
         .and_then(|rest| rest.split('/').next())
         .and_then(|port| port.parse().ok())
         .expect("the blob port of the connection string");
-    let proxy = cutting_proxy(blob_port, 3 << 20).await;
-    let through_proxy = azurite.connection_string.replace(
-        &format!("BlobEndpoint=http://127.0.0.1:{blob_port}/"),
-        &format!("BlobEndpoint=http://127.0.0.1:{proxy}/"),
-    );
-    let settings = parse_connection_string(&through_proxy).unwrap();
-    let blobs = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+    // Blob clients through a proxy whose first connection is cut after 3 MiB of the answer.
+    let cut_blobs = || async {
+        let proxy = cutting_proxy(blob_port, 3 << 20).await;
+        let through_proxy = azurite.connection_string.replace(
+            &format!("BlobEndpoint=http://127.0.0.1:{blob_port}/"),
+            &format!("BlobEndpoint=http://127.0.0.1:{proxy}/"),
+        );
+        let settings = parse_connection_string(&through_proxy).unwrap();
+        BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap()
+    };
 
+    let blobs = cut_blobs().await;
     let mut chunks = BlobChunks::new(blobs, "ndjson", "cut.ndjson", 0, content.len() as u64);
     let mut read = Vec::new();
     while let Some(chunk) = chunks.next_chunk().await.unwrap() {
@@ -374,13 +378,7 @@ async fn a_blob_read_cut_off_mid_body_resumes_where_it_stopped() {
     assert!(read == content, "every byte once, in order");
 
     // A Bundle is read whole, the same way: cut off, reopened, every byte once.
-    let proxy = cutting_proxy(blob_port, 3 << 20).await;
-    let through_proxy = azurite.connection_string.replace(
-        &format!("BlobEndpoint=http://127.0.0.1:{blob_port}/"),
-        &format!("BlobEndpoint=http://127.0.0.1:{proxy}/"),
-    );
-    let settings = parse_connection_string(&through_proxy).unwrap();
-    let blobs = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+    let blobs = cut_blobs().await;
     let whole = BlobChunks::new(blobs, "ndjson", "cut.ndjson", 0, content.len() as u64)
         .read_to_end()
         .await
