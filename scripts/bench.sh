@@ -55,20 +55,14 @@ start_fhir() {
 # run_case NAME CONTAINER PATH FHIR_URL FILES
 run_case() {
   local name=$1 container=$2 path=$3 url=$4 files=$5
-  rm -rf "$WORK/azurite"
-  STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
-    scripts/azurite-up.sh > "$WORK/azurite.pid"
-  local azurite_pid; azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
-  local services; read -r -a services < "$WORK/azurite/services.pid" # blob, queue, table
-  local azurite_services; azurite_services=$(IFS=,; echo "${services[*]}")
+  local azurite_pid services; start_azurite
   export FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;"
   export FHIRBULK_FHIR_URL=$url FUNCTIONS_CUSTOMHANDLER_PORT=$HANDLER_PORT RUST_LOG=warn
   "$HANDLER" upload "$container" "$path" > /dev/null
   # Start the handler after the upload, so the measurement is the import alone.
   local side_pid=$SINK_PID
   [ "$url" = "$sink_url" ] || side_pid=${FHIR_PIDS[$url]}
-  local others_before; others_before=$(cpu_ticks "$azurite_services" "$side_pid")
-  local services_before; services_before=$(cpu_ticks "${services[@]}")
+  local before; before=$(cpu_ticks "${services[@]}" "$side_pid")
   "$HANDLER" serve > "$WORK/handler-$name.log" 2>&1 &
   local hpid=$!; PIDS+=("$hpid")
   local peak=0 out
@@ -81,8 +75,7 @@ run_case() {
         done; wait "$spid") || true
   peak=$(cat "$WORK/peak.$name" 2>/dev/null || echo 0)
   local ticks; ticks=$(cpu_ticks "$hpid")
-  local others_after; others_after=$(cpu_ticks "$azurite_services" "$side_pid")
-  local services_after; services_after=$(cpu_ticks "${services[@]}")
+  local after; after=$(cpu_ticks "${services[@]}" "$side_pid")
   kill "$hpid" 2>/dev/null || true
   wait "$hpid" 2>/dev/null || true
   stop_azurite "$azurite_pid"
@@ -97,15 +90,24 @@ run_case() {
     "$(awk -v f="$files" -v s="${secs:-0}" 'BEGIN { if (s > 0) printf "%d", f * 3600 / s; else print "?" }')" \
     "$((peak / 1024))" "$cpu_us"
   echo "$out" | grep -E "with failures|Load time" | sed 's/^/    /' || true
-  # Where the two cores went while the handler ran: the handler, Azurite, and the FHIR side.
-  read -r az_before fhir_before <<< "$others_before"; read -r az_after fhir_after <<< "$others_after"
-  [ -n "$secs" ] && awk -v h="$ticks" -v a="$((az_after - az_before))" -v f="$((fhir_after - fhir_before))" -v s="$secs" -v t="$CLK_TCK" \
-    'BEGIN { printf "    CPU while importing (cores busy): handler %.2f, Azurite %.2f, FHIR side %.2f\n", h/t/s, a/t/s, f/t/s }'
-  # Azurite's share per service, when they run as processes of their own (blob, queue, table).
-  if [ -n "$secs" ] && [ "${#services[@]}" = 3 ]; then
-    awk -v b="$services_before" -v a="$services_after" -v s="$secs" -v t="$CLK_TCK" \
-      'BEGIN { split(b, x, " "); split(a, y, " "); printf "    Azurite per service (cores busy): blob %.2f, queue %.2f, table %.2f\n", (y[1]-x[1])/t/s, (y[2]-x[2])/t/s, (y[3]-x[3])/t/s }'
+  # Where the two cores went while the handler ran: the handler, Azurite (its blob, queue and
+  # table processes, summed, then each), and the FHIR side.
+  if [ -n "$secs" ]; then
+    awk -v h="$ticks" -v b="$before" -v a="$after" -v s="$secs" -v t="$CLK_TCK" 'BEGIN {
+      split(b, x, " "); split(a, y, " "); for (i = 1; i <= 4; i++) d[i] = (y[i] - x[i]) / t / s
+      printf "    CPU while importing (cores busy): handler %.2f, Azurite %.2f, FHIR side %.2f\n", h/t/s, d[1] + d[2] + d[3], d[4]
+      printf "    Azurite per service (cores busy): blob %.2f, queue %.2f, table %.2f\n", d[1], d[2], d[3] }'
   fi
+}
+
+# start_azurite: a fresh Azurite on the bench's ports; sets azurite_pid (its supervisor) and
+# services (the PIDs of its blob, queue and table processes).
+start_azurite() {
+  rm -rf "$WORK/azurite"
+  STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
+    scripts/azurite-up.sh > "$WORK/azurite.pid"
+  azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+  read -r -a services < "$WORK/azurite/services.pid"
 }
 
 # stop_azurite PID: stops the Azurite azurite-up.sh started and waits until its ports are free.
@@ -114,17 +116,9 @@ stop_azurite() {
   for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
 }
 
-# cpu_ticks PIDS...: user + system clock ticks so far of each argument, space-separated; an
-# argument may be a comma-separated list of PIDs (Azurite's three services), summed.
+# cpu_ticks PID...: user + system clock ticks of each process so far, space-separated.
 cpu_ticks() {
-  local arg p sum t
-  for arg in "$@"; do
-    sum=0
-    for p in ${arg//,/ }; do
-      t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); sum=$((sum + t))
-    done
-    printf '%d ' "$sum"
-  done
+  local p; for p in "$@"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat" 2>/dev/null || printf '0 '; done
 }
 
 # export_case: loads patients through the importer, then measures exports against the ideal
@@ -163,10 +157,7 @@ JSON
 # the handler's figures (and its phases on a second line).
 export_once() {
   local url=$1
-  rm -rf "$WORK/azurite"
-  STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
-    scripts/azurite-up.sh > "$WORK/azurite.pid"
-  local azurite_pid; azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+  local azurite_pid services; start_azurite
   export FHIRBULK_FHIR_URL=$url
   # Info logs: the export's time runs from "Export started." to "Export completed." (the
   # start request to the job row saying so).
@@ -233,12 +224,9 @@ for c in $CASES; do
       [ -d "$WORK/carebundle" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 500 --sex mixed --age-range 30-90 --seed 3 --out "$WORK/carebundle" > /dev/null
       run_case bundles-sink bundles "$WORK/carebundle" "$sink_url" 500 ;;
     storage-costs)
-      rm -rf "$WORK/azurite"
-      STATE_DIR="$WORK/azurite" AZURITE_BLOB_PORT=31000 AZURITE_QUEUE_PORT=31001 AZURITE_TABLE_PORT=31002 \
-        scripts/azurite-up.sh > "$WORK/azurite.pid"
-      azurite_pid=$(cat "$WORK/azurite.pid"); PIDS+=("$azurite_pid")
+      start_azurite
       FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;" \
-        target/release/fhir-storage-costs "$(tr ' ' ',' < "$WORK/azurite/services.pid")" 400 | sed 's/^/storage-costs  /'
+        target/release/fhir-storage-costs "$(IFS=,; echo "${services[*]}")" 400 | sed 's/^/storage-costs  /'
       stop_azurite "$azurite_pid" ;;
     small-files)
       [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
