@@ -2,7 +2,7 @@
 # Import and export benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
 #   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink zip-small-sink big-bundles-sink huge-bundles-sink
-#                               bundles-sink small-files ndjson-real bundles-real export-real
+#                               bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real
 #                               storage-costs
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
@@ -15,13 +15,14 @@
 # Bundles of 10,000 entries), SMALL_FILES (1000;
 # Azurite's tables slow down as they grow, so far larger counts measure the emulator),
 # EXPORT_PATIENTS (300), EXPORT_ROUNDS (5: ideal client and handler export alternate, each
-# round prints both and their ratio, then the median ratio), AZURITE_ARGS (extra Azurite options).
+# round prints both and their ratio, then the median ratio), AZURITE_ARGS (extra Azurite options),
+# SINK_DELAY_MS (0: the sink answers each batch after this long, like a distant FHIR server).
 # storage-costs measures what each kind of storage request the importer makes costs Azurite
 # (CPU ms per request, and per MiB of ranged reads by range size): the bound on files/hour here.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink zip-small-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real export-real storage-costs}
+CASES=${*:-ndjson-sink zip-sink zip-small-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real storage-costs}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
@@ -40,7 +41,7 @@ HANDLER=${BENCH_HANDLER:-$ROOT/target/release/handler} # BENCH_HANDLER: another 
 CLK_TCK=$(getconf CLK_TCK)
 
 SINK_PORT=31090; FHIR_PORT=31091; HANDLER_PORT=31071
-target/release/fhir-null-sink "$SINK_PORT" & SINK_PID=$!; PIDS+=("$SINK_PID")
+target/release/fhir-null-sink "$SINK_PORT" "${SINK_DELAY_MS:-0}" & SINK_PID=$!; PIDS+=("$SINK_PID")
 sink_url=http://127.0.0.1:$SINK_PORT/fhir
 
 fhir_url=""
@@ -242,6 +243,14 @@ for c in $CASES; do
       start_fhir
       [ -d "$WORK/carebundle-real" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 100 --sex mixed --age-range 30-90 --seed 5 --out "$WORK/carebundle-real" > /dev/null
       run_case bundles-real bundles "$WORK/carebundle-real" "$fhir_url" 100 ;;
+    zip-bundles-real)
+      # The same kind of Bundles as bundles-real (other patients, so both cases create), as one zip.
+      start_fhir
+      [ -d "$WORK/carebundle-zip" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 100 --sex mixed --age-range 30-90 --seed 6 --out "$WORK/carebundle-zip" > /dev/null
+      [ -f "$WORK/zip-bundles/bundles.zip" ] || {
+        mkdir -p "$WORK/zip-bundles"
+        python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$WORK/zip-bundles/bundles.zip" "$WORK/carebundle-zip"; }
+      run_case zip-bundles-real zip "$WORK/zip-bundles/bundles.zip" "$fhir_url" 1 ;;
     export-real) export_case ;;
     *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
   esac

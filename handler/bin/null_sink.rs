@@ -1,9 +1,14 @@
-//! `fhir-null-sink PORT`: a FHIR stand-in for benchmarks that accepts every batch instantly,
-//! answering `200 OK` for each entry, so the loader's own throughput can be measured.
+//! `fhir-null-sink PORT [DELAY_MS]`: a FHIR stand-in for benchmarks that accepts every batch,
+//! answering `200 OK` for each entry, so the loader's own throughput can be measured. With
+//! `DELAY_MS` it answers each batch after that long, like a distant server that has capacity
+//! to spare: what counts then is how many batches the loader keeps in flight.
 //! Not part of the deployed package.
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -15,7 +20,7 @@ struct Batch {
     entry: Vec<IgnoredAny>,
 }
 
-async fn accept(body: Bytes) -> impl IntoResponse {
+async fn accept(State(delay): State<Duration>, body: Bytes) -> impl IntoResponse {
     let Ok(batch) = serde_json::from_slice::<Batch>(&body) else {
         return (
             StatusCode::OK,
@@ -23,6 +28,9 @@ async fn accept(body: Bytes) -> impl IntoResponse {
             String::from("{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"total\":0}"),
         );
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut out = String::with_capacity(32 + batch.entry.len() * 32);
     out.push_str(r#"{"resourceType":"Bundle","type":"batch-response","entry":["#);
     for i in 0..batch.entry.len() {
@@ -42,11 +50,10 @@ async fn accept(body: Bytes) -> impl IntoResponse {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8099);
-    let app = Router::new().fallback(accept);
+    let arg = |n: usize| std::env::args().nth(n).unwrap_or_default();
+    let port: u16 = arg(1).parse().unwrap_or(8099);
+    let delay = Duration::from_millis(arg(2).parse().unwrap_or(0));
+    let app = Router::new().fallback(accept).with_state(delay);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");

@@ -182,13 +182,21 @@ enum Edit<'a> {
 
 /// Appends `s` as a JSON string (quoted, escaped only where JSON needs it).
 pub fn push_json_string(out: &mut String, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(s) {
         out.push_str(&json_string(s));
     } else {
         out.push('"');
         out.push_str(s);
         out.push('"');
     }
+}
+
+/// Whether `s` holds a byte JSON must escape. Every byte is looked at (no early exit), which
+/// lets the compiler check many bytes per instruction: the strings are short ids and references.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 fn json_string(s: &str) -> String {

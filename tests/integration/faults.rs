@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::fixtures::{observation_line, patient_bundle, patient_id};
+use crate::fixtures::{observation_line, patient_bundle, patient_id, zip_of};
 use crate::standin::{Faults, StandIn};
 use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
 
@@ -105,7 +105,90 @@ async fn a_killed_worker_resumes_a_zip_without_loss_or_duplicates() {
         .iter()
         .map(|(n, b)| (n.as_str(), b.clone()))
         .collect();
-    kill_mid_file_then_resume("zip", "big.zip", crate::fixtures::zip_of(&named)).await;
+    kill_mid_file_then_resume("zip", "big.zip", zip_of(&named)).await;
+}
+
+/// The same for a zip of 30 batch Bundles of 50 Observations: Bundle entries load several
+/// at once, and their outcomes are recorded in entry order, so the checkpoint still means
+/// "every entry before it is done".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_resumes_a_zip_of_bundles_without_loss_or_duplicates() {
+    let entries: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|e| {
+            let entry: Vec<serde_json::Value> = (e * 50..(e + 1) * 50)
+                .map(|i| {
+                    serde_json::json!({
+                        "resource": serde_json::from_str::<serde_json::Value>(&observation_line("kill", 1, i, 50)).unwrap(),
+                        "request": {"method": "PUT", "url": format!("Observation/obs-kill-{i}")}})
+                })
+                .collect();
+            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": entry});
+            (format!("bundles/b-{e:02}.json"), bundle.to_string().into_bytes())
+        })
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    kill_mid_file_then_resume("zip", "bundles.zip", zip_of(&named)).await;
+}
+
+/// A zip of Bundles loads like the same Bundles as separate files: several at once, so a
+/// server that answers slowly but has room is kept busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_entries_of_a_zip_load_several_at_once() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let faults = Faults {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_MIN_CONCURRENCY", "4")]);
+    let bundles: Vec<(String, Vec<u8>)> = (1..=8)
+        .map(|n| {
+            (
+                format!("synthea/patient-{n}.json"),
+                patient_bundle(n, 3).to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = bundles
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    blobs(&azurite)
+        .upload("zip", "patients.zip", Bytes::from(zip_of(&named)))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(1, 120).await;
+    assert_eq!(imports[0]["status"], "loaded", "{imports:#?}");
+    let resources = &imports[0]["resources"];
+    assert_eq!(
+        resources["loaded"].as_i64().unwrap() + resources["alreadyPresent"].as_i64().unwrap(),
+        8 * 6,
+        "every entry counted once: {resources}"
+    );
+    // One POST per single-piece Bundle; more than one was being answered at a time.
+    let most = standin.seen(|s| s.most_posts_in_flight);
+    assert!(
+        most >= 2,
+        "Bundle entries went one at a time ({most} POST at once)"
+    );
+    assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 8);
+    for n in 1..=8 {
+        assert_eq!(
+            fhir_count(
+                &fhir.base_url,
+                &format!("Observation?subject=Patient/{}", patient_id(n))
+            )
+            .await,
+            3,
+            "patient {n}'s Observations point at it"
+        );
+    }
+    // Entries resolving the same ifNoneExist at once still create one Organization.
+    assert_eq!(fhir_count(&fhir.base_url, "Organization").await, 1);
 }
 
 /// Uploads 1,500 Observations of one patient (30 batches of 50) as `container/blob`, kills

@@ -36,6 +36,27 @@ pub struct Seen {
     pub entry_sends: HashMap<String, usize>,
     /// Entries whose status the stand-in changed to 429.
     pub throttled_entries: Vec<String>,
+    /// Bundle POSTs being answered now, and the most there were at once.
+    pub posts_in_flight: usize,
+    pub most_posts_in_flight: usize,
+}
+
+/// Counts a bundle POST as in flight until it is answered, however it is answered.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn start(inner: &Arc<Inner>) -> Self {
+        let mut seen = inner.seen.lock().unwrap();
+        seen.posts_in_flight += 1;
+        seen.most_posts_in_flight = seen.most_posts_in_flight.max(seen.posts_in_flight);
+        InFlight(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.seen.lock().unwrap().posts_in_flight -= 1;
+    }
 }
 
 struct Inner {
@@ -93,6 +114,7 @@ async fn forward(
             return (StatusCode::SERVICE_UNAVAILABLE, "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\",\"code\":\"transient\",\"diagnostics\":\"down for maintenance\"}]}").into_response();
         }
     }
+    let _in_flight = is_bundle_post.then(|| InFlight::start(&s));
     if is_bundle_post {
         let delay = s.faults.lock().unwrap().delay;
         if !delay.is_zero() {

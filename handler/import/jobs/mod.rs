@@ -1,6 +1,6 @@
 //! One job per kind of file, each resuming from its part row's checkpoint:
 //! a Bundle by pieces sent, an NDJSON range by byte offset, a gzip file by lines done,
-//! a zip by entry and line. Checkpoints are written at most once a second (errors first),
+//! a zip by entry and line (`zip_entries`). Checkpoints are written at most once a second (errors first),
 //! and with the ETag last read, so two deliveries of one work item never both advance it.
 
 use std::collections::BTreeSet;
@@ -15,11 +15,14 @@ use super::engine::Importer;
 use super::ledger::{Counts, ErrorRecord};
 use super::ndjson::{ChunkStream, LineReader};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
-use super::sender::{OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, BlobFile, gunzip};
-use super::work::{FileKind, ImportError, ImportWork};
-use super::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
+use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
+use super::sources::{BlobChunks, gunzip};
+use super::work::{ImportError, ImportWork};
 use crate::storage::{Entity, TransactionOp, TransactionOutcome};
+
+mod zip_entries;
+
+pub use zip_entries::run_zip;
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -203,11 +206,10 @@ pub async fn run_bundle(
     let bytes = BlobChunks::new(importer.blobs.clone(), &work.container, &work.blob, 0, size)
         .read_to_end()
         .await?;
-    load_bundle_bytes(importer, &mut progress, bytes, reservation, "piece").await?;
+    load_bundle_bytes(importer, &mut progress, bytes, reservation).await?;
     progress.finish().await
 }
 
-/// Loads one Bundle's bytes, resuming after the pieces recorded under `cursor`.
 /// A Bundle is read whole and holds about twice its size in memory while it is planned (its
 /// text, and the rewritten entries), so reading and planning are limited to
 /// `FHIRBULK_BUNDLE_PARSE_BUDGET_MIB` of Bundle bytes at once (a larger Bundle goes alone).
@@ -223,14 +225,56 @@ async fn reserve_bundle_memory(
         .map_err(|e| ImportError::Transient(e.to_string()))
 }
 
+/// Where the outcome of a Bundle's pieces goes: a Bundle file's part row (checkpointed as
+/// pieces finish, so a resumed try skips the pieces loaded) or a zip entry's tally (an entry
+/// is redone whole on a resume).
+#[async_trait]
+trait PieceSink: Send {
+    /// The pieces an earlier try loaded.
+    fn pieces_done(&self) -> BTreeSet<usize>;
+    /// What planning found: entries refused, entries already present. Called only when no
+    /// piece was loaded before, so a resumed try does not count them twice.
+    fn planned(&mut self, present: i64, refused: Vec<RefusedEntry>);
+    /// Piece `done` was sent with `outcome`; `all` holds every piece loaded so far.
+    async fn piece_done(
+        &mut self,
+        all: &BTreeSet<usize>,
+        outcome: BatchOutcome,
+    ) -> Result<(), ImportError>;
+}
+
+/// A Bundle file's part row: the pieces loaded are the `piece` cursor, saved at most once a
+/// second.
+#[async_trait]
+impl PieceSink for PartProgress<'_> {
+    fn pieces_done(&self) -> BTreeSet<usize> {
+        self.piece_set("piece")
+    }
+
+    fn planned(&mut self, present: i64, refused: Vec<RefusedEntry>) {
+        self.counts.present += present;
+        self.refuse(refused, false);
+    }
+
+    async fn piece_done(
+        &mut self,
+        all: &BTreeSet<usize>,
+        outcome: BatchOutcome,
+    ) -> Result<(), ImportError> {
+        self.counts.loaded += outcome.loaded;
+        self.refuse(outcome.refused, false);
+        self.set_piece_set("piece", all);
+        self.save_if_due().await
+    }
+}
+
 /// Plans a Bundle under its memory reservation (released, with the raw bytes, once the
-/// entries are serialised), then sends its pieces.
+/// entries are serialised), then sends its pieces, skipping those `sink` has as done.
 async fn load_bundle_bytes(
     importer: &Importer,
-    progress: &mut PartProgress<'_>,
+    sink: &mut dyn PieceSink,
     bytes: bytes::Bytes,
     reservation: tokio::sync::SemaphorePermit<'_>,
-    cursor: &str,
 ) -> Result<(), ImportError> {
     let settings = &importer.settings;
     let plan = plan_bundle(
@@ -244,19 +288,16 @@ async fn load_bundle_bytes(
     drop(reservation);
     let plan = plan?;
     // The pieces already loaded, exactly (they may finish out of order).
-    let mut done = progress.piece_set(cursor);
+    let mut done = sink.pieces_done();
     if done.is_empty() {
-        progress.counts.present += plan.already_present;
-        progress.refuse(plan.refused, false);
+        sink.planned(plan.already_present, plan.refused);
     }
     if let Some(body) = plan.whole_transaction {
         if done.is_empty() {
             let result = send_transaction(&importer.fhir, body, plan.entry_count).await?;
-            progress.counts.loaded += result.loaded;
-            progress.refuse(result.refused, false);
+            return sink.piece_done(&BTreeSet::from([0]), result).await;
         }
-        progress.set_piece_set(cursor, &BTreeSet::from([0]));
-        return progress.save().await;
+        return Ok(());
     }
     // A piece goes out as soon as the earlier pieces it references are loaded, up to the
     // part's window at once.
@@ -282,10 +323,7 @@ async fn load_bundle_bytes(
         };
         let result = result?;
         done.insert(i);
-        progress.counts.loaded += result.loaded;
-        progress.refuse(result.refused, false);
-        progress.set_piece_set(cursor, &done);
-        progress.save_if_due().await?;
+        sink.piece_done(&done, result).await?;
     }
     Ok(())
 }
@@ -401,139 +439,5 @@ async fn load_unseekable<S: ChunkStream>(
             Err(ImportError::Rejected(format!("the {what} {reason}")))
         }
         other => other.map(|()| reader.lines_read() as i64),
-    }
-}
-
-pub async fn run_zip(
-    importer: &Importer,
-    work: &ImportWork,
-    row: Entity,
-    file: Option<Entity>,
-) -> Result<Entity, ImportError> {
-    let settings = &importer.settings;
-    let mut progress = claim(importer, work, row, file).await?;
-    // Read in place: ranged reads of the blob, no copy on disk.
-    let file = BlobFile::new(
-        importer.blobs.clone(),
-        &work.container,
-        &work.blob,
-        work.end,
-    );
-    let (archive, directory) = tokio::task::spawn_blocking(move || read_directory(file))
-        .await
-        .map_err(|e| ImportError::Transient(e.to_string()))?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => ImportError::Rejected(e.to_string()),
-            _ => ImportError::from(e),
-        })?;
-    let limits = ZipLimits {
-        max_entries: settings.zip_max_entries,
-        max_uncompressed: settings.zip_max_uncompressed_bytes,
-        max_ratio: settings.zip_max_ratio,
-    };
-    let plans = plan_entries(&directory, limits).map_err(ImportError::Rejected)?;
-    let start_entry = progress.cursor("entry");
-    for plan in plans {
-        let (index, name, kind) = match plan {
-            EntryPlan::Skip => continue,
-            EntryPlan::Refuse {
-                index,
-                name,
-                reason,
-            } => {
-                if (index as i64) >= start_entry {
-                    progress.zip_entry = Some((index as i64, name));
-                    progress.refuse_entry(reason);
-                }
-                continue;
-            }
-            EntryPlan::Load { index, name, kind } => (index, name, kind),
-        };
-        if (index as i64) < start_entry {
-            continue;
-        }
-        progress.zip_entry = Some((index as i64, name.clone()));
-        let limit = directory[index].uncompressed.max(1);
-        let gzip = kind == FileKind::NdjsonGz;
-        // A gzip entry's declared size is the compressed one; its own limit is the archive's.
-        let limit = if gzip {
-            settings.zip_max_uncompressed_bytes
-        } else {
-            limit
-        };
-        let stream = stream_entry(archive.clone(), index, gzip, limit);
-        if kind == FileKind::Bundle {
-            let reservation =
-                reserve_bundle_memory(importer, directory[index].uncompressed).await?;
-            match collect_limited(stream, settings.max_bundle_file_bytes).await {
-                Ok(bytes) => {
-                    let loaded = load_bundle_bytes(
-                        importer,
-                        &mut progress,
-                        bytes.into(),
-                        reservation,
-                        "entryPiece",
-                    );
-                    match loaded.await {
-                        Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
-                        other => other?,
-                    }
-                }
-                Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
-                // The archive's blob could not be read (storage unreachable): retried.
-                Err(other) => return Err(other),
-            }
-        } else {
-            let lines_done = if (index as i64) == start_entry {
-                progress.cursor("line")
-            } else {
-                0
-            };
-            match load_unseekable(importer, &mut progress, stream, lines_done, "zip entry").await {
-                Ok(lines) => progress.counts.lines += lines - lines_done,
-                Err(ImportError::Rejected(reason)) => progress.refuse_entry(reason),
-                Err(other) => return Err(other),
-            }
-        }
-        progress.set_cursor("entry", index as i64 + 1);
-        progress.set_cursor("line", 0);
-        progress.set_piece_set("entryPiece", &BTreeSet::new());
-        // The row is consistent after every entry; it is written at most once a second (an
-        // archive of a thousand small Bundles is not a thousand writes). A redelivery redoes
-        // the entries since, and their PUTs and error records land on the same ids.
-        progress.save_if_due().await?;
-    }
-    progress.zip_entry = None;
-    progress.finish().await
-}
-
-/// Reads a zip entry whole, up to `limit` bytes. An entry over the limit or with undecodable
-/// data is `Rejected` (the entry is refused, the archive goes on); an error reading the
-/// archive's blob is the work item's (`From<io::Error>`: transient unless the blob is gone).
-async fn collect_limited<S: ChunkStream>(
-    mut stream: S,
-    limit: u64,
-) -> Result<Vec<u8>, ImportError> {
-    use std::io::ErrorKind;
-    let mut out = Vec::new();
-    loop {
-        match stream.next_chunk().await {
-            Ok(Some(c)) => {
-                out.extend_from_slice(&c);
-                if out.len() as u64 > limit {
-                    return Err(ImportError::Rejected(format!(
-                        "the Bundle entry is larger than {} MiB (FHIRBULK_MAX_BUNDLE_FILE_MIB)",
-                        limit / (1024 * 1024)
-                    )));
-                }
-            }
-            Ok(None) => return Ok(out),
-            Err(e) if matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) => {
-                return Err(ImportError::Rejected(format!(
-                    "the entry cannot be read: {e}"
-                )));
-            }
-            Err(e) => return Err(ImportError::from(e)),
-        }
     }
 }
