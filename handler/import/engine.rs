@@ -287,7 +287,7 @@ impl Importer {
             let finished = match result {
                 Ok(row) => row,
                 Err(ImportError::Superseded) => return Ok(()),
-                Err(ImportError::Rejected(reason)) => {
+                Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
                     warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
                     self.close_part(work, "rejected", &reason).await?
                 }

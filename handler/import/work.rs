@@ -55,6 +55,10 @@ pub enum ImportError {
     /// The file cannot be loaded at all (not JSON, not a Bundle, a refused zip): recorded, final.
     #[error("{0}")]
     Rejected(String),
+    /// The file was deleted or replaced after it was registered (a read's 404): recorded,
+    /// final, and for the whole file (a zip's remaining entries are not refused one by one).
+    #[error("{0}")]
+    Gone(String),
     /// Another delivery of the same work item owns the part now; this one stops quietly.
     #[error("another worker is processing this part")]
     Superseded,
@@ -74,7 +78,7 @@ impl From<StorageError> for ImportError {
 }
 
 fn gone(e: &dyn std::fmt::Display) -> ImportError {
-    ImportError::Rejected(format!(
+    ImportError::Gone(format!(
         "{e} — the file was deleted or replaced after it was registered; upload it again to import it"
     ))
 }
@@ -113,6 +117,8 @@ mod tests {
         assert!(matches!(corrupt, ImportError::Rejected(r) if r.contains("gzip header")));
         let truncated: ImportError = Error::from(ErrorKind::UnexpectedEof).into();
         assert!(matches!(truncated, ImportError::Rejected(_)));
+        let gone: ImportError = Error::new(ErrorKind::NotFound, "blob not found").into();
+        assert!(matches!(gone, ImportError::Gone(r) if r.contains("deleted or replaced")));
         let unreachable: ImportError = Error::other("read blob range ndjson/a: timed out").into();
         assert!(matches!(unreachable, ImportError::Transient(_)));
     }

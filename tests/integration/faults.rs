@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::fixtures::{observation_line, patient_bundle, patient_id, zip_of};
+use crate::fixtures::{observation_line, patient_bundle, patient_id, stored_zip_of, zip_of};
 use crate::standin::{Faults, StandIn};
 use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
 
@@ -131,6 +131,69 @@ async fn a_killed_worker_resumes_a_zip_of_bundles_without_loss_or_duplicates() {
         .map(|(n, b)| (n.as_str(), b.clone()))
         .collect();
     kill_mid_file_then_resume("zip", "bundles.zip", zip_of(&named)).await;
+}
+
+/// A zip deleted while its entries load is rejected as a whole, saying why, instead of
+/// refusing each remaining entry. (Past 8 MiB an archive is read in ranges as it goes, so the
+/// deletion is noticed by the next read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zip_deleted_mid_import_is_rejected_whole() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let faults = Faults {
+        delay: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_MAX_CONCURRENCY", "1")]);
+    // 12 batch Bundles of 100 Observations of ~10 KB: about 12 MB, stored.
+    let entries: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|e| {
+            let entry: Vec<serde_json::Value> = (e * 100..(e + 1) * 100)
+                .map(|i| {
+                    serde_json::json!({
+                        "resource": serde_json::from_str::<serde_json::Value>(&observation_line("gone", 1, i, 10_000)).unwrap(),
+                        "request": {"method": "PUT", "url": format!("Observation/obs-gone-{i}")}})
+                })
+                .collect();
+            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": entry});
+            (format!("b-{e:02}.json"), bundle.to_string().into_bytes())
+        })
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let archive = stored_zip_of(&named);
+    assert!(archive.len() > 10 << 20, "{} bytes", archive.len());
+    let store = blobs(&azurite);
+    store
+        .upload("zip", "big.zip", Bytes::from(archive))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while standin.seen(|s| s.post_times.len()) < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loading never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.delete("zip", "big.zip").await.unwrap();
+    let imports = handler.wait_imports(1, 120).await;
+    let import = &imports[0];
+    assert_eq!(import["status"], "rejected", "{import:#}");
+    assert!(
+        import["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted or replaced after it was registered"),
+        "{import:#}"
+    );
+    assert!(
+        import["resources"]["loaded"].as_i64().unwrap() < 1200,
+        "the archive went before all its entries were read: {import:#}"
+    );
 }
 
 /// A zip of Bundles loads like the same Bundles as separate files: several at once, so a

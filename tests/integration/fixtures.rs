@@ -60,13 +60,22 @@ pub fn patient_line(n: usize) -> String {
         .to_string()
 }
 
-/// A zip archive holding `(name, content)` entries.
+/// A zip archive holding `(name, content)` entries, deflated.
 pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    zip_with(entries, zip::CompressionMethod::Deflated)
+}
+
+/// The same, stored: the archive is as large as its entries.
+pub fn stored_zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    zip_with(entries, zip::CompressionMethod::Stored)
+}
+
+fn zip_with(entries: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
     use std::io::Write;
     let mut out = std::io::Cursor::new(Vec::new());
     {
         let mut w = zip::ZipWriter::new(&mut out);
-        let opts = zip::write::SimpleFileOptions::default();
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
         for (name, content) in entries {
             w.start_file(*name, opts).unwrap();
             w.write_all(content).unwrap();
