@@ -6,39 +6,62 @@
 //! (fullUrls, ids, ifNoneExist criteria), never on what the server answered: a resumed work
 //! item must cut the same pieces as the first try, or its checkpoint would name other entries.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 
 /// Orders entry positions so dependencies come first (stable: ties keep upload order).
-/// `deps[i]` lists the positions entry `i` references.
+/// `deps[i]` lists the positions entry `i` references (repeats and self-references are fine).
 pub fn dependency_order(deps: &[Vec<usize>]) -> Vec<usize> {
     let n = deps.len();
+    let edges = || {
+        deps.iter()
+            .enumerate()
+            .flat_map(|(i, ds)| ds.iter().map(move |&j| (i, j)))
+            .filter(|&(i, j)| j != i && j < n)
+    };
+    // Who waits on each entry, as one array sliced per entry (a Bundle has thousands).
     let mut waiting_on = vec![0usize; n];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        let unique: BTreeSet<usize> = ds.iter().copied().filter(|&j| j != i && j < n).collect();
-        for j in unique {
-            waiting_on[i] += 1;
-            dependents[j].push(i);
-        }
+    let mut start = vec![0usize; n + 1];
+    for (i, j) in edges() {
+        waiting_on[i] += 1;
+        start[j + 1] += 1;
     }
-    let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+    for k in 0..n {
+        start[k + 1] += start[k];
+    }
+    let mut dependents = vec![0usize; start[n]];
+    let mut fill = start.clone();
+    for (i, j) in edges() {
+        dependents[fill[j]] = i;
+        fill[j] += 1;
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n)
+        .filter(|&i| waiting_on[i] == 0)
+        .map(Reverse)
+        .collect();
     let mut done = vec![false; n];
+    // Every entry before this one is done (a cycle releases the earliest entry still waiting).
+    let mut first_waiting = 0;
     let mut order = Vec::with_capacity(n);
     while order.len() < n {
-        let next = match ready.pop_first() {
-            Some(i) => i,
-            // A cycle: release the earliest entry still waiting.
-            None => (0..n).find(|&i| !done[i]).expect("entries remain"),
+        let next = match ready.pop() {
+            Some(Reverse(i)) => i,
+            None => {
+                while done[first_waiting] {
+                    first_waiting += 1;
+                }
+                first_waiting
+            }
         };
         if done[next] {
             continue;
         }
         done[next] = true;
         order.push(next);
-        for &d in &dependents[next] {
+        for &d in &dependents[start[next]..start[next + 1]] {
             waiting_on[d] = waiting_on[d].saturating_sub(1);
             if waiting_on[d] == 0 && !done[d] {
-                ready.insert(d);
+                ready.push(Reverse(d));
             }
         }
     }
@@ -105,6 +128,45 @@ mod tests {
             piece_dependencies(&pieces, &deps),
             vec![vec![], vec![0], vec![]]
         );
+    }
+
+    #[test]
+    fn random_graphs_order_every_entry_once_and_dependencies_first() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for round in 0..200 {
+            let n = 1 + next(60);
+            let cyclic = round % 4 == 0;
+            // Acyclic: entries reference only later positions (as Observations reference the
+            // Patient listed after them); every fourth graph may also reference backwards.
+            let deps: Vec<Vec<usize>> = (0..n)
+                .map(|i| {
+                    (0..next(4))
+                        .map(|_| if cyclic { next(n) } else { i + next(n - i) })
+                        .collect()
+                })
+                .collect();
+            let order = dependency_order(&deps);
+            let mut seen = order.clone();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{deps:?}");
+            if !cyclic {
+                let mut at = vec![0; n];
+                for (k, &i) in order.iter().enumerate() {
+                    at[i] = k;
+                }
+                for (i, ds) in deps.iter().enumerate() {
+                    for &j in ds.iter().filter(|&&j| j != i) {
+                        assert!(at[j] < at[i], "{j} before {i} in {order:?} for {deps:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
