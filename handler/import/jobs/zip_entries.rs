@@ -51,6 +51,11 @@ pub async fn run_zip(
     };
     let plans = plan_entries(&directory, limits).map_err(ImportError::Rejected)?;
     let start_entry = progress.cursor("entry");
+    // A Bundle entry holds its text and then its rewritten entries, about twice its size,
+    // until sent: the entries in flight together stay within the Bundle budget's MiB at that
+    // rate (a larger entry goes alone). Synthea-sized 8.5 MB Bundles go one at a time.
+    let in_flight_mib = settings.bundle_parse_budget_mib.max(1);
+    let in_flight_budget = tokio::sync::Semaphore::new(in_flight_mib as usize);
     // Entries being loaded, in entry order; their outcomes are recorded in that order.
     let mut in_order: FuturesOrdered<BoxFuture<'_, Result<EntryDone, ImportError>>> =
         FuturesOrdered::new();
@@ -85,11 +90,20 @@ pub async fn run_zip(
         } else {
             limit
         };
-        let stream = stream_entry(archive.clone(), index, gzip, limit);
+        // An entry's stream starts reading at once (on a blocking thread, a few MiB ahead):
+        // it is opened only when the entry's turn comes.
+        let archive = archive.clone();
         if kind == FileKind::Bundle {
             let size = directory[index].uncompressed;
+            let budget = &in_flight_budget;
             in_order.push_back(
                 async move {
+                    let mib = ((size >> 19) as u32 + 1).min(in_flight_mib);
+                    let _in_flight = budget
+                        .acquire_many(mib)
+                        .await
+                        .map_err(|e| ImportError::Transient(e.to_string()))?;
+                    let stream = stream_entry(archive, index, gzip, limit);
                     let result = load_bundle_entry(importer, stream, size).await?;
                     Ok(EntryDone {
                         index,
@@ -119,6 +133,7 @@ pub async fn run_zip(
         // The line checkpoint is this entry's: a resume must start here, not at a skipped
         // entry before it.
         progress.set_cursor("entry", index as i64);
+        let stream = stream_entry(archive, index, gzip, limit);
         let result =
             match load_unseekable(importer, &mut progress, stream, lines_done, "zip entry").await {
                 Ok(lines) => {
@@ -191,7 +206,8 @@ async fn load_bundle_entry<S: ChunkStream>(
     size: u64,
 ) -> Result<Result<EntryTally, String>, ImportError> {
     let reservation = reserve_bundle_memory(importer, size).await?;
-    let bytes = match collect_limited(stream, importer.settings.max_bundle_file_bytes).await {
+    let limit = importer.settings.max_bundle_file_bytes;
+    let bytes = match collect_limited(stream, size.min(limit), limit).await {
         Ok(bytes) => bytes,
         Err(ImportError::Rejected(reason)) => return Ok(Err(reason)),
         Err(other) => return Err(other),
@@ -222,15 +238,18 @@ async fn record(progress: &mut PartProgress<'_>, done: EntryDone) -> Result<(), 
     progress.save_if_due().await
 }
 
-/// Reads a zip entry whole, up to `limit` bytes. An entry over the limit or with undecodable
-/// data is `Rejected` (the entry is refused, the archive goes on); an error reading the
-/// archive's blob is the work item's (`From<io::Error>`: transient unless the blob is gone).
+/// Reads a zip entry whole (`expected` bytes, as its directory says), up to `limit` bytes.
+/// An entry over the limit or with undecodable data is `Rejected` (the entry is refused, the
+/// archive goes on); an error reading the archive's blob is the work item's
+/// (`From<io::Error>`: transient unless the blob is gone).
 async fn collect_limited<S: ChunkStream>(
     mut stream: S,
+    expected: u64,
     limit: u64,
 ) -> Result<Vec<u8>, ImportError> {
     use std::io::ErrorKind;
-    let mut out = Vec::new();
+    // Sized once: a buffer grown by doubling holds up to twice the entry while it is planned.
+    let mut out = Vec::with_capacity(expected as usize);
     loop {
         match stream.next_chunk().await {
             Ok(Some(c)) => {
