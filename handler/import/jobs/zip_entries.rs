@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
+use zip::ZipArchive;
 
 use super::{
     PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
@@ -19,7 +20,9 @@ use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
 use crate::import::sources::BlobFile;
 use crate::import::work::{FileKind, ImportError, ImportWork};
-use crate::import::zip::{EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry};
+use crate::import::zip::{
+    EntryInfo, EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry,
+};
 use crate::storage::Entity;
 
 pub async fn run_zip(
@@ -30,26 +33,7 @@ pub async fn run_zip(
 ) -> Result<Entity, ImportError> {
     let settings = &importer.settings;
     let mut progress = claim(importer, work, row, file).await?;
-    // Read in place: ranged reads of the blob, no copy on disk.
-    let file = BlobFile::new(
-        importer.blobs.clone(),
-        &work.container,
-        &work.blob,
-        work.end,
-    );
-    let (archive, directory) = tokio::task::spawn_blocking(move || read_directory(file))
-        .await
-        .map_err(|e| ImportError::Transient(e.to_string()))?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => ImportError::Rejected(e.to_string()),
-            _ => ImportError::from(e),
-        })?;
-    let limits = ZipLimits {
-        max_entries: settings.zip_max_entries,
-        max_uncompressed: settings.zip_max_uncompressed_bytes,
-        max_ratio: settings.zip_max_ratio,
-    };
-    let plans = plan_entries(&directory, limits).map_err(ImportError::Rejected)?;
+    let (archive, directory, plans) = open_archive(importer, work).await?;
     let start_entry = progress.cursor("entry");
     // A Bundle entry holds its text and then its rewritten entries, about twice its size,
     // until sent: the entries in flight together stay within the Bundle budget's MiB at that
@@ -158,6 +142,35 @@ pub async fn run_zip(
     }
     progress.zip_entry = None;
     progress.finish().await
+}
+
+/// Reads the archive's directory in place (ranged reads of the blob, no copy on disk) and
+/// decides what to do with each entry. `Rejected` when it is not a zip or breaks a limit.
+async fn open_archive(
+    importer: &Importer,
+    work: &ImportWork,
+) -> Result<(ZipArchive<BlobFile>, Vec<EntryInfo>, Vec<EntryPlan>), ImportError> {
+    let settings = &importer.settings;
+    let file = BlobFile::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        work.end,
+    );
+    let (archive, directory) = tokio::task::spawn_blocking(move || read_directory(file))
+        .await
+        .map_err(|e| ImportError::Transient(e.to_string()))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => ImportError::Rejected(e.to_string()),
+            _ => ImportError::from(e),
+        })?;
+    let limits = ZipLimits {
+        max_entries: settings.zip_max_entries,
+        max_uncompressed: settings.zip_max_uncompressed_bytes,
+        max_ratio: settings.zip_max_ratio,
+    };
+    let plans = plan_entries(&directory, limits).map_err(ImportError::Rejected)?;
+    Ok((archive, directory, plans))
 }
 
 /// An entry finished: what it loaded, or why it was refused.
