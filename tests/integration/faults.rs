@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::fixtures::{observation_line, patient_bundle, patient_id, stored_zip_of, zip_of};
+use crate::fixtures::{
+    observation_batch, observation_line, patient_bundle, patient_id, stored_zip_of, zip_of,
+};
 use crate::standin::{Faults, StandIn};
 use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
 
@@ -101,11 +103,7 @@ async fn a_killed_worker_resumes_a_zip_without_loss_or_duplicates() {
             )
         })
         .collect();
-    let named: Vec<(&str, Vec<u8>)> = entries
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
-    kill_mid_file_then_resume("zip", "big.zip", zip_of(&named)).await;
+    kill_mid_file_then_resume("zip", "big.zip", zip_of(&entries)).await;
 }
 
 /// The same for a zip of 30 batch Bundles of 50 Observations: Bundle entries load several
@@ -115,22 +113,13 @@ async fn a_killed_worker_resumes_a_zip_without_loss_or_duplicates() {
 async fn a_killed_worker_resumes_a_zip_of_bundles_without_loss_or_duplicates() {
     let entries: Vec<(String, Vec<u8>)> = (0..30)
         .map(|e| {
-            let entry: Vec<serde_json::Value> = (e * 50..(e + 1) * 50)
-                .map(|i| {
-                    serde_json::json!({
-                        "resource": serde_json::from_str::<serde_json::Value>(&observation_line("kill", 1, i, 50)).unwrap(),
-                        "request": {"method": "PUT", "url": format!("Observation/obs-kill-{i}")}})
-                })
-                .collect();
-            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": entry});
-            (format!("bundles/b-{e:02}.json"), bundle.to_string().into_bytes())
+            (
+                format!("bundles/b-{e:02}.json"),
+                observation_batch("kill", 1, e * 50..(e + 1) * 50, 50),
+            )
         })
         .collect();
-    let named: Vec<(&str, Vec<u8>)> = entries
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
-    kill_mid_file_then_resume("zip", "bundles.zip", zip_of(&named)).await;
+    kill_mid_file_then_resume("zip", "bundles.zip", zip_of(&entries)).await;
 }
 
 /// A zip deleted while its entries load is rejected as a whole, saying why, instead of
@@ -149,22 +138,13 @@ async fn a_zip_deleted_mid_import_is_rejected_whole() {
     // 12 batch Bundles of 100 Observations of ~10 KB: about 12 MB, stored.
     let entries: Vec<(String, Vec<u8>)> = (0..12)
         .map(|e| {
-            let entry: Vec<serde_json::Value> = (e * 100..(e + 1) * 100)
-                .map(|i| {
-                    serde_json::json!({
-                        "resource": serde_json::from_str::<serde_json::Value>(&observation_line("gone", 1, i, 10_000)).unwrap(),
-                        "request": {"method": "PUT", "url": format!("Observation/obs-gone-{i}")}})
-                })
-                .collect();
-            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": entry});
-            (format!("b-{e:02}.json"), bundle.to_string().into_bytes())
+            (
+                format!("b-{e:02}.json"),
+                observation_batch("gone", 1, e * 100..(e + 1) * 100, 10_000),
+            )
         })
         .collect();
-    let named: Vec<(&str, Vec<u8>)> = entries
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
-    let archive = stored_zip_of(&named);
+    let archive = stored_zip_of(&entries);
     assert!(archive.len() > 10 << 20, "{} bytes", archive.len());
     let store = blobs(&azurite);
     store
@@ -216,12 +196,8 @@ async fn bundle_entries_of_a_zip_load_several_at_once() {
             )
         })
         .collect();
-    let named: Vec<(&str, Vec<u8>)> = bundles
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
     blobs(&azurite)
-        .upload("zip", "patients.zip", Bytes::from(zip_of(&named)))
+        .upload("zip", "patients.zip", Bytes::from(zip_of(&bundles)))
         .await
         .unwrap();
     let imports = handler.wait_imports(1, 120).await;

@@ -60,24 +60,43 @@ pub fn patient_line(n: usize) -> String {
         .to_string()
 }
 
+/// A batch Bundle of `PUT` Observations `lines` of patient `n` (as `observation_line` makes
+/// them), serialised.
+pub fn observation_batch(
+    tag: &str,
+    n: usize,
+    lines: std::ops::Range<usize>,
+    pad: usize,
+) -> Vec<u8> {
+    let entry: Vec<Value> = lines
+        .map(|i| {
+            json!({"resource": serde_json::from_str::<Value>(&observation_line(tag, n, i, pad)).unwrap(),
+                   "request": {"method": "PUT", "url": format!("Observation/obs-{tag}-{i}")}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entry})
+        .to_string()
+        .into_bytes()
+}
+
 /// A zip archive holding `(name, content)` entries, deflated.
-pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+pub fn zip_of<N: AsRef<str>>(entries: &[(N, Vec<u8>)]) -> Vec<u8> {
     zip_with(entries, zip::CompressionMethod::Deflated)
 }
 
 /// The same, stored: the archive is as large as its entries.
-pub fn stored_zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+pub fn stored_zip_of<N: AsRef<str>>(entries: &[(N, Vec<u8>)]) -> Vec<u8> {
     zip_with(entries, zip::CompressionMethod::Stored)
 }
 
-fn zip_with(entries: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
+fn zip_with<N: AsRef<str>>(entries: &[(N, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
     use std::io::Write;
     let mut out = std::io::Cursor::new(Vec::new());
     {
         let mut w = zip::ZipWriter::new(&mut out);
         let opts = zip::write::SimpleFileOptions::default().compression_method(method);
         for (name, content) in entries {
-            w.start_file(*name, opts).unwrap();
+            w.start_file(name.as_ref(), opts).unwrap();
             w.write_all(content).unwrap();
         }
         w.finish().unwrap();

@@ -10,7 +10,7 @@ use fhir_bulk::storage::{
 };
 use std::time::Duration;
 
-use crate::support::Azurite;
+use crate::support::{Azurite, blobs};
 
 #[tokio::test]
 async fn blobs_queues_and_tables_work_against_azurite() {
@@ -341,8 +341,7 @@ async fn streamed_blob_reads_return_every_byte_once() {
 #[tokio::test]
 async fn a_blob_read_cut_off_mid_body_resumes_where_it_stopped() {
     let azurite = Azurite::start();
-    let settings = parse_connection_string(&azurite.connection_string).unwrap();
-    let direct = BlobStore::new(&StorageCredentials::new(&settings).unwrap()).unwrap();
+    let direct = blobs(&azurite);
     direct.ensure_container("ndjson").await.unwrap();
     let content: Vec<u8> = (0..(9 << 20) + 3).map(|i: u32| (i % 253) as u8).collect();
     direct
@@ -436,11 +435,7 @@ async fn a_blob_read_as_a_file_returns_the_bytes_at_every_position() {
     use std::io::{Read, Seek, SeekFrom, Write};
 
     let azurite = Azurite::start();
-    let blobs = BlobStore::new(
-        &StorageCredentials::new(&parse_connection_string(&azurite.connection_string).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let blobs = blobs(&azurite);
     blobs.ensure_container("zip").await.unwrap();
     let content: Vec<u8> = (0..(11 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
     blobs

@@ -1,7 +1,8 @@
 //! One job per kind of file, each resuming from its part row's checkpoint:
 //! a Bundle by pieces sent, an NDJSON range by byte offset, a gzip file by lines done,
-//! a zip by entry and line (`zip_entries`). Checkpoints are written at most once a second (errors first),
-//! and with the ETag last read, so two deliveries of one work item never both advance it.
+//! a zip by entry and line (`zip_entries`). Checkpoints are written at most once a second
+//! (errors first), and with the ETag last read, so two deliveries of one work item never both
+//! advance it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
