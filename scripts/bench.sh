@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Import and export benchmarks on this machine; results go to stdout (copy them into BENCHMARKS.md).
 #   scripts/bench.sh            all cases
-#   scripts/bench.sh CASE ...   some of: ndjson-sink zip-sink zip-small-sink zip-huge-sink
-#                               big-bundles-sink huge-bundles-sink bundles-sink small-files
+#   scripts/bench.sh CASE ...   some of: ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink
+#                               zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files
 #                               ndjson-real bundles-real zip-bundles-real export-real storage-costs
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
@@ -11,6 +11,9 @@
 # export-real loads EXPORT_PATIENTS carebundle patients into sekmet, then runs an `$alt-export`
 # of all of them (six includes) and, on the same server in the same run, the same searches by an
 # ideal client (scripts/export-baseline.py): resources/second of both, peak RSS and CPU/resource.
+# gz-sink is a gzip NDJSON file (GZ_LINES, default 400000), which is read as one stream;
+# big-lines-sink a gzip NDJSON of BIG_LINES (300) lines of ~1 MB each, like DocumentReferences
+# with their attachments inline: memory must stay bounded however large the lines.
 # Env: NDJSON_LINES (default 1500000, ~1.5 GB), ZIP_LINES (800000, ~800 MB), HUGE_BUNDLES (40
 # Bundles of 10,000 entries), SMALL_FILES (1000;
 # Azurite's tables slow down as they grow, so far larger counts measure the emulator),
@@ -22,11 +25,13 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real storage-costs}
+CASES=${*:-ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real storage-costs}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
 ZIP_LINES=${ZIP_LINES:-800000}
+GZ_LINES=${GZ_LINES:-400000}
+BIG_LINES=${BIG_LINES:-300}
 SMALL_FILES=${SMALL_FILES:-1000}
 HUGE_BUNDLES=${HUGE_BUNDLES:-40}
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/fhir-bulk-bench.XXXXXX)}
@@ -200,6 +205,20 @@ for c in $CASES; do
       [ -f "$WORK/big.ndjson" ] || python3 scripts/gen-data.py ndjson "$WORK/big.ndjson" "$NDJSON_LINES"
       echo "ndjson file: $(du -m "$WORK/big.ndjson" | cut -f1) MB, $NDJSON_LINES lines"
       run_case ndjson-sink ndjson "$WORK/big.ndjson" "$sink_url" 1 ;;
+    gz-sink)
+      [ -f "$WORK/gz/obs.ndjson.gz" ] || {
+        mkdir -p "$WORK/gz"
+        python3 scripts/gen-data.py ndjson "$WORK/gz/obs.ndjson" "$GZ_LINES" 700 gz
+        gzip -1 "$WORK/gz/obs.ndjson"; }
+      echo "gzip file: $(du -m "$WORK/gz/obs.ndjson.gz" | cut -f1) MB, $GZ_LINES lines"
+      run_case gz-sink ndjson "$WORK/gz/obs.ndjson.gz" "$sink_url" 1 ;;
+    big-lines-sink)
+      [ -f "$WORK/big-lines/doc.ndjson.gz" ] || {
+        mkdir -p "$WORK/big-lines"
+        python3 scripts/gen-data.py ndjson "$WORK/big-lines/doc.ndjson" "$BIG_LINES" 1000000 doc
+        gzip -1 "$WORK/big-lines/doc.ndjson"; }
+      echo "gzip file: $(du -m "$WORK/big-lines/doc.ndjson.gz" | cut -f1) MB, $BIG_LINES lines of ~1 MB"
+      run_case big-lines-sink ndjson "$WORK/big-lines/doc.ndjson.gz" "$sink_url" 1 ;;
     zip-sink)
       [ -f "$WORK/zip/big.zip" ] || {
         mkdir -p "$WORK/zip"

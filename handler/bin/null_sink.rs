@@ -1,18 +1,22 @@
 //! `fhir-null-sink PORT [DELAY_MS]`: a FHIR stand-in for benchmarks that accepts every batch,
 //! answering `200 OK` for each entry, so the loader's own throughput can be measured. With
 //! `DELAY_MS` it answers each batch after that long, like a distant server that has capacity
-//! to spare: what counts then is how many batches the loader keeps in flight.
+//! to spare: what counts then is how many batches the loader keeps in flight. Like a real
+//! server it refuses request bodies over a limit, 30,000,000 bytes (ASP.NET Core's default).
 //! Not part of the deployed package.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+
+const MAX_BODY_BYTES: usize = 30_000_000;
 
 #[derive(Deserialize)]
 struct Batch {
@@ -53,7 +57,10 @@ async fn main() {
     let arg = |n: usize| std::env::args().nth(n).unwrap_or_default();
     let port: u16 = arg(1).parse().unwrap_or(8099);
     let delay = Duration::from_millis(arg(2).parse().unwrap_or(0));
-    let app = Router::new().fallback(accept).with_state(delay);
+    let app = Router::new()
+        .fallback(accept)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(delay);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");

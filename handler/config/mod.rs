@@ -94,6 +94,10 @@ pub const ENV_MAX_BUNDLE_FILE_MIB: &str = "FHIRBULK_MAX_BUNDLE_FILE_MIB";
 pub const DEFAULT_MAX_BUNDLE_FILE_MIB: u64 = 64;
 pub const ENV_NDJSON_RESOURCES_PER_BUNDLE: &str = "FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE";
 pub const DEFAULT_NDJSON_RESOURCES_PER_BUNDLE: usize = 200;
+pub const ENV_MAX_BATCH_MIB: &str = "FHIRBULK_MAX_BATCH_MIB";
+pub const DEFAULT_MAX_BATCH_MIB: usize = 4;
+pub const ENV_BATCH_BUDGET_MIB: &str = "FHIRBULK_BATCH_BUDGET_MIB";
+pub const DEFAULT_BATCH_BUDGET_MIB: usize = 32;
 pub const ENV_BUNDLE_PARSE_BUDGET_MIB: &str = "FHIRBULK_BUNDLE_PARSE_BUDGET_MIB";
 pub const DEFAULT_BUNDLE_PARSE_BUDGET_MIB: u32 = 24;
 pub const ENV_BATCHES_PER_PART: &str = "FHIRBULK_BATCHES_PER_PART";
@@ -170,6 +174,12 @@ pub struct ImportSettings {
     /// MiB of Bundle files read and planned at once in this process.
     pub bundle_parse_budget_mib: u32,
     pub ndjson_resources_per_bundle: usize,
+    /// An NDJSON batch is closed before it would pass this many bytes (a longer line goes
+    /// alone): FHIR servers refuse large request bodies.
+    pub max_batch_bytes: usize,
+    /// Bytes of NDJSON batches being built or sent at once in this process, each counted
+    /// twice (its entries and its request body).
+    pub batch_budget_bytes: usize,
     pub ndjson_range_bytes: u64,
     /// Batches one work item keeps in flight (the FHIR client's limiter caps the total).
     pub batches_per_part: usize,
@@ -387,6 +397,10 @@ impl ImportSettings {
                 DEFAULT_NDJSON_RESOURCES_PER_BUNDLE,
                 1,
             )?,
+            max_batch_bytes: (MIB as usize)
+                * r.number(ENV_MAX_BATCH_MIB, DEFAULT_MAX_BATCH_MIB, 1)?,
+            batch_budget_bytes: (MIB as usize)
+                * r.number(ENV_BATCH_BUDGET_MIB, DEFAULT_BATCH_BUDGET_MIB, 1)?,
             ndjson_range_bytes: MIB
                 * r.number(ENV_NDJSON_RANGE_MIB, DEFAULT_NDJSON_RANGE_MIB, 1)?,
             batches_per_part: r.number(ENV_BATCHES_PER_PART, DEFAULT_BATCHES_PER_PART, 1)?,

@@ -102,6 +102,10 @@ impl AdaptiveLimiter {
         self.notify.notify_waiters();
     }
 
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn limit(&self) -> usize {
         self.state.lock().expect("limiter lock").limit.floor() as usize
     }

@@ -152,6 +152,11 @@ impl FhirClient {
         self.max_retries
     }
 
+    /// The most requests the limiter lets run at once (`FHIRBULK_FHIR_MAX_CONCURRENCY`).
+    pub fn max_concurrency(&self) -> usize {
+        self.limiter.max()
+    }
+
     /// GETs a search or read URL (absolute, on this server).
     pub async fn get(&self, url: &Url) -> Result<Value, FhirError> {
         self.send(Method::GET, url.clone(), None).await

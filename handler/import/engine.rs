@@ -15,6 +15,7 @@ use super::ledger::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
+use super::pump::BatchBudget;
 use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
@@ -51,6 +52,8 @@ pub struct Importer {
     pub resolver: FhirSearchResolver,
     /// Permits in MiB of Bundle bytes being parsed (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
     pub bundle_parse_budget: tokio::sync::Semaphore,
+    /// Bytes of NDJSON batches held at once (`FHIRBULK_BATCH_BUDGET_MIB`).
+    pub batch_budget: BatchBudget,
 }
 
 impl Importer {
@@ -66,6 +69,7 @@ impl Importer {
             tokio::sync::Semaphore::new(settings.bundle_parse_budget_mib.max(1) as usize);
         Importer {
             bundle_parse_budget,
+            batch_budget: BatchBudget::new(settings.batch_budget_bytes),
             settings,
             blobs,
             queue,
@@ -78,6 +82,12 @@ impl Importer {
     /// Batches one part keeps in flight (several parts run at once; the limiter caps the total).
     pub fn fhir_window(&self) -> usize {
         self.settings.batches_per_part
+    }
+
+    /// Batches in flight for a file read as one stream (gzip, a zip's NDJSON entry): it is the
+    /// file's only part, so it may keep as many as the FHIR client would run at once.
+    pub fn stream_window(&self) -> usize {
+        self.fhir_window().max(self.fhir.max_concurrency())
     }
 
     /// Creates the containers, queue and tables import uses (idempotent).

@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::fixtures::{
-    observation_batch, observation_line, patient_bundle, patient_id, stored_zip_of, zip_of,
+    gzip, observation_batch, observation_line, patient_bundle, patient_id, patient_line,
+    stored_zip_of, zip_of,
 };
 use crate::standin::{Faults, StandIn};
 use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
@@ -228,6 +229,68 @@ async fn bundle_entries_of_a_zip_load_several_at_once() {
     }
     // Entries resolving the same ifNoneExist at once still create one Organization.
     assert_eq!(fhir_count(&fhir.base_url, "Organization").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_ndjson_lines_go_in_batches_under_the_byte_limit_many_at_once() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let faults = Faults {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_MAX_BATCH_MIB", "1"),
+            ("FHIRBULK_FHIR_MIN_CONCURRENCY", "8"),
+        ],
+    );
+    // 24 Observations of ~300 KB (like DocumentReferences with attachments inline): at most
+    // three fit under 1 MiB, so the 200 lines a batch may hold are never reached.
+    let mut text = patient_line(1) + "\n";
+    for i in 0..24 {
+        text += &observation_line("big", 1, i, 300_000);
+        text += "\n";
+    }
+    blobs(&azurite)
+        .upload("ndjson", "DocumentLike.ndjson.gz", Bytes::from(gzip(&text)))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(1, 120).await;
+    assert_eq!(imports[0]["status"], "loaded", "{imports:#?}");
+    assert_eq!(imports[0]["resources"]["loaded"], 25, "{imports:#?}");
+    assert_eq!(
+        fhir_count(
+            &fhir.base_url,
+            &format!("Observation?subject=Patient/{}", patient_id(1))
+        )
+        .await,
+        24
+    );
+    let (largest, posts, most) = standin.seen(|s| {
+        (
+            s.largest_post_bytes,
+            s.post_times.len(),
+            s.most_posts_in_flight,
+        )
+    });
+    assert!(
+        largest <= 1024 * 1024 + 1024,
+        "a batch of {largest} bytes passed the 1 MiB limit"
+    );
+    assert!(
+        posts >= 8,
+        "24 lines of ~300 KB, three at most per batch, went in {posts} POSTs"
+    );
+    // A gzip file is one stream, its only part: it keeps more batches in flight than the 4
+    // of a part of a file cut into ranges.
+    assert!(
+        most > 4,
+        "the gzip stream kept only {most} batches in flight"
+    );
 }
 
 /// Uploads 1,500 Observations of one patient (30 batches of 50) as `container/blob`, kills

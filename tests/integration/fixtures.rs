@@ -103,3 +103,11 @@ fn zip_with<N: AsRef<str>>(entries: &[(N, Vec<u8>)], method: zip::CompressionMet
     }
     out.into_inner()
 }
+
+/// `text` gzip-compressed, as an `.ndjson.gz` file holds it.
+pub fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    enc.finish().unwrap()
+}

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::fixtures::{observation_line, patient_bundle, patient_id, patient_line, zip_of};
+use crate::fixtures::{gzip, observation_line, patient_bundle, patient_id, patient_line, zip_of};
 use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs, fhir_count};
 
 /// 2,401 lines over two 1 MiB ranges: a Patient, then Observations, with a line without
@@ -266,13 +266,6 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
     let again = handler.wait_imports(12, 180).await;
     assert_eq!(again.iter().filter(|i| i["status"] == "loaded").count(), 8);
     assert_server_holds_exactly_the_expected_resources(fhir_url).await;
-}
-
-fn gzip(text: &str) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(text.as_bytes()).unwrap();
-    enc.finish().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

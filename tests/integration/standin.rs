@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -39,6 +39,8 @@ pub struct Seen {
     /// Bundle POSTs being answered now, and the most there were at once.
     pub posts_in_flight: usize,
     pub most_posts_in_flight: usize,
+    /// The largest bundle POST body, in bytes.
+    pub largest_post_bytes: usize,
 }
 
 /// Counts a bundle POST as in flight until it is answered, however it is answered.
@@ -80,8 +82,10 @@ impl StandIn {
             faults: Mutex::new(faults),
             seen: Mutex::new(Seen::default()),
         });
+        // Bodies of any size reach `forward`, so the tests see what the loader sent.
         let app = Router::new()
             .fallback(forward)
+            .layer(DefaultBodyLimit::disable())
             .with_state(StandIn(inner.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -122,7 +126,10 @@ async fn forward(
         }
         let throttle = {
             let mut f = s.faults.lock().unwrap();
-            s.seen.lock().unwrap().post_times.push(Instant::now());
+            let mut seen = s.seen.lock().unwrap();
+            seen.post_times.push(Instant::now());
+            seen.largest_post_bytes = seen.largest_post_bytes.max(body.len());
+            drop(seen);
             if f.throttle_posts > 0 {
                 f.throttle_posts -= 1;
                 Some(f.retry_after_secs)

@@ -340,10 +340,16 @@ impl LinesSink for PartProgress<'_> {
     }
 }
 
-fn pump_options(importer: &Importer, line_base: i64, skip_through_line: i64) -> PumpOptions {
+fn pump_options(
+    importer: &Importer,
+    window: usize,
+    line_base: i64,
+    skip_through_line: i64,
+) -> PumpOptions {
     PumpOptions {
         per_bundle: importer.settings.ndjson_resources_per_bundle,
-        window: importer.fhir_window(),
+        max_batch_bytes: importer.settings.max_batch_bytes,
+        window,
         line_base,
         skip_through_line,
     }
@@ -388,8 +394,9 @@ pub async fn run_ndjson_range(
     );
     pump_lines(
         &importer.fhir,
+        &importer.batch_budget,
         &mut reader,
-        &pump_options(importer, line_base, 0),
+        &pump_options(importer, importer.fhir_window(), line_base, 0),
         &mut progress,
     )
     .await?;
@@ -430,8 +437,9 @@ async fn load_unseekable<S: ChunkStream>(
     let mut reader = LineReader::new(stream, 0, u64::MAX, false);
     let result = pump_lines(
         &importer.fhir,
+        &importer.batch_budget,
         &mut reader,
-        &pump_options(importer, 0, lines_done),
+        &pump_options(importer, importer.stream_window(), 0, lines_done),
         progress,
     )
     .await;
