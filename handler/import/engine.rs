@@ -84,10 +84,13 @@ impl Importer {
         self.settings.batches_per_part
     }
 
-    /// Batches in flight for a file read as one stream (gzip, a zip's NDJSON entry): it is the
-    /// file's only part, so it may keep as many as the FHIR client would run at once.
-    pub fn stream_window(&self) -> usize {
-        self.fhir_window().max(self.fhir.max_concurrency())
+    /// Batches in flight for each of a file's `parts`: the file may keep as many at once as the
+    /// FHIR client would run (`FHIRBULK_FHIR_MAX_CONCURRENCY`), each part at least
+    /// `FHIRBULK_BATCHES_PER_PART`. A file read as one stream (gzip, a zip's NDJSON entry) or
+    /// small enough for one range has one part, which so keeps the server as busy as many would.
+    pub fn part_window(&self, parts: usize) -> usize {
+        self.fhir_window()
+            .max(self.fhir.max_concurrency().div_ceil(parts.max(1)))
     }
 
     /// Creates the containers, queue and tables import uses (idempotent).

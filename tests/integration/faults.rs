@@ -249,48 +249,62 @@ async fn large_ndjson_lines_go_in_batches_under_the_byte_limit_many_at_once() {
         ],
     );
     // 24 Observations of ~300 KB (like DocumentReferences with attachments inline): at most
-    // three fit under 1 MiB, so the 200 lines a batch may hold are never reached.
-    let mut text = patient_line(1) + "\n";
-    for i in 0..24 {
-        text += &observation_line("big", 1, i, 300_000);
-        text += "\n";
+    // three fit under 1 MiB, so the 200 lines a batch may hold are never reached. The same
+    // lines go as a gzip file (one stream) and as a plain file of one range.
+    let file = |tag: &str, n: usize| {
+        let mut text = patient_line(n) + "\n";
+        for i in 0..24 {
+            text += &observation_line(tag, n, i, 300_000);
+            text += "\n";
+        }
+        text
+    };
+    let files = [
+        ("DocumentLike.ndjson.gz", gzip(&file("gz", 1)), 1),
+        ("DocumentLike.ndjson", file("plain", 2).into_bytes(), 2),
+    ];
+    for (done, (name, bytes, patient)) in files.into_iter().enumerate() {
+        standin.reset_most_posts_in_flight();
+        let posts_before = standin.seen(|s| s.post_times.len());
+        blobs(&azurite)
+            .upload("ndjson", name, Bytes::from(bytes))
+            .await
+            .unwrap();
+        let imports = handler.wait_imports(done + 1, 120).await;
+        let import = imports.iter().find(|i| i["blob"] == name).expect("listed");
+        assert_eq!(import["status"], "loaded", "{import:#?}");
+        assert_eq!(import["resources"]["loaded"], 25, "{import:#?}");
+        assert_eq!(
+            fhir_count(
+                &fhir.base_url,
+                &format!("Observation?subject=Patient/{}", patient_id(patient))
+            )
+            .await,
+            24,
+            "{name}"
+        );
+        let (largest, posts, most) = standin.seen(|s| {
+            (
+                s.largest_post_bytes,
+                s.post_times.len() - posts_before,
+                s.most_posts_in_flight,
+            )
+        });
+        assert!(
+            largest <= 1024 * 1024 + 1024,
+            "{name}: a batch of {largest} bytes passed the 1 MiB limit"
+        );
+        assert!(
+            posts >= 8,
+            "{name}: 24 lines of ~300 KB, three at most per batch, went in {posts} POSTs"
+        );
+        // The file's only part (one stream, or one range) keeps more batches in flight than
+        // the 4 of each part of a file cut into many ranges.
+        assert!(
+            most > 4,
+            "{name}: its one part kept only {most} batches in flight"
+        );
     }
-    blobs(&azurite)
-        .upload("ndjson", "DocumentLike.ndjson.gz", Bytes::from(gzip(&text)))
-        .await
-        .unwrap();
-    let imports = handler.wait_imports(1, 120).await;
-    assert_eq!(imports[0]["status"], "loaded", "{imports:#?}");
-    assert_eq!(imports[0]["resources"]["loaded"], 25, "{imports:#?}");
-    assert_eq!(
-        fhir_count(
-            &fhir.base_url,
-            &format!("Observation?subject=Patient/{}", patient_id(1))
-        )
-        .await,
-        24
-    );
-    let (largest, posts, most) = standin.seen(|s| {
-        (
-            s.largest_post_bytes,
-            s.post_times.len(),
-            s.most_posts_in_flight,
-        )
-    });
-    assert!(
-        largest <= 1024 * 1024 + 1024,
-        "a batch of {largest} bytes passed the 1 MiB limit"
-    );
-    assert!(
-        posts >= 8,
-        "24 lines of ~300 KB, three at most per batch, went in {posts} POSTs"
-    );
-    // A gzip file is one stream, its only part: it keeps more batches in flight than the 4
-    // of a part of a file cut into ranges.
-    assert!(
-        most > 4,
-        "the gzip stream kept only {most} batches in flight"
-    );
 }
 
 /// Uploads 1,500 Observations of one patient (30 batches of 50) as `container/blob`, kills

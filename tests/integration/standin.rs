@@ -98,6 +98,12 @@ impl StandIn {
     pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
         f(&self.0.seen.lock().unwrap())
     }
+
+    /// Starts counting the most bundle POSTs at once afresh (for the next file of a test).
+    pub fn reset_most_posts_in_flight(&self) {
+        let mut seen = self.0.seen.lock().unwrap();
+        seen.most_posts_in_flight = seen.posts_in_flight;
+    }
 }
 
 async fn forward(

@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::engine::Importer;
 use super::ledger::{Counts, ErrorRecord};
-use super::ndjson::{ChunkStream, LineReader};
+use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, gunzip};
@@ -371,6 +371,7 @@ pub async fn run_ndjson_range(
             .unwrap_or(0),
         known => known,
     };
+    let parts = cut_ranges(size, importer.settings.ndjson_range_bytes).len();
     let resume_at = progress.cursor("offset") as u64;
     let line_base = progress.cursor("line");
     let reader_start = if resume_at > 0 {
@@ -396,7 +397,7 @@ pub async fn run_ndjson_range(
         &importer.fhir,
         &importer.batch_budget,
         &mut reader,
-        &pump_options(importer, importer.fhir_window(), line_base, 0),
+        &pump_options(importer, importer.part_window(parts), line_base, 0),
         &mut progress,
     )
     .await?;
@@ -439,7 +440,7 @@ async fn load_unseekable<S: ChunkStream>(
         &importer.fhir,
         &importer.batch_budget,
         &mut reader,
-        &pump_options(importer, importer.stream_window(), 0, lines_done),
+        &pump_options(importer, importer.part_window(1), 0, lines_done),
         progress,
     )
     .await;
