@@ -1,6 +1,8 @@
-//! The NDJSON pipeline: lines → `PUT` entries → batches of N → the FHIR server, with a window
-//! of batches in flight (the FHIR client's adaptive limiter decides how many really run).
-//! Results come back in file order, so a checkpoint after a result covers every line before it.
+//! The NDJSON pipeline: lines → `PUT` entries → batches of at most N lines and M bytes → the
+//! FHIR server, with a window of batches in flight, each sent by a task of its own (the FHIR
+//! client's adaptive limiter decides how many really run, the batch budget how many bytes the
+//! process holds). Results come back in file order, so a checkpoint after a result covers every
+//! line before it.
 
 use std::sync::Arc;
 
