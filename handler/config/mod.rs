@@ -382,6 +382,19 @@ impl ImportSettings {
             }
         };
         const MIB: u64 = 1024 * 1024;
+        let max_batch_mib: usize = r.number(ENV_MAX_BATCH_MIB, DEFAULT_MAX_BATCH_MIB, 1)?;
+        let batch_budget_mib: usize =
+            r.number(ENV_BATCH_BUDGET_MIB, DEFAULT_BATCH_BUDGET_MIB, 1)?;
+        // A batch is counted twice (its entries and its body): a smaller budget holds none.
+        if batch_budget_mib < 2 * max_batch_mib {
+            return Err(SettingError {
+                name: ENV_BATCH_BUDGET_MIB,
+                value: batch_budget_mib.to_string(),
+                reason: format!(
+                    "must be at least twice {ENV_MAX_BATCH_MIB}={max_batch_mib}, so that one full batch fits"
+                ),
+            });
+        }
         Ok(ImportSettings {
             bundles_container: r.container(ENV_CONTAINER_BUNDLES, "bundles")?,
             ndjson_container: r.container(ENV_CONTAINER_NDJSON, "ndjson")?,
@@ -397,10 +410,8 @@ impl ImportSettings {
                 DEFAULT_NDJSON_RESOURCES_PER_BUNDLE,
                 1,
             )?,
-            max_batch_bytes: (MIB as usize)
-                * r.number(ENV_MAX_BATCH_MIB, DEFAULT_MAX_BATCH_MIB, 1)?,
-            batch_budget_bytes: (MIB as usize)
-                * r.number(ENV_BATCH_BUDGET_MIB, DEFAULT_BATCH_BUDGET_MIB, 1)?,
+            max_batch_bytes: MIB as usize * max_batch_mib,
+            batch_budget_bytes: MIB as usize * batch_budget_mib,
             ndjson_range_bytes: MIB
                 * r.number(ENV_NDJSON_RANGE_MIB, DEFAULT_NDJSON_RANGE_MIB, 1)?,
             batches_per_part: r.number(ENV_BATCHES_PER_PART, DEFAULT_BATCHES_PER_PART, 1)?,
@@ -518,6 +529,8 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.fhir.base_url.as_str(), "http://127.0.0.1:8090/fhir");
         assert_eq!(s.import.max_bundle_entries, 500);
+        assert_eq!(s.import.max_batch_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.import.batch_budget_bytes, 32 * 1024 * 1024);
         assert_eq!(s.import.transaction_mode, TransactionMode::Batch);
         assert_eq!(s.fhir.auth, FhirAuth::None);
         assert_eq!(s.fhir.audience, "http://127.0.0.1:8090");
@@ -556,6 +569,10 @@ mod tests {
         assert!(err.to_string().contains("at most 32768"), "{err}");
         let err = settings(&[(ENV_EXPORT_MAX_URL_LENGTH, "100")]).unwrap_err();
         assert_eq!(err.name, ENV_EXPORT_MAX_URL_LENGTH);
+        let err = settings(&[(ENV_MAX_BATCH_MIB, "20")]).unwrap_err();
+        assert_eq!(err.name, ENV_BATCH_BUDGET_MIB);
+        assert!(err.to_string().contains("twice"), "{err}");
+        assert!(settings(&[(ENV_MAX_BATCH_MIB, "16")]).is_ok());
     }
 
     #[test]
