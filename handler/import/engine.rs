@@ -9,13 +9,13 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
+use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ledger::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
-use super::pump::BatchBudget;
 use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::config::ImportSettings;
@@ -50,10 +50,10 @@ pub struct Importer {
     pub ledger: Ledger,
     pub fhir: Arc<FhirClient>,
     pub resolver: FhirSearchResolver,
-    /// Permits in MiB of Bundle bytes being parsed (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
-    pub bundle_parse_budget: tokio::sync::Semaphore,
-    /// Bytes of NDJSON batches held at once (`FHIRBULK_BATCH_BUDGET_MIB`).
-    pub batch_budget: BatchBudget,
+    /// Bundle bytes being read and planned, in MiB (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
+    pub bundle_parse_budget: MemoryBudget,
+    /// Bytes of NDJSON batches held at once, in KiB (`FHIRBULK_BATCH_BUDGET_MIB`).
+    pub batch_budget: MemoryBudget,
 }
 
 impl Importer {
@@ -65,11 +65,9 @@ impl Importer {
         fhir: Arc<FhirClient>,
     ) -> Self {
         let resolver = FhirSearchResolver::new(fhir.clone());
-        let bundle_parse_budget =
-            tokio::sync::Semaphore::new(settings.bundle_parse_budget_mib.max(1) as usize);
         Importer {
-            bundle_parse_budget,
-            batch_budget: BatchBudget::new(settings.batch_budget_bytes),
+            bundle_parse_budget: MemoryBudget::mib(settings.bundle_parse_budget_mib),
+            batch_budget: MemoryBudget::new(settings.batch_budget_bytes as u64, 10),
             settings,
             blobs,
             queue,

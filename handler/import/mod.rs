@@ -5,6 +5,7 @@
 //! `imports` table and queues one work item per part; `Importer::run` loads a part from its
 //! checkpoint (`jobs`), and the last part to finish writes the reports and moves the file.
 
+pub mod budget;
 pub mod bundle;
 pub mod bundle_text;
 pub mod engine;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::engine::Importer;
@@ -217,13 +218,8 @@ pub async fn run_bundle(
 async fn reserve_bundle_memory(
     importer: &Importer,
     size: u64,
-) -> Result<tokio::sync::SemaphorePermit<'_>, ImportError> {
-    let wanted = ((size >> 20) as u32 + 1).min(importer.settings.bundle_parse_budget_mib.max(1));
-    importer
-        .bundle_parse_budget
-        .acquire_many(wanted)
-        .await
-        .map_err(|e| ImportError::Transient(e.to_string()))
+) -> Result<OwnedSemaphorePermit, ImportError> {
+    importer.bundle_parse_budget.reserve(size).await
 }
 
 /// Where the outcome of a Bundle's pieces goes: a Bundle file's part row (checkpointed as
@@ -275,7 +271,7 @@ async fn load_bundle_bytes(
     importer: &Importer,
     sink: &mut dyn PieceSink,
     bytes: bytes::Bytes,
-    reservation: tokio::sync::SemaphorePermit<'_>,
+    reservation: OwnedSemaphorePermit,
 ) -> Result<(), ImportError> {
     let settings = &importer.settings;
     let plan = plan_bundle(

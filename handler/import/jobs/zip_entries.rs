@@ -15,6 +15,7 @@ use zip::ZipArchive;
 use super::{
     PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
 };
+use crate::import::budget::MemoryBudget;
 use crate::import::engine::Importer;
 use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
@@ -38,8 +39,7 @@ pub async fn run_zip(
     // A Bundle entry holds its text and then its rewritten entries, about twice its size,
     // until sent: the entries in flight together stay within the Bundle budget's MiB at that
     // rate (a larger entry goes alone). Synthea-sized 8.5 MB Bundles go one at a time.
-    let in_flight_mib = settings.bundle_parse_budget_mib.max(1);
-    let in_flight_budget = tokio::sync::Semaphore::new(in_flight_mib as usize);
+    let in_flight_budget = MemoryBudget::mib(settings.bundle_parse_budget_mib);
     // Entries being loaded, in entry order; their outcomes are recorded in that order.
     let mut in_order: FuturesOrdered<BoxFuture<'_, Result<EntryDone, ImportError>>> =
         FuturesOrdered::new();
@@ -79,14 +79,10 @@ pub async fn run_zip(
         let archive = archive.clone();
         if kind == FileKind::Bundle {
             let size = directory[index].uncompressed;
-            let budget = &in_flight_budget;
+            let budget = in_flight_budget.clone();
             in_order.push_back(
                 async move {
-                    let mib = ((size >> 19) as u32 + 1).min(in_flight_mib);
-                    let _in_flight = budget
-                        .acquire_many(mib)
-                        .await
-                        .map_err(|e| ImportError::Transient(e.to_string()))?;
+                    let _in_flight = budget.reserve(2 * size).await?;
                     let stream = stream_entry(archive, index, gzip, limit);
                     let result = load_bundle_entry(importer, stream, size).await?;
                     Ok(EntryDone {
