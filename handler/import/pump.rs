@@ -9,9 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::budget::MemoryBudget;
 use super::ndjson::{ChunkStream, LineReader, ParsedLine, parse_line};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::work::ImportError;
@@ -47,39 +47,6 @@ pub struct PumpOptions {
     pub skip_through_line: i64,
 }
 
-/// The bytes of batches this process holds at once (`FHIRBULK_BATCH_BUDGET_MIB`), shared by
-/// every part: a batch waits for its share before it is sent, so memory stays bounded however
-/// long the lines and however many parts run.
-#[derive(Clone)]
-pub struct BatchBudget {
-    kib: Arc<Semaphore>,
-    total_kib: u32,
-}
-
-impl BatchBudget {
-    pub fn new(bytes: usize) -> Self {
-        let total_kib = u32::try_from(bytes >> 10).unwrap_or(u32::MAX).max(1);
-        BatchBudget {
-            kib: Arc::new(Semaphore::new(total_kib as usize)),
-            total_kib,
-        }
-    }
-
-    /// Waits until a batch of `bytes` of entries fits, counted twice (the entries and the
-    /// request body built from them). A batch larger than the whole budget waits for all of it.
-    async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ImportError> {
-        let kib = u32::try_from((2 * bytes) >> 10)
-            .unwrap_or(u32::MAX)
-            .saturating_add(1)
-            .min(self.total_kib);
-        self.kib
-            .clone()
-            .acquire_many_owned(kib)
-            .await
-            .map_err(|e| ImportError::Transient(format!("the batch budget is closed: {e}")))
-    }
-}
-
 /// The batch being filled.
 #[derive(Default)]
 struct OpenBatch {
@@ -108,7 +75,7 @@ impl OpenBatch {
 
 pub async fn pump_lines<S: ChunkStream>(
     fhir: &Arc<FhirClient>,
-    budget: &BatchBudget,
+    budget: &MemoryBudget,
     reader: &mut LineReader<S>,
     options: &PumpOptions,
     sink: &mut dyn LinesSink,
@@ -125,56 +92,44 @@ pub async fn pump_lines<S: ChunkStream>(
     loop {
         let line = reader.next_line().await?;
         let finished = line.is_none();
-        let mut entry = None;
         if let Some(line) = line {
             let number = options.line_base + line.number as i64;
-            let next_offset = line.offset + line.bytes.len() as u64 + 1;
-            if number > options.skip_through_line {
-                let parsed = if line.too_long {
-                    Some(ParsedLine::Invalid(format!(
-                        "the line is longer than {} bytes",
-                        super::ndjson::MAX_LINE_BYTES
-                    )))
-                } else {
-                    parse_line(&line.bytes)
-                };
-                match parsed {
-                    Some(ParsedLine::Entry { target, json }) => {
-                        entry = Some((
-                            OutgoingEntry {
-                                position: number,
-                                target: Some(target),
-                                json,
-                            },
-                            next_offset,
-                        ))
-                    }
-                    Some(ParsedLine::Invalid(reason)) => batch.invalid.push(RefusedEntry {
+            let parsed = if number <= options.skip_through_line {
+                None
+            } else if line.too_long {
+                Some(ParsedLine::Invalid(format!(
+                    "the line is longer than {} bytes",
+                    super::ndjson::MAX_LINE_BYTES
+                )))
+            } else {
+                parse_line(&line.bytes)
+            };
+            // The batch closes before an entry that would take it past the byte limit.
+            if let Some(ParsedLine::Entry { json, .. }) = &parsed
+                && !batch.entries.is_empty()
+                && batch.bytes + json.len() > options.max_batch_bytes
+            {
+                in_flight.push_back(send(fhir, budget, batch.take()).await?);
+            }
+            match parsed {
+                Some(ParsedLine::Entry { target, json }) => {
+                    batch.bytes += json.len();
+                    batch.entries.push(OutgoingEntry {
                         position: number,
-                        target: None,
-                        status: 0,
-                        diagnostics: reason,
-                    }),
-                    None => {}
+                        target: Some(target),
+                        json,
+                    });
                 }
+                Some(ParsedLine::Invalid(reason)) => batch.invalid.push(RefusedEntry {
+                    position: number,
+                    target: None,
+                    status: 0,
+                    diagnostics: reason,
+                }),
+                None => {}
             }
-            if entry.is_none() {
-                batch.next_offset = next_offset;
-                batch.last_line = number;
-            }
-        }
-        // The batch closes before an entry that would take it past the byte limit.
-        let overflows = entry.as_ref().is_some_and(|(e, _)| {
-            !batch.entries.is_empty() && batch.bytes + e.json.len() > options.max_batch_bytes
-        });
-        if overflows {
-            in_flight.push_back(send(fhir, budget, batch.take()).await?);
-        }
-        if let Some((e, next_offset)) = entry {
-            batch.bytes += e.json.len();
-            batch.last_line = e.position;
-            batch.next_offset = next_offset;
-            batch.entries.push(e);
+            batch.next_offset = line.offset + line.bytes.len() as u64 + 1;
+            batch.last_line = number;
         }
         if batch.entries.len() >= options.per_bundle || (finished && !batch.is_empty()) {
             in_flight.push_back(send(fhir, budget, batch.take()).await?);
@@ -194,10 +149,11 @@ pub async fn pump_lines<S: ChunkStream>(
 /// Starts sending a closed batch once the budget has room for it.
 async fn send(
     fhir: &Arc<FhirClient>,
-    budget: &BatchBudget,
+    budget: &MemoryBudget,
     batch: OpenBatch,
 ) -> Result<AbortOnDropHandle<Result<LinesDone, ImportError>>, ImportError> {
-    let held = budget.reserve(batch.bytes).await?;
+    // Counted twice: the entries, and the request body built from them.
+    let held = budget.reserve(2 * batch.bytes as u64).await?;
     let fhir = fhir.clone();
     Ok(AbortOnDropHandle::new(tokio::spawn(async move {
         let _held = held;
