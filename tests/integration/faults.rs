@@ -15,14 +15,12 @@ use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blob
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
+    let (azurite, fhir, standin, url) = behind_standin(Faults {
         throttle_posts: 2,
         retry_after_secs: 2,
         ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    })
+    .await;
     // A tiny backoff: any wait near 2 s can only come from Retry-After.
     let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_RETRY_BASE_MS", "20")]);
     blobs(&azurite)
@@ -53,14 +51,12 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_batch_entries_alone_are_sent_again() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
+    let (azurite, fhir, standin, url) = behind_standin(Faults {
         entry_429_batches: 1,
         entry_429_every: 3,
         ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    })
+    .await;
     let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_RETRY_BASE_MS", "20")]);
     let lines: Vec<String> = (0..30)
         .map(|i| observation_line("e429", 1, i, 10))
@@ -128,13 +124,8 @@ async fn a_killed_worker_resumes_a_zip_of_bundles_without_loss_or_duplicates() {
 /// deletion is noticed by the next read.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zip_deleted_mid_import_is_rejected_whole() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
-        delay: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let (azurite, _fhir, standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(500))).await;
     let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_MAX_CONCURRENCY", "1")]);
     // 12 batch Bundles of 100 Observations of ~10 KB: about 12 MB, stored.
     let entries: Vec<(String, Vec<u8>)> = (0..12)
@@ -181,13 +172,8 @@ async fn a_zip_deleted_mid_import_is_rejected_whole() {
 /// server that answers slowly but has room is kept busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_entries_of_a_zip_load_several_at_once() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
-        delay: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let (azurite, fhir, standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(300))).await;
     let handler = Handler::start(&azurite, &url, &[("FHIRBULK_FHIR_MIN_CONCURRENCY", "4")]);
     let bundles: Vec<(String, Vec<u8>)> = (1..=8)
         .map(|n| {
@@ -233,13 +219,8 @@ async fn bundle_entries_of_a_zip_load_several_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_ndjson_lines_go_in_batches_under_the_byte_limit_many_at_once() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
-        delay: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let (azurite, fhir, standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(300))).await;
     let handler = Handler::start(
         &azurite,
         &url,
@@ -311,13 +292,8 @@ async fn large_ndjson_lines_go_in_batches_under_the_byte_limit_many_at_once() {
 /// the handler after 20 batches, restarts it, and checks the server then holds each exactly
 /// once and that the restart resumed (at most about a second of batches went twice).
 async fn kill_mid_file_then_resume(container: &str, blob: &str, content: impl Into<Bytes>) {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
-        delay: Duration::from_millis(150),
-        ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let (azurite, fhir, standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(150))).await;
     let env = [
         ("FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE", "50"),
         ("FHIRBULK_FHIR_MAX_CONCURRENCY", "1"),
@@ -374,13 +350,8 @@ async fn kill_mid_file_then_resume(container: &str, blob: &str, content: impl In
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_bundle_sent_in_parallel_pieces_resumes_with_exact_counts() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
-        delay: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    let (azurite, fhir, standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(200))).await;
     // 603 entries in pieces of 40: the Patient/Encounter piece first, then 15 in parallel.
     let env = [
         ("FHIRBULK_MAX_BUNDLE_ENTRIES", "40"),
@@ -434,14 +405,12 @@ async fn a_large_bundle_sent_in_parallel_pieces_resumes_with_exact_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
-    let azurite = Azurite::start();
-    let fhir = FhirServer::start();
-    let faults = Faults {
+    let (azurite, fhir, _standin, url) = behind_standin(Faults {
         throttle_posts: usize::MAX,
         retry_after_secs: 0,
         ..Default::default()
-    };
-    let (_standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    })
+    .await;
     let handler = Handler::start(&azurite, &url, &GIVE_UP_FAST);
     let store = blobs(&azurite);
     store
@@ -470,4 +439,13 @@ async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
             .is_some()
     );
     assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 0);
+}
+
+/// Azurite, the FHIR server, and the stand-in in front of it with `faults`; `url` is the
+/// stand-in's, for the handler.
+async fn behind_standin(faults: Faults) -> (Azurite, FhirServer, StandIn, String) {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
+    (azurite, fhir, standin, url)
 }

@@ -28,6 +28,16 @@ pub struct Faults {
     pub fail_gets_containing: Option<String>,
 }
 
+impl Faults {
+    /// Only a delay before every bundle POST is answered: a server that is slow but has room.
+    pub fn slow(delay: Duration) -> Faults {
+        Faults {
+            delay,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Seen {
     /// Times at which bundle POSTs arrived.
