@@ -199,6 +199,19 @@ print(f"    phases: gather+plan={phase('started', 'planned'):.2f}s searches={pha
 PY
 }
 
+# zip_bundles ZIP DIR: the files of DIR as the entries bundles/<name> of one deflated zip.
+zip_bundles() {
+  mkdir -p "$(dirname "$1")"
+  python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$1" "$2"
+}
+
+# gzip_ndjson FILE LINES PAD TAG: gen-data.py Observation lines, gzip-compressed into FILE.gz.
+gzip_ndjson() {
+  mkdir -p "$(dirname "$1")"
+  python3 scripts/gen-data.py ndjson "$1" "$2" "$3" "$4"
+  gzip -1 "$1"
+}
+
 for c in $CASES; do
   case $c in
     ndjson-sink)
@@ -206,17 +219,11 @@ for c in $CASES; do
       echo "ndjson file: $(du -m "$WORK/big.ndjson" | cut -f1) MB, $NDJSON_LINES lines"
       run_case ndjson-sink ndjson "$WORK/big.ndjson" "$sink_url" 1 ;;
     gz-sink)
-      [ -f "$WORK/gz/obs.ndjson.gz" ] || {
-        mkdir -p "$WORK/gz"
-        python3 scripts/gen-data.py ndjson "$WORK/gz/obs.ndjson" "$GZ_LINES" 700 gz
-        gzip -1 "$WORK/gz/obs.ndjson"; }
+      [ -f "$WORK/gz/obs.ndjson.gz" ] || gzip_ndjson "$WORK/gz/obs.ndjson" "$GZ_LINES" 700 gz
       echo "gzip file: $(du -m "$WORK/gz/obs.ndjson.gz" | cut -f1) MB, $GZ_LINES lines"
       run_case gz-sink ndjson "$WORK/gz/obs.ndjson.gz" "$sink_url" 1 ;;
     big-lines-sink)
-      [ -f "$WORK/big-lines/doc.ndjson.gz" ] || {
-        mkdir -p "$WORK/big-lines"
-        python3 scripts/gen-data.py ndjson "$WORK/big-lines/doc.ndjson" "$BIG_LINES" 1000000 doc
-        gzip -1 "$WORK/big-lines/doc.ndjson"; }
+      [ -f "$WORK/big-lines/doc.ndjson.gz" ] || gzip_ndjson "$WORK/big-lines/doc.ndjson" "$BIG_LINES" 1000000 doc
       echo "gzip file: $(du -m "$WORK/big-lines/doc.ndjson.gz" | cut -f1) MB, $BIG_LINES lines of ~1 MB"
       run_case big-lines-sink ndjson "$WORK/big-lines/doc.ndjson.gz" "$sink_url" 1 ;;
     zip-sink)
@@ -229,18 +236,14 @@ for c in $CASES; do
       run_case zip-sink zip "$WORK/zip/big.zip" "$sink_url" 1 ;;
     zip-small-sink)
       [ -d "$WORK/small" ] || python3 scripts/gen-data.py small-bundles "$WORK/small" "$SMALL_FILES"
-      [ -f "$WORK/zip-small/small.zip" ] || {
-        mkdir -p "$WORK/zip-small"
-        python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$WORK/zip-small/small.zip" "$WORK/small"; }
+      [ -f "$WORK/zip-small/small.zip" ] || zip_bundles "$WORK/zip-small/small.zip" "$WORK/small"
       echo "zip file: $(du -k "$WORK/zip-small/small.zip" | cut -f1) KB (deflated), $SMALL_FILES Bundle entries"
       run_case zip-small-sink zip "$WORK/zip-small/small.zip" "$sink_url" 1 ;;
     zip-huge-sink)
       # The huge-bundles-sink Bundles in one deflated zip: entries load several at once, and
       # memory must stay bounded all the same.
       [ -d "$WORK/huge-$HUGE_BUNDLES" ] || python3 scripts/gen-data.py big-bundles "$WORK/huge-$HUGE_BUNDLES" "$HUGE_BUNDLES" 10000
-      [ -f "$WORK/zip-huge-$HUGE_BUNDLES/huge.zip" ] || {
-        mkdir -p "$WORK/zip-huge-$HUGE_BUNDLES"
-        python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$WORK/zip-huge-$HUGE_BUNDLES/huge.zip" "$WORK/huge-$HUGE_BUNDLES"; }
+      [ -f "$WORK/zip-huge-$HUGE_BUNDLES/huge.zip" ] || zip_bundles "$WORK/zip-huge-$HUGE_BUNDLES/huge.zip" "$WORK/huge-$HUGE_BUNDLES"
       run_case zip-huge-sink zip "$WORK/zip-huge-$HUGE_BUNDLES/huge.zip" "$sink_url" 1 ;;
     big-bundles-sink)
       [ -d "$WORK/big-bundles" ] || python3 scripts/gen-data.py big-bundles "$WORK/big-bundles" 200 2000
@@ -274,9 +277,7 @@ for c in $CASES; do
       # The same kind of Bundles as bundles-real (other patients, so both cases create), as one zip.
       start_fhir
       [ -d "$WORK/carebundle-zip" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count 100 --sex mixed --age-range 30-90 --seed 6 --out "$WORK/carebundle-zip" > /dev/null
-      [ -f "$WORK/zip-bundles/bundles.zip" ] || {
-        mkdir -p "$WORK/zip-bundles"
-        python3 -c "import os,sys,zipfile; z=zipfile.ZipFile(sys.argv[1],'w',zipfile.ZIP_DEFLATED); [z.write(os.path.join(sys.argv[2],f),'bundles/'+f) for f in sorted(os.listdir(sys.argv[2]))]; z.close()" "$WORK/zip-bundles/bundles.zip" "$WORK/carebundle-zip"; }
+      [ -f "$WORK/zip-bundles/bundles.zip" ] || zip_bundles "$WORK/zip-bundles/bundles.zip" "$WORK/carebundle-zip"
       run_case zip-bundles-real zip "$WORK/zip-bundles/bundles.zip" "$fhir_url" 1 ;;
     export-real) export_case ;;
     *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
