@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::bundle_text::{BundleKind, read_bundle};
+use super::encoding::utf8_text;
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::split::{piece_dependencies, split};
 use super::transform::{SearchResolver, prepare_bundle};
@@ -38,8 +39,7 @@ pub async fn plan_bundle(
     max_entries: usize,
     resolver: &dyn SearchResolver,
 ) -> Result<BundlePlan, ImportError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ImportError::Rejected(format!("the file is not UTF-8 text: {e}")))?;
+    let text = utf8_text(bytes, "the file").map_err(ImportError::Rejected)?;
     let (kind, bundle) = read_bundle(text).map_err(ImportError::Rejected)?;
     let entry_count = bundle.entry.len();
     if kind == BundleKind::Transaction && mode == TransactionMode::Transaction {

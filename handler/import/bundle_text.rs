@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use super::encoding::json_error_text;
 use super::raw_json::ResourceScan;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,11 +33,11 @@ struct BundleHead<'a> {
 /// The kind and entry count of a Bundle file, or why it is not a loadable Bundle.
 pub fn bundle_kind(text: &str) -> Result<(BundleKind, usize), String> {
     let head: BundleHead = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            "the file is JSON but not a FHIR resource object".to_string()
-        } else {
-            format!("the file is not valid JSON: {e}")
-        }
+        json_error_text(
+            &e,
+            "the file",
+            "a FHIR resource (an object whose resourceType and type are strings)",
+        )
     })?;
     Ok((
         kind_of(head.resource_type.as_deref(), head.kind.as_deref())?,
@@ -55,7 +56,11 @@ pub(crate) fn read_bundle(text: &str) -> Result<(BundleKind, RawBundle<'_>), Str
         )),
         Err(e) => {
             bundle_kind(text)?;
-            Err(format!("the Bundle cannot be read: {e}"))
+            Err(json_error_text(
+                &e,
+                "the Bundle",
+                "a Bundle whose entry is an array of objects (fullUrl a string, resource and request objects)",
+            ))
         }
     }
 }
@@ -229,6 +234,11 @@ mod tests {
         assert!(kind(json!({"a": 1})).is_err());
         assert!(
             bundle_kind("{\"resourceType\": \"Bundle\"")
+                .unwrap_err()
+                .contains("ends before its JSON is complete")
+        );
+        assert!(
+            bundle_kind("{\"resourceType\": Bundle}")
                 .unwrap_err()
                 .contains("not valid JSON")
         );

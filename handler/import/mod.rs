@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod bundle;
 pub mod bundle_text;
+pub mod encoding;
 pub mod engine;
 pub mod jobs;
 pub mod ledger;

@@ -11,10 +11,11 @@ use std::io;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
-use serde_json::Value;
 
+use super::encoding::{json_error_text, utf8_text};
+use super::raw_json::{rewrite_into, scan_resource};
 use super::references::{is_fhir_id, is_resource_type};
-use super::transform::derived_id;
+use super::transform::{derived_id, put_entry_json};
 
 /// Longest line accepted; a longer one is reported as invalid and skipped.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
@@ -42,8 +43,10 @@ pub trait ChunkStream: Send {
 pub struct Line {
     pub offset: u64,
     pub number: u64,
+    /// Bytes of the line, without its newline (also when they were dropped).
+    pub length: u64,
     pub bytes: Bytes,
-    /// The line exceeded `MAX_LINE_BYTES`; `bytes` is empty.
+    /// The line exceeded the reader's limit (`MAX_LINE_BYTES`); `bytes` is empty.
     pub too_long: bool,
 }
 
@@ -57,6 +60,8 @@ pub struct LineReader<S> {
     eof: bool,
     skip_partial: bool,
     number: u64,
+    /// Longest line kept; a longer one is handed out as `too_long`, without its bytes.
+    max_line: usize,
 }
 
 impl<S: ChunkStream> LineReader<S> {
@@ -73,10 +78,17 @@ impl<S: ChunkStream> LineReader<S> {
             eof: false,
             skip_partial: starts_mid_line,
             number: 0,
+            max_line: MAX_LINE_BYTES,
         }
     }
 
-    /// Lines read so far.
+    /// Lines longer than `max` bytes are handed out as `too_long` (tests use small limits).
+    pub fn with_max_line(mut self, max: usize) -> Self {
+        self.max_line = max;
+        self
+    }
+
+    /// Lines read so far (blank ones included: they count for line numbers).
     pub fn lines_read(&self) -> u64 {
         self.number
     }
@@ -97,6 +109,8 @@ impl<S: ChunkStream> LineReader<S> {
         }
     }
 
+    /// The next line that is not blank (blank lines are counted, not handed out), or `None`
+    /// past the last line starting before `end`.
     pub async fn next_line(&mut self) -> io::Result<Option<Line>> {
         if self.skip_partial {
             // Discard through the first newline: that line belongs to the previous range.
@@ -114,58 +128,98 @@ impl<S: ChunkStream> LineReader<S> {
             }
             self.skip_partial = false;
         }
-        let mut scanned = 0;
-        let mut too_long = false;
         loop {
             if self.offset >= self.end {
                 return Ok(None);
             }
+            // Whole blank lines starting before `end` are counted and dropped, many at a time
+            // (a file of a gigabyte of newlines is read at memory speed).
+            let content = self
+                .buf
+                .iter()
+                .position(|&b| !is_blank(b))
+                .unwrap_or(self.buf.len());
+            let room = usize::try_from(self.end - self.offset).unwrap_or(usize::MAX);
+            if let Some(last_newline) = memrchr(&self.buf[..content.min(room)]) {
+                let blank = self.buf.split_to(last_newline + 1);
+                self.number += ::memchr::memchr_iter(b'\n', &blank).count() as u64;
+                self.offset += blank.len() as u64;
+                continue;
+            }
+            // (A blank line longer than the limit is read as a line, so the buffer stays small.)
+            if content < self.buf.len() || self.buf.len() > self.max_line {
+                let line = self.read_line().await?;
+                // A blank line cut by the range's end (its newline lies past it) is counted too.
+                if line.too_long || line.bytes.iter().any(|&b| !is_blank(b)) {
+                    return Ok(Some(line));
+                }
+                continue;
+            }
+            // Only the start of a blank line is buffered: read on.
+            if !self.fill().await? {
+                if !self.buf.is_empty() {
+                    // A last line of spaces without a newline: blank, but still a line.
+                    self.offset += self.buf.len() as u64;
+                    self.buf.clear();
+                    self.number += 1;
+                }
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the line that starts at the front of the buffer (it starts before `end`), to its
+    /// newline or the end of the stream, however far past `end` that is.
+    async fn read_line(&mut self) -> io::Result<Line> {
+        let line_start = self.offset;
+        let mut scanned = 0;
+        // Bytes of a line longer than `max_line` are dropped as they come, and counted here.
+        let mut dropped: u64 = 0;
+        loop {
             if let Some(p) = memchr(&self.buf[scanned..]).map(|p| p + scanned) {
-                let line_start = self.offset;
                 let bytes = self.buf.split_to(p + 1).freeze();
-                self.offset += p as u64 + 1;
-                self.number += 1;
-                let bytes = if too_long {
-                    Bytes::new()
-                } else {
-                    bytes.slice(..p)
-                };
-                return Ok(Some(Line {
-                    offset: line_start,
-                    number: self.number,
-                    bytes,
-                    too_long,
-                }));
+                return Ok(self.line(line_start, dropped, p, bytes.slice(..p), 1));
             }
             scanned = self.buf.len();
-            if scanned > MAX_LINE_BYTES {
-                // Keep counting offsets, drop the bytes.
-                too_long = true;
-                self.offset += scanned as u64;
+            if dropped + scanned as u64 > self.max_line as u64 {
+                dropped += scanned as u64;
                 self.buf.clear();
                 scanned = 0;
             }
             if !self.fill().await? {
-                if self.buf.is_empty() && !too_long {
-                    return Ok(None);
-                }
-                let line_start = self.offset;
                 let bytes = self.buf.split().freeze();
-                self.offset += bytes.len() as u64;
-                self.number += 1;
-                return Ok(Some(Line {
-                    offset: line_start,
-                    number: self.number,
-                    bytes: if too_long { Bytes::new() } else { bytes },
-                    too_long,
-                }));
+                return Ok(self.line(line_start, dropped, bytes.len(), bytes, 0));
             }
+        }
+    }
+
+    /// Hands out a line of `dropped + kept` bytes (plus `newline`), moving the offset past it.
+    fn line(&mut self, offset: u64, dropped: u64, kept: usize, bytes: Bytes, newline: u64) -> Line {
+        let length = dropped + kept as u64;
+        self.offset = offset + length + newline;
+        self.number += 1;
+        let too_long = length > self.max_line as u64;
+        Line {
+            offset,
+            number: self.number,
+            length,
+            bytes: if too_long { Bytes::new() } else { bytes },
+            too_long,
         }
     }
 }
 
+/// Bytes a blank line may hold (JSON's insignificant white space).
+fn is_blank(b: u8) -> bool {
+    matches!(b, b'\n' | b'\r' | b' ' | b'\t')
+}
+
+fn memrchr(haystack: &[u8]) -> Option<usize> {
+    ::memchr::memrchr(b'\n', haystack)
+}
+
 fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
+    ::memchr::memchr(b'\n', haystack)
 }
 
 /// What one NDJSON line becomes.
@@ -190,45 +244,44 @@ struct Head<'a> {
 /// Parses one line; `None` for a blank line (not an error: files often end with one).
 pub fn parse_line(raw: &[u8]) -> Option<ParsedLine> {
     let line = trim_ascii(raw);
-    if line.is_empty() {
+    if line.is_empty() || line == b"\xEF\xBB\xBF" {
         return None;
     }
-    let head: Head = match serde_json::from_slice(line) {
-        Ok(h) => h,
-        Err(e) => {
-            return Some(ParsedLine::Invalid(format!(
-                "not a JSON object: {}",
-                e.to_string().split(" at line").next().unwrap_or_default()
-            )));
-        }
-    };
+    Some(resource_line(line).unwrap_or_else(ParsedLine::Invalid))
+}
+
+/// A non-blank line as a `PUT Type/id` entry, or why it cannot be one.
+fn resource_line(line: &[u8]) -> Result<ParsedLine, String> {
+    let text = utf8_text(line, "the line")?.trim_start();
+    let head: Head = serde_json::from_str(text).map_err(|e| {
+        json_error_text(
+            &e,
+            "the line",
+            "a resource (an object whose resourceType and id are strings)",
+        )
+    })?;
     let Some(resource_type) = head.resource_type.filter(|t| is_resource_type(t)) else {
-        return Some(ParsedLine::Invalid(
-            "the JSON object has no valid resourceType".into(),
-        ));
+        return Err("the JSON object has no valid resourceType".into());
     };
-    let text = std::str::from_utf8(line).expect("serde_json accepted it, so it is UTF-8");
-    let (target, resource) = match head.id {
-        Some(id) if is_fhir_id(&id) => (format!("{resource_type}/{id}"), Cow::Borrowed(text)),
+    let scan = scan_resource(text);
+    if let Some(hazard) = scan.hazard() {
+        return Err(hazard);
+    }
+    let id = match head.id {
+        Some(id) if is_fhir_id(&id) => id,
         Some(id) => {
-            return Some(ParsedLine::Invalid(format!(
+            return Err(format!(
                 "id {id:?} is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
-            )));
+            ));
         }
-        None => {
-            // No id: derive one from the content so a re-upload maps to the same resource.
-            let mut value: Value = serde_json::from_slice(line).expect("parsed above");
-            let id = derived_id(&format!("{resource_type}#{text}"));
-            value["id"] = Value::String(id.clone());
-            (
-                format!("{resource_type}/{id}"),
-                Cow::Owned(value.to_string()),
-            )
-        }
+        // No id: derive one from the content so a re-upload maps to the same resource.
+        None => Cow::Owned(derived_id(&format!("{resource_type}#{text}"))),
     };
-    let json =
-        format!(r#"{{"resource":{resource},"request":{{"method":"PUT","url":"{target}"}}}}"#);
-    Some(ParsedLine::Entry { target, json })
+    let target = format!("{resource_type}/{id}");
+    let json = put_entry_json(&target, text.len(), |out| {
+        rewrite_into(out, text, &scan, |_| None, &id)
+    });
+    Ok(ParsedLine::Entry { target, json })
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -259,6 +312,7 @@ pub fn batch_bundle_json<'a>(entries: impl IntoIterator<Item = &'a str>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// An in-memory byte source in fixed-size chunks (tests, small payloads).
     struct MemoryChunks {
@@ -321,7 +375,8 @@ mod tests {
         }
         text.push_str("{\"last\":\"no newline\"}");
         let file = Bytes::from(text.clone());
-        let expected: Vec<&str> = text.split('\n').collect();
+        // Blank lines are counted, not handed out.
+        let expected: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
         for range in [1u64, 2, 3, 7, 16, 33, 1000] {
             for chunk in [1usize, 5, 64] {
                 let mut got = Vec::new();
@@ -337,6 +392,81 @@ mod tests {
                 assert_eq!(got, expected, "range {range} chunk {chunk}");
             }
         }
+    }
+
+    /// Every line of a file whose first byte lies in a range is handed out by exactly that
+    /// range (or counted, when blank), with its absolute number, its length and whether it is
+    /// over the limit: over random files of lines around the limit (blank, white-space and
+    /// over-long lines among them), random range sizes and random chunk sizes.
+    #[tokio::test]
+    async fn every_line_is_handed_out_once_whatever_its_length_and_range() {
+        use rand::{Rng, SeedableRng};
+        const LIMIT: usize = 16;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for case in 0..400 {
+            // The lines: (text, blank?) with lengths clustered around the limit.
+            let mut lines: Vec<String> = Vec::new();
+            for _ in 0..rng.random_range(1..30) {
+                let line = match rng.random_range(0..6) {
+                    0 => String::new(),
+                    1 => " \r".repeat(rng.random_range(0..3)),
+                    _ => {
+                        let len = rng.random_range(1..=LIMIT * 2 + 2);
+                        "x".repeat(len)
+                    }
+                };
+                lines.push(line);
+            }
+            let mut text = lines.join("\n");
+            if rng.random_bool(0.5) {
+                text.push('\n');
+            } else if lines.last().is_some_and(String::is_empty) {
+                lines.pop(); // an empty last piece without a newline is no line
+            }
+            let file = Bytes::from(text);
+            let range = rng.random_range(1..=file.len().max(1) as u64 + 3);
+            let chunk = rng.random_range(1..=LIMIT * 3);
+            let mut got = Vec::new();
+            let mut base = 0u64;
+            for (s, e) in cut_ranges(file.len() as u64, range) {
+                let from = s.saturating_sub(1) as usize;
+                let src = MemoryChunks::new(file.slice(from..), chunk);
+                let mut reader = LineReader::new(src, from as u64, e, s > 0).with_max_line(LIMIT);
+                while let Some(line) = reader.next_line().await.unwrap() {
+                    assert!(line.offset >= s && line.offset < e.max(1), "case {case}");
+                    got.push((base + line.number, line.length, line.too_long, line.bytes));
+                }
+                base += reader.lines_read();
+            }
+            assert_eq!(
+                base,
+                lines.len() as u64,
+                "case {case}: every line counted once"
+            );
+            let expected: Vec<_> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    let too_long = l.len() > LIMIT;
+                    let bytes = if too_long {
+                        Bytes::new()
+                    } else {
+                        Bytes::from(l.clone())
+                    };
+                    (i as u64 + 1, l.len() as u64, too_long, bytes)
+                })
+                .collect();
+            assert_eq!(got, expected, "case {case}: range {range}, chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_of_blank_lines_is_counted_without_a_line_handed_out() {
+        let file = Bytes::from("\n".repeat(3_000_000) + "  \r\n\t");
+        let mut reader = LineReader::new(MemoryChunks::new(file, 1 << 16), 0, u64::MAX, false);
+        assert!(reader.next_line().await.unwrap().is_none());
+        assert_eq!(reader.lines_read(), 3_000_002);
     }
 
     #[test]
@@ -362,12 +492,43 @@ mod tests {
             Some(ParsedLine::Invalid(r)) => r,
             other => panic!("{other:?}"),
         };
-        assert!(bad(b"{\"resourceType\": \"Patient\"").contains("not a JSON object"));
-        assert!(bad(b"[1,2]").contains("not a JSON object"));
+        assert!(
+            bad(b"{\"resourceType\": \"Patient\"").contains("ends before its JSON is complete")
+        );
+        assert!(bad(b"[1,2]").contains("is JSON, but not a resource"));
         assert!(bad(b"{\"id\":\"x\"}").contains("resourceType"));
         assert!(
             bad(b"{\"resourceType\":\"Patient\",\"id\":\"a b\"}").contains("not a valid FHIR id")
         );
+    }
+
+    /// Lines a server cannot store faithfully, or that are no UTF-8 text, are refused alone
+    /// with the reason (a deep line without an id used to panic the worker).
+    #[test]
+    fn hazardous_lines_are_refused_with_the_reason_and_a_bom_is_dropped() {
+        let bad = |l: &[u8]| match parse_line(l) {
+            Some(ParsedLine::Invalid(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            bad(br#"{"resourceType":"Patient","id":"s","name":[{"text":"\ud800"}]}"#)
+                .contains("surrogate")
+        );
+        let deep = format!(
+            r#"{{"resourceType":"Basic","x":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(bad(deep.as_bytes()).contains("nested 100001 levels"));
+        assert!(bad(b"{\"resourceType\":\"Patient\",\"x\":\"\xff\"}").contains("not UTF-8"));
+        assert!(!bad(b"[1]").contains("Head"), "no internal type names");
+        let Some(ParsedLine::Entry { target, .. }) =
+            parse_line(b"\xEF\xBB\xBF{\"resourceType\":\"Patient\",\"id\":\"bom\"}")
+        else {
+            panic!("a line after a byte-order mark loads")
+        };
+        assert_eq!(target, "Patient/bom");
+        assert_eq!(parse_line(b"\xEF\xBB\xBF"), None);
     }
 
     #[test]

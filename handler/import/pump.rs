@@ -98,8 +98,9 @@ pub async fn pump_lines<S: ChunkStream>(
                 None
             } else if line.too_long {
                 Some(ParsedLine::Invalid(format!(
-                    "the line is longer than {} bytes",
-                    super::ndjson::MAX_LINE_BYTES
+                    "the line is {} bytes long; lines of up to {} MiB are read — split the resource's data (e.g. attachments) out of the line",
+                    line.length,
+                    super::ndjson::MAX_LINE_BYTES / (1024 * 1024)
                 )))
             } else {
                 parse_line(&line.bytes)
@@ -128,7 +129,7 @@ pub async fn pump_lines<S: ChunkStream>(
                 }),
                 None => {}
             }
-            batch.next_offset = line.offset + line.bytes.len() as u64 + 1;
+            batch.next_offset = line.offset + line.length + 1;
             batch.last_line = number;
         }
         if batch.entries.len() >= options.per_bundle || (finished && !batch.is_empty()) {

@@ -27,6 +27,31 @@ pub struct ResourceScan<'a> {
     pub resource_type: Option<StringSpan<'a>>,
     /// Offset of the top-level `{`, when the text is an object.
     pub object_start: Option<usize>,
+    /// The deepest nesting of objects and arrays (the resource itself is 1).
+    pub depth: usize,
+    /// The first string escape that is valid JSON but no Unicode text (a lone UTF-16
+    /// surrogate such as `\ud800`), described.
+    pub bad_escape: Option<String>,
+}
+
+/// Deepest nesting of objects and arrays a resource may have. Servers on .NET refuse JSON
+/// nested more than 64 levels (Newtonsoft's and System.Text.Json's default `MaxDepth`), and a
+/// resource sits 3 levels into its batch Bundle; no real resource comes near it.
+pub const MAX_RESOURCE_DEPTH: usize = 60;
+
+impl ResourceScan<'_> {
+    /// Why the server could not store this text faithfully although it is valid JSON, checked
+    /// here so that the entry or line fails alone, with the reason, instead of making the
+    /// server answer 500 to its whole batch.
+    pub fn hazard(&self) -> Option<String> {
+        if self.depth > MAX_RESOURCE_DEPTH {
+            return Some(format!(
+                "the resource's JSON is nested {} levels deep; at most {MAX_RESOURCE_DEPTH} are loaded",
+                self.depth
+            ));
+        }
+        self.bad_escape.clone()
+    }
 }
 
 struct Frame {
@@ -52,6 +77,7 @@ pub fn scan_resource(text: &str) -> ResourceScan<'_> {
                     expecting_key: open == b'{',
                     key: (0, 0),
                 });
+                scan.depth = scan.depth.max(stack.len());
                 i += 1;
             }
             b'}' | b']' => {
@@ -94,6 +120,9 @@ pub fn scan_resource(text: &str) -> ResourceScan<'_> {
                     }
                 }
                 let end = (j + 1).min(b.len());
+                if escaped && scan.bad_escape.is_none() {
+                    scan.bad_escape = unpaired_surrogate(&b[start + 1..j]);
+                }
                 let depth = stack.len();
                 if let Some(top) = stack.last_mut()
                     && top.is_object
@@ -126,6 +155,47 @@ pub fn scan_resource(text: &str) -> ResourceScan<'_> {
         }
     }
     scan
+}
+
+/// The first `\\uXXXX` escape in a JSON string's body that is half of a UTF-16 surrogate pair
+/// without its other half: valid JSON, but no Unicode character (serde_json checks the rest
+/// of the escape syntax).
+fn unpaired_surrogate(body: &[u8]) -> Option<String> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = body.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(k) = memchr::memchr(b'\\', &body[i..]) {
+        i += k;
+        if body.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        // (serde_json has checked the four hex digits.)
+        let first = unit(i + 2)?;
+        i += 6;
+        match first {
+            0xD800..=0xDBFF => {
+                let low = (body.get(i..i + 2) == Some(b"\\u".as_slice()))
+                    .then(|| unit(i + 2))
+                    .flatten();
+                if !low.is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) {
+                    return Some(lone_surrogate(first));
+                }
+                i += 6;
+            }
+            0xDC00..=0xDFFF => return Some(lone_surrogate(first)),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn lone_surrogate(unit: u16) -> String {
+    format!(
+        "a string holds the escape \\u{unit:04x}, half of a UTF-16 surrogate pair without its other half: it is no Unicode character, and FHIR strings must be Unicode text"
+    )
 }
 
 /// Appends the resource text to `out` with references replaced (`replace` returns the new
@@ -278,6 +348,25 @@ mod tests {
         expected["subject"]["reference"] = json!("X/p");
         expected["serviceProvider"]["reference"] = json!("X/org");
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn lone_surrogates_and_deep_nesting_are_hazards_and_pairs_are_not() {
+        let hazard = |t: &str| scan_resource(t).hazard();
+        assert_eq!(hazard(r#"{"a":"\ud83d\ude00 \u00e9 \n \\ud800"}"#), None);
+        for bad in [
+            r#"{"a":"x\ud800"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":["\uD83D"]}"#,
+        ] {
+            let why = hazard(bad).unwrap_or_else(|| panic!("{bad}"));
+            assert!(why.contains("surrogate"), "{why}");
+        }
+        let deep = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(hazard(&deep(MAX_RESOURCE_DEPTH - 1)), None);
+        let why = hazard(&deep(100_000)).unwrap();
+        assert!(why.contains("100001 levels"), "{why}");
     }
 
     #[test]

@@ -148,8 +148,12 @@ pub(crate) async fn prepare_bundle(
     targets.full_urls.reserve(entries.len());
     let mut criteria_ids: FxHashMap<String, String> = FxHashMap::default();
     let mut plans = Vec::with_capacity(entries.len());
+    // The first entry of each fullUrl and of each resource written: a second one would leave
+    // the server with one resource where the file counts two.
+    let mut first_of_full_url: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut first_writer: FxHashMap<String, usize> = FxHashMap::default();
     for (index, ((entry, head), request)) in entries.iter().zip(&heads).zip(&requests).enumerate() {
-        let plan = plan_entry(
+        let mut plan = plan_entry(
             index,
             entry,
             request.as_ref(),
@@ -158,11 +162,40 @@ pub(crate) async fn prepare_bundle(
             &mut criteria_ids,
         )
         .await;
+        // Text the server cannot store faithfully fails its entry alone, before it is sent.
+        let hazard = match plan {
+            Plan::Write { .. } | Plan::AsIs => entry
+                .resource
+                .and_then(|_| scans[index].hazard())
+                .or_else(|| entry.request.and_then(|r| scan_resource(r.get()).hazard())),
+            _ => None,
+        };
+        if let Some(hazard) = hazard {
+            plan = Plan::Failed(format!("entry {index}: {hazard}"));
+        }
+        if let Some(full_url) = entry.full_url.as_deref().filter(|u| !u.is_empty())
+            && let Some(first) = first_of_full_url.insert(full_url, index)
+        {
+            first_of_full_url.insert(full_url, first);
+            plan = Plan::Failed(format!(
+                "entry {index} has the fullUrl {full_url} of entry {first}; fullUrls must be unique within a Bundle, so this entry is not loaded"
+            ));
+        }
+        if let Plan::Write { resource_type, id } = &plan {
+            let target = format!("{resource_type}/{id}");
+            if let Some(&first) = first_writer.get(&target) {
+                plan = Plan::Failed(format!(
+                    "entry {index} writes {target}, as entry {first} of this Bundle does; a Bundle may write a resource once, so this entry is not loaded"
+                ));
+            } else {
+                first_writer.insert(target, index);
+            }
+        }
         let mut target = None;
         if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
             target = Some(format!("{resource_type}/{id}"));
             if let Some(full_url) = entry.full_url.as_deref() {
-                targets.full_urls.insert(full_url, index);
+                targets.full_urls.entry(full_url).or_insert(index);
             }
             if let Some(ResourceHead {
                 resource_type: Some(ty),
@@ -385,18 +418,52 @@ async fn plan_entry<'a>(
         };
     }
 
-    let id = entry_id(entry.full_url.as_ref(), &resource_type, is_post, url, head)
+    if !is_post {
+        // An update names its resource: `PUT Type/id` writes exactly that id, whatever the
+        // fullUrl says, so that anything outside the file that points at it still resolves.
+        return match update_id(url, &resource_type) {
+            Ok(id) => Plan::Write {
+                resource_type,
+                id: Cow::Owned(id.to_string()),
+            },
+            Err(problem) => Plan::Failed(format!("entry {index}: {problem}")),
+        };
+    }
+    let id = create_id(entry.full_url.as_ref(), &resource_type, head)
         .unwrap_or_else(|| Cow::Owned(content_id(&resource_type, resource.get(), index)));
     Plan::Write { resource_type, id }
 }
 
-/// The id the file gives an entry that writes `resource_type`: the `urn:uuid` of its fullUrl,
-/// the id of an absolute fullUrl, the id of a `PUT Type/id`, or the resource's own id.
-fn entry_id<'a>(
+/// The id of `PUT Type/id` (an update without criteria), or why the url names none.
+fn update_id<'u>(url: &'u str, resource_type: &str) -> Result<&'u str, String> {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .trim_matches('/');
+    let Some((ty, id)) = path.split_once('/') else {
+        return Err(format!(
+            "PUT {url} names no resource id; an update needs {resource_type}/<id> (or search criteria)"
+        ));
+    };
+    if ty != resource_type {
+        return Err(format!(
+            "PUT {url} carries a {resource_type}; the url must name the same type"
+        ));
+    }
+    if !is_fhir_id(id) {
+        return Err(format!(
+            "PUT {url}: {id:?} is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
+        ));
+    }
+    Ok(id)
+}
+
+/// The id the file gives a created resource (`POST`): the `urn:uuid` of its fullUrl, the id of
+/// an absolute fullUrl, or the resource's own id.
+fn create_id<'a>(
     full_url: Option<&Cow<'a, str>>,
     resource_type: &str,
-    is_post: bool,
-    url: &str,
     head: &ResourceHead<'a>,
 ) -> Option<Cow<'a, str>> {
     if let Some(full_url) = full_url {
@@ -406,14 +473,6 @@ fn entry_id<'a>(
         if let Some((_, id)) = relative_from_url(full_url).filter(|(ty, _)| *ty == resource_type) {
             return Some(part_of(full_url, id));
         }
-    }
-    if !is_post
-        && let Some(id) = url
-            .strip_prefix(resource_type)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .filter(|id| is_fhir_id(id))
-    {
-        return Some(Cow::Owned(id.to_string()));
     }
     head.id.as_ref().filter(|i| is_fhir_id(i)).cloned()
 }
@@ -685,6 +744,86 @@ mod tests {
         );
         assert_eq!(p.entries().len(), 1);
         assert_eq!(entry(p.entries()[0])["request"]["method"], "DELETE");
+    }
+
+    /// `PUT Type/id` writes that id whatever the fullUrl says; references to the fullUrl
+    /// follow it. A url naming no valid id (or another type) is an entry error, never a new id.
+    #[tokio::test]
+    async fn an_update_keeps_the_id_its_url_names() {
+        let b = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"fullUrl": "urn:uuid:0c6f7c43-9a3c-4a55-8a1e-2b9c0a0f1e01",
+             "resource": {"resourceType": "Patient", "id": "x04a"},
+             "request": {"method": "PUT", "url": "Patient/x04a"}},
+            {"fullUrl": "urn:uuid:0c6f7c43-9a3c-4a55-8a1e-2b9c0a0f1e02",
+             "resource": {"resourceType": "Observation",
+                          "subject": {"reference": "urn:uuid:0c6f7c43-9a3c-4a55-8a1e-2b9c0a0f1e01"}},
+             "request": {"method": "PUT", "url": "Observation/o-1"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient/bad id"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": format!("Patient/{}", "a".repeat(65))}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Observation/o-2"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient"}}
+        ]});
+        let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
+        let targets: Vec<_> = p
+            .entries()
+            .iter()
+            .map(|e| e.target.clone().unwrap())
+            .collect();
+        assert_eq!(targets, vec!["Patient/x04a", "Observation/o-1"]);
+        assert_eq!(entry(p.entries()[0])["request"]["url"], "Patient/x04a");
+        assert_eq!(
+            entry(p.entries()[1])["resource"]["subject"]["reference"],
+            "Patient/x04a"
+        );
+        let reasons: Vec<_> = p
+            .failures
+            .iter()
+            .map(|f| (f.index, f.diagnostics.clone()))
+            .collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(
+            reasons[0].1.contains("\"bad id\" is not a valid FHIR id"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].1.contains("not a valid FHIR id"), "{reasons:?}");
+        assert!(
+            reasons[2].1.contains("must name the same type"),
+            "{reasons:?}"
+        );
+        assert!(reasons[3].1.contains("names no resource id"), "{reasons:?}");
+    }
+
+    /// Two entries with one fullUrl, or two writing one resource, would load one resource
+    /// for two counted: the second is an entry error that says why.
+    #[tokio::test]
+    async fn a_second_entry_with_the_same_full_url_or_target_is_an_error() {
+        let b = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"fullUrl": "urn:uuid:0c6f7c43-9a3c-4a55-8a1e-2b9c0a0f1e03",
+             "resource": {"resourceType": "Patient", "name": [{"family": "A"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:0c6f7c43-9a3c-4a55-8a1e-2b9c0a0f1e03",
+             "resource": {"resourceType": "Patient", "name": [{"family": "B"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient/p9"}},
+            {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient/p9"}}
+        ]});
+        let p = prepare(&b.to_string(), &server(&[])).await.unwrap();
+        assert_eq!(p.entries().len(), 2);
+        assert_eq!(p.failures.len(), 2, "{:?}", p.failures);
+        assert_eq!(p.failures[0].index, 1);
+        assert!(
+            p.failures[0].diagnostics.contains("fullUrl"),
+            "{:?}",
+            p.failures
+        );
+        assert_eq!(p.failures[1].index, 3);
+        assert!(
+            p.failures[1]
+                .diagnostics
+                .contains("writes Patient/p9, as entry 2"),
+            "{:?}",
+            p.failures
+        );
     }
 
     #[tokio::test]

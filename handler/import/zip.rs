@@ -92,7 +92,10 @@ fn plan_entry(index: usize, e: &EntryInfo, limits: ZipLimits) -> EntryPlan {
         reason,
     };
     if !e.safe_name {
-        return refuse("the entry's path is absolute or climbs out with '..'; refused".into());
+        return refuse(
+            "the entry's path is absolute or has a '..' segment, which could climb out of the archive; refused"
+                .into(),
+        );
     }
     if e.compressed > 0 && e.uncompressed / e.compressed > limits.max_ratio {
         return refuse(format!(
@@ -150,7 +153,11 @@ pub fn read_directory<R: Read + Seek>(
             compressed: entry.compressed_size(),
             uncompressed: entry.size(),
             is_dir: entry.is_dir(),
-            safe_name: entry.enclosed_name().is_some() && !entry.name().contains(".."),
+            safe_name: entry.enclosed_name().is_some()
+                && !entry
+                    .name()
+                    .split(['/', '\\'])
+                    .any(|segment| segment == ".."),
         });
     }
     Ok((archive, out))
