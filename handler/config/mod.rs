@@ -71,6 +71,8 @@ pub const ENV_FHIR_RETRY_BASE_MS: &str = "FHIRBULK_FHIR_RETRY_BASE_MS";
 pub const DEFAULT_FHIR_RETRY_BASE_MS: u64 = 500;
 pub const ENV_FHIR_RETRY_MAX_MS: &str = "FHIRBULK_FHIR_RETRY_MAX_MS";
 pub const DEFAULT_FHIR_RETRY_MAX_MS: u64 = 60_000;
+pub const ENV_FHIR_THROTTLE_PATIENCE_SECS: &str = "FHIRBULK_FHIR_THROTTLE_PATIENCE_SECS";
+pub const DEFAULT_FHIR_THROTTLE_PATIENCE_SECS: u64 = 900;
 pub const ENV_FHIR_RETRY_BUDGET_PERCENT: &str = "FHIRBULK_FHIR_RETRY_BUDGET_PERCENT";
 pub const DEFAULT_FHIR_RETRY_BUDGET_PERCENT: u32 = 20;
 pub const ENV_FHIR_MIN_CONCURRENCY: &str = "FHIRBULK_FHIR_MIN_CONCURRENCY";
@@ -115,6 +117,9 @@ pub const ENV_WORK_VISIBILITY_SECS: &str = "FHIRBULK_WORK_VISIBILITY_SECS";
 pub const DEFAULT_WORK_VISIBILITY_SECS: u64 = 120;
 pub const ENV_MAX_WORK_ATTEMPTS: &str = "FHIRBULK_MAX_WORK_ATTEMPTS";
 pub const DEFAULT_MAX_WORK_ATTEMPTS: u32 = 8;
+pub const ENV_WORK_STALLED_SECS: &str = "FHIRBULK_WORK_STALLED_SECS";
+/// A day, like Event Grid's retry window: an outage of hours slows a load down, never ends it.
+pub const DEFAULT_WORK_STALLED_SECS: u64 = 24 * 60 * 60;
 pub const ENV_WORKERS: &str = "FHIRBULK_WORKERS";
 pub const DEFAULT_WORKERS: usize = 4;
 pub const ENV_WATCH_INTERVAL_MS: &str = "FHIRBULK_WATCH_INTERVAL_MS";
@@ -155,6 +160,8 @@ pub struct FhirSettings {
     pub max_retries: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How long one request may be throttled (429/503) before its work is tried again later.
+    pub throttle_patience: Duration,
     pub retry_budget_percent: u32,
     pub min_concurrency: usize,
     pub max_concurrency: usize,
@@ -194,8 +201,11 @@ pub struct ImportSettings {
 pub struct WorkSettings {
     /// (serve) how long a taken work item stays hidden; renewed while it runs.
     pub visibility: Duration,
-    /// Deliveries after which failing work is closed with a recorded error.
+    /// Deliveries after which a failing export step is closed with a recorded error.
     pub max_attempts: u32,
+    /// How long an import part may go without progress (its checkpoint not moving) before it
+    /// is closed with a record of what was not loaded; until then failing work is queued again.
+    pub stalled_after: Duration,
 }
 
 impl WorkSettings {
@@ -207,6 +217,11 @@ impl WorkSettings {
                 10,
             )?),
             max_attempts: r.number(ENV_MAX_WORK_ATTEMPTS, DEFAULT_MAX_WORK_ATTEMPTS, 1)?,
+            stalled_after: Duration::from_secs(r.number(
+                ENV_WORK_STALLED_SECS,
+                DEFAULT_WORK_STALLED_SECS,
+                1,
+            )?),
         })
     }
 }
@@ -346,6 +361,11 @@ impl FhirSettings {
             max_retries: r.number(ENV_FHIR_MAX_RETRIES, DEFAULT_FHIR_MAX_RETRIES, 0)?,
             retry_base: Duration::from_millis(retry_base),
             retry_max: Duration::from_millis(retry_max),
+            throttle_patience: Duration::from_secs(r.number(
+                ENV_FHIR_THROTTLE_PATIENCE_SECS,
+                DEFAULT_FHIR_THROTTLE_PATIENCE_SECS,
+                1,
+            )?),
             retry_budget_percent: r.number(
                 ENV_FHIR_RETRY_BUDGET_PERCENT,
                 DEFAULT_FHIR_RETRY_BUDGET_PERCENT,

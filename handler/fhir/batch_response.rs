@@ -29,6 +29,21 @@ struct ReplyResponse {
     outcome: Option<Value>,
 }
 
+impl BatchReply {
+    /// Whether the server throttled any entry (429 or 503 inside a 2xx batch-response): the
+    /// batch as a whole is then a "slow down" for the adaptive limiter.
+    pub fn has_throttled_entries(&self) -> bool {
+        self.entry.iter().any(|e| {
+            e.response
+                .as_ref()
+                .and_then(|r| r.status.as_ref())
+                .and_then(Value::as_str)
+                .and_then(parse_status)
+                .is_some_and(super::retry::is_backpressure)
+        })
+    }
+}
+
 /// What the server answered for one entry of a batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntryOutcome {

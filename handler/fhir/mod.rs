@@ -2,12 +2,14 @@
 //! `Retry-After`, a retry budget, and adaptive concurrency shared by every request of the process.
 
 pub mod auth;
+pub mod batch;
 pub mod batch_response;
 pub mod limiter;
 pub mod retry;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
@@ -20,7 +22,9 @@ use crate::config::FhirSettings;
 use auth::TokenSource;
 use batch_response::{BatchReply, diagnostics};
 use limiter::{AdaptiveLimiter, Signal};
-use retry::{Backoff, RetryBudget, RetryDecision, decide, is_backpressure, is_retriable_error};
+use retry::{
+    Backoff, RetryBudget, RetryDecision, RetryPolicy, decide, is_backpressure, is_retriable_error,
+};
 
 /// A FHIR request that did not succeed, after any retries it was due.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +90,46 @@ pub struct FhirClient {
     http: reqwest::Client,
     base: Url,
     tokens: TokenSource,
-    backoff: Backoff,
-    max_retries: u32,
-    budget: RetryBudget,
+    policy: RetryPolicy,
     limiter: Arc<AdaptiveLimiter>,
     processing_logic: Option<String>,
     audience: String,
+    /// Batch POSTs answered 2xx so far: evidence that the server is up when one batch keeps
+    /// failing (`batch::settle`).
+    batches_answered: AtomicU64,
+}
+
+/// How a batch POST is tried (`post_batch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchSend {
+    /// A batch sent for the first time: it fills the retry budget.
+    First,
+    /// Entries sent again after the server throttled them: a retry, not new traffic.
+    Resend,
+    /// Part of a batch the server keeps failing, being halved to find the entries at fault:
+    /// failures are retried once.
+    Isolating,
+}
+
+/// How one request is tried.
+#[derive(Clone, Copy, Debug)]
+struct Tries {
+    /// Retries of failures (throttling is honoured regardless).
+    max_failures: u32,
+    /// Retries of a 500, which to a batch is often its content: halving finds out sooner.
+    max_500s: u32,
+    /// A first try fills the retry budget; a re-send is a retry.
+    first: bool,
+}
+
+/// What one try of a request came to.
+enum Try<T> {
+    Done(T),
+    /// 401 with a token that may have expired: refresh it once and try again.
+    Unauthorized,
+    Throttled(FhirError, Option<Duration>),
+    Failed(FhirError, Option<Duration>),
+    Final(FhirError),
 }
 
 impl FhirClient {
@@ -111,12 +149,16 @@ impl FhirClient {
             http,
             base: settings.base_url.clone(),
             tokens,
-            backoff: Backoff::new(settings.retry_base, settings.retry_max),
-            max_retries: settings.max_retries,
-            budget: RetryBudget::new(settings.retry_budget_percent),
+            policy: RetryPolicy {
+                backoff: Backoff::new(settings.retry_base, settings.retry_max),
+                max_retries: settings.max_retries,
+                throttle_patience: settings.throttle_patience,
+                budget: RetryBudget::new(settings.retry_budget_percent),
+            },
             limiter: AdaptiveLimiter::new(settings.min_concurrency, settings.max_concurrency),
             processing_logic: settings.bundle_processing_logic.clone(),
             audience: settings.audience.clone(),
+            batches_answered: AtomicU64::new(0),
         })
     }
 
@@ -137,19 +179,9 @@ impl FhirClient {
         Url::parse(&s).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// POSTs a serialised batch or transaction Bundle to the base URL; returns its
-    /// batch-response (or transaction-response) as read.
-    pub async fn post_batch(&self, body: Bytes) -> Result<BatchReply, FhirError> {
-        self.send(Method::POST, self.base.clone(), Some(body)).await
-    }
-
-    /// The retry schedule, for callers that retry parts of a reply (throttled batch entries).
-    pub fn backoff(&self) -> &Backoff {
-        &self.backoff
-    }
-
-    pub fn max_retries(&self) -> u32 {
-        self.max_retries
+    /// The retry schedule, limits and budget of this client's requests.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     /// The most requests the limiter lets run at once (`FHIRBULK_FHIR_MAX_CONCURRENCY`).
@@ -157,48 +189,115 @@ impl FhirClient {
         self.limiter.max()
     }
 
+    /// POSTs a serialised batch or transaction Bundle to the base URL; returns its
+    /// batch-response (or transaction-response) as read. A reply in which the server
+    /// throttled entries counts as throttling for the adaptive limiter.
+    pub async fn post_batch(&self, body: Bytes, send: BatchSend) -> Result<BatchReply, FhirError> {
+        let max_retries = self.policy.max_retries;
+        let tries = match send {
+            BatchSend::First => Tries {
+                max_failures: max_retries,
+                max_500s: max_retries.min(1),
+                first: true,
+            },
+            BatchSend::Resend => Tries {
+                max_failures: max_retries,
+                max_500s: max_retries.min(1),
+                first: false,
+            },
+            BatchSend::Isolating => Tries {
+                max_failures: max_retries.min(1),
+                max_500s: max_retries.min(1),
+                first: false,
+            },
+        };
+        let reply = self
+            .exchange(
+                Method::POST,
+                self.base.clone(),
+                Some(body),
+                tries,
+                read_json::<BatchReply>,
+                |r| r.has_throttled_entries(),
+            )
+            .await?;
+        self.batches_answered.fetch_add(1, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    /// POSTs a transaction kept whole: all or nothing, so a 500 gets every retry (it cannot be
+    /// halved).
+    pub async fn post_transaction(&self, body: Bytes) -> Result<BatchReply, FhirError> {
+        let tries = Tries {
+            max_failures: self.policy.max_retries,
+            max_500s: self.policy.max_retries,
+            first: true,
+        };
+        self.exchange(
+            Method::POST,
+            self.base.clone(),
+            Some(body),
+            tries,
+            read_json::<BatchReply>,
+            |_| false,
+        )
+        .await
+    }
+
+    /// Batch POSTs the server has answered 2xx since the process started.
+    pub fn batches_answered(&self) -> u64 {
+        self.batches_answered.load(Ordering::Relaxed)
+    }
+
     /// GETs a search or read URL (absolute, on this server).
     pub async fn get(&self, url: &Url) -> Result<Value, FhirError> {
-        self.send(Method::GET, url.clone(), None).await
+        self.exchange(
+            Method::GET,
+            url.clone(),
+            None,
+            self.first_try(),
+            read_json::<Value>,
+            |_| false,
+        )
+        .await
     }
 
     /// GETs a URL and returns the reply's bytes unparsed (export copies resources as text).
     pub async fn get_bytes(&self, url: &Url) -> Result<Bytes, FhirError> {
-        self.send_raw(Method::GET, url.clone(), None).await
+        self.exchange(Method::GET, url.clone(), None, self.first_try(), Ok, |_| {
+            false
+        })
+        .await
     }
 
-    /// Sends a request and reads its JSON reply as `T`; an empty reply is `T::default()`
-    /// (`Value::Null` for a plain JSON value).
-    async fn send<T: DeserializeOwned + Default>(
+    fn first_try(&self) -> Tries {
+        Tries {
+            max_failures: self.policy.max_retries,
+            max_500s: self.policy.max_retries,
+            first: true,
+        }
+    }
+
+    /// Sends a request until it succeeds or its retries are spent (see `retry`), and reads
+    /// its 2xx reply with `read`; `throttled` tells whether a reply that was read still asks
+    /// the client to slow down (a batch-response with throttled entries).
+    async fn exchange<T>(
         &self,
         method: Method,
         url: Url,
         body: Option<Bytes>,
+        tries: Tries,
+        read: impl Fn(Bytes) -> Result<T, String>,
+        throttled: impl Fn(&T) -> bool,
     ) -> Result<T, FhirError> {
         let method_name = method_name(&method);
         let path = url.path().to_string();
-        let bytes = self.send_raw(method, url, body).await?;
-        if bytes.is_empty() {
-            return Ok(T::default());
-        }
-        serde_json::from_slice(&bytes).map_err(|e| FhirError::InvalidResponse {
-            method: method_name,
-            path,
-            message: e.to_string(),
-        })
-    }
-
-    async fn send_raw(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<Bytes>,
-    ) -> Result<Bytes, FhirError> {
-        let method_name = method_name(&method);
-        let path = url.path().to_string();
-        let mut attempt = 0u32;
+        let mut retries = self.policy.start(tries.max_failures);
+        let mut server_errors = 0u32;
         let mut refreshed_token = false;
-        self.budget.deposit();
+        if tries.first {
+            self.policy.budget.deposit();
+        }
         loop {
             let permit = self.limiter.acquire().await;
             let token = self
@@ -223,96 +322,151 @@ impl FhirClient {
             if let Some(token) = token {
                 req = req.bearer_auth(token);
             }
-            let started = Instant::now();
-            let (status, delay_hint, failure) = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED && !refreshed_token {
-                        refreshed_token = true;
-                        self.tokens.invalidate().await;
-                        continue;
-                    }
-                    let server_delay =
-                        retry::server_delay(resp.headers(), SystemTime::now(), self.backoff.max());
-                    match decide(status.as_u16()) {
-                        RetryDecision::Successful => {
-                            let bytes = resp.bytes().await.map_err(|e| FhirError::Transport {
-                                method: method_name,
-                                path: path.clone(),
-                                message: e.to_string(),
-                            })?;
-                            self.limiter.record(Signal::Healthy(started.elapsed()));
-                            return Ok(bytes);
-                        }
-                        decision => {
-                            let text = resp.text().await.unwrap_or_default();
-                            let outcome: Option<Value> = serde_json::from_str(&text).ok();
-                            let diag = outcome
-                                .as_ref()
-                                .map(diagnostics)
-                                .filter(|d| !d.is_empty())
-                                .unwrap_or_else(|| text.chars().take(300).collect());
-                            let err = FhirError::Status {
-                                method: method_name,
-                                path: path.clone(),
-                                status: status.as_u16(),
-                                diagnostics: diag,
-                                outcome,
-                            };
-                            if decision == RetryDecision::DontRetry {
-                                self.limiter.record(Signal::Neutral);
-                                return Err(err);
-                            }
-                            let signal = if is_backpressure(status.as_u16())
-                                || matches!(status.as_u16(), 408 | 504)
-                            {
-                                Signal::Backpressure
-                            } else {
-                                Signal::Neutral
-                            };
-                            self.limiter.record(signal);
-                            (Some(status.as_u16()), server_delay, err)
-                        }
-                    }
+            let outcome = self
+                .try_once(req, method_name, &path, !refreshed_token, &read, &throttled)
+                .await;
+            drop(permit);
+            let (error, wait) = match outcome {
+                Try::Done(value) => return Ok(value),
+                Try::Unauthorized => {
+                    refreshed_token = true;
+                    self.tokens.invalidate().await;
+                    continue;
                 }
-                Err(e) => {
-                    let err = FhirError::Transport {
-                        method: method_name,
-                        path: path.clone(),
-                        message: e.to_string(),
+                Try::Final(error) => return Err(error),
+                Try::Throttled(error, server) => {
+                    let wait = retries.after_throttle(server);
+                    (error, wait)
+                }
+                Try::Failed(error, server) => {
+                    let is_500 = error.status() == Some(500);
+                    server_errors += u32::from(is_500);
+                    let wait = if is_500 && server_errors > tries.max_500s {
+                        None
+                    } else {
+                        retries.after_failure(server)
                     };
-                    if !is_retriable_error(&e) {
-                        return Err(err);
-                    }
-                    self.limiter.record(Signal::Backpressure);
-                    (None, None, err)
+                    (error, wait)
                 }
             };
-            drop(permit);
-            if attempt >= self.max_retries {
-                return Err(failure);
-            }
-            if !self.budget.withdraw() {
+            let Some(delay) = wait else {
                 warn!(
-                    message = "FHIR retry budget spent; giving up on this request.",
+                    message = "Giving up on a FHIR request; its work is tried again later.",
                     method = method_name,
-                    path = %path
+                    path = %path,
+                    status = error.status().unwrap_or(0)
                 );
-                return Err(failure);
-            }
-            let delay = self.backoff.next_delay(attempt, delay_hint);
+                return Err(error);
+            };
             warn!(
                 message = "Retrying FHIR request.",
                 method = method_name,
                 path = %path,
-                status = status.unwrap_or(0),
-                attempt = attempt + 1,
+                status = error.status().unwrap_or(0),
                 delay_ms = delay.as_millis() as u64
             );
             tokio::time::sleep(delay).await;
-            attempt += 1;
         }
     }
+
+    /// One try: the reply read, or what kind of failure it was (the limiter is told either way).
+    async fn try_once<T>(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+        path: &str,
+        may_refresh: bool,
+        read: &impl Fn(Bytes) -> Result<T, String>,
+        throttled: &impl Fn(&T) -> bool,
+    ) -> Try<T> {
+        let transport = |e: reqwest::Error| FhirError::Transport {
+            method,
+            path: path.to_string(),
+            message: e.to_string(),
+        };
+        let started = Instant::now();
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) if is_retriable_error(&e) => {
+                self.limiter.record(Signal::Backpressure);
+                return Try::Failed(transport(e), None);
+            }
+            Err(e) => return Try::Final(transport(e)),
+        };
+        let status = resp.status().as_u16();
+        if status == StatusCode::UNAUTHORIZED.as_u16() && may_refresh {
+            return Try::Unauthorized;
+        }
+        let server_delay =
+            retry::server_delay(resp.headers(), SystemTime::now(), self.policy.backoff.max());
+        match decide(status) {
+            RetryDecision::Successful => {
+                // A connection reset while the body arrives is a failed try like any other:
+                // the request is idempotent (reads, and batches of PUT Type/id).
+                let bytes = match resp.bytes().await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.limiter.record(Signal::Backpressure);
+                        return Try::Failed(transport(e), None);
+                    }
+                };
+                let value = match read(bytes) {
+                    Ok(value) => value,
+                    Err(message) => {
+                        return Try::Final(FhirError::InvalidResponse {
+                            method,
+                            path: path.to_string(),
+                            message,
+                        });
+                    }
+                };
+                self.limiter.record(if throttled(&value) {
+                    Signal::Backpressure
+                } else {
+                    Signal::Healthy(started.elapsed())
+                });
+                Try::Done(value)
+            }
+            decision => {
+                let text = resp.text().await.unwrap_or_default();
+                let outcome: Option<Value> = serde_json::from_str(&text).ok();
+                let diagnostics = outcome
+                    .as_ref()
+                    .map(diagnostics)
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| text.chars().take(300).collect());
+                let error = FhirError::Status {
+                    method,
+                    path: path.to_string(),
+                    status,
+                    diagnostics,
+                    outcome,
+                };
+                if decision == RetryDecision::DontRetry {
+                    self.limiter.record(Signal::Neutral);
+                    return Try::Final(error);
+                }
+                if is_backpressure(status) {
+                    self.limiter.record(Signal::Backpressure);
+                    return Try::Throttled(error, server_delay);
+                }
+                self.limiter.record(if matches!(status, 408 | 504) {
+                    Signal::Backpressure
+                } else {
+                    Signal::Neutral
+                });
+                Try::Failed(error, server_delay)
+            }
+        }
+    }
+}
+
+/// A 2xx reply's JSON as `T`; an empty reply is `T::default()` (`Value::Null` for a value).
+fn read_json<T: DeserializeOwned + Default>(bytes: Bytes) -> Result<T, String> {
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 fn method_name(method: &Method) -> &'static str {

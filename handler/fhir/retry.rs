@@ -1,11 +1,22 @@
 //! When to retry a FHIR request and how long to wait: the decision (status → retry or not) is
-//! kept apart from the schedule (server-supplied delay, else exponential backoff with jitter),
-//! and a retry budget caps retries at a share of traffic so a struggling server gets no storm.
+//! kept apart from the schedule (server-supplied delay, else exponential backoff with jitter).
+//!
+//! Two kinds of retry, with different limits:
+//! - **Throttling** (429, 503: the server says "slow down") is always honoured, at the delay
+//!   the server asks for, for as long as `throttle_patience`: a throttling server makes the
+//!   loader slower (the adaptive limiter also lowers concurrency), never makes it give up.
+//! - **Failures** (408, 500, 502, 504, broken connections) are retried `max_retries` times per
+//!   request, and only while the retry budget (a share of traffic) lasts, so a broken server
+//!   gets no retry storm. A request that still fails is the work item's error: it is tried
+//!   again later, from its checkpoint.
+//!
+//! Every retry, of either kind, spends the budget; only first tries fill it.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
+use tokio::time::Instant;
 
 /// What to do with an HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,9 +37,77 @@ pub fn decide(status: u16) -> RetryDecision {
     }
 }
 
-/// Statuses that mean "slow down" rather than "something broke".
+/// Statuses that mean "slow down" rather than "something broke": throttling.
 pub fn is_backpressure(status: u16) -> bool {
     matches!(status, 429 | 503)
+}
+
+/// How requests are retried: the schedule, the limits of each kind of retry, and the budget
+/// shared by every request of the process.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub backoff: Backoff,
+    /// Retries of a failing request.
+    pub max_retries: u32,
+    /// How long one request may be throttled before it is given up (and its work item tried
+    /// again later).
+    pub throttle_patience: Duration,
+    pub budget: RetryBudget,
+}
+
+impl RetryPolicy {
+    /// The retries of one request, allowed `max_failures` retries of failures.
+    pub fn start(&self, max_failures: u32) -> Retries<'_> {
+        Retries {
+            policy: self,
+            max_failures,
+            failures: 0,
+            throttles: 0,
+            throttled_since: None,
+        }
+    }
+}
+
+/// One request's retries so far: each `after_*` says how long to wait before the next try, or
+/// `None` when the request is to be given up.
+#[derive(Debug)]
+pub struct Retries<'a> {
+    policy: &'a RetryPolicy,
+    max_failures: u32,
+    failures: u32,
+    throttles: u32,
+    throttled_since: Option<Instant>,
+}
+
+impl Retries<'_> {
+    /// After a throttled try (`server`: the delay it asked for): that delay, else backoff;
+    /// `None` once the request has been throttled for longer than the policy's patience.
+    pub fn after_throttle(&mut self, server: Option<Duration>) -> Option<Duration> {
+        let since = *self.throttled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.policy.throttle_patience {
+            return None;
+        }
+        // Spent, but not asked for: a throttled request is never refused for the budget.
+        let _ = self.policy.budget.withdraw();
+        // A server asking for no wait at all still gets the backoff's minimum: no busy loop.
+        let delay = self
+            .policy
+            .backoff
+            .next_delay(self.throttles, server)
+            .max(self.policy.backoff.min());
+        self.throttles += 1;
+        Some(delay)
+    }
+
+    /// After a failed try: `None` when its retries or the budget are spent.
+    pub fn after_failure(&mut self, server: Option<Duration>) -> Option<Duration> {
+        if self.failures >= self.max_failures || !self.policy.budget.withdraw() {
+            return None;
+        }
+        let delay = self.policy.backoff.next_delay(self.failures, server);
+        self.failures += 1;
+        Some(delay)
+    }
 }
 
 /// Connection failures and timeouts are transient; a malformed request is not.
@@ -223,6 +302,43 @@ mod tests {
             b.next_delay(0, Some(Duration::from_secs(9))),
             Duration::from_secs(2)
         );
+    }
+
+    fn policy(budget_percent: u32) -> RetryPolicy {
+        RetryPolicy {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            max_retries: 3,
+            throttle_patience: Duration::from_secs(600),
+            budget: RetryBudget::new(budget_percent),
+        }
+    }
+
+    /// Throttling is honoured for as long as the patience, whatever the budget says;
+    /// failures stop at their count or when the budget is spent.
+    #[tokio::test(start_paused = true)]
+    async fn throttling_waits_for_the_patience_and_failures_stop_at_their_limits() {
+        let policy = policy(1);
+        let mut request = policy.start(3);
+        let mut throttled_for = Duration::ZERO;
+        while let Some(delay) = request.after_throttle(Some(Duration::from_secs(7))) {
+            assert_eq!(delay, Duration::from_secs(7), "the server's delay");
+            tokio::time::advance(delay).await;
+            throttled_for += delay;
+        }
+        assert!(
+            throttled_for >= Duration::from_secs(600),
+            "{throttled_for:?}"
+        );
+        assert!(
+            !policy.budget.withdraw(),
+            "the throttled retries spent the budget"
+        );
+        // The budget is spent: a failure is not retried at all.
+        assert_eq!(policy.start(3).after_failure(None), None);
+        let fresh = self::policy(100);
+        let mut request = fresh.start(3);
+        let tries: Vec<_> = std::iter::from_fn(|| request.after_failure(None)).collect();
+        assert_eq!(tries.len(), 3, "max_retries");
     }
 
     #[test]

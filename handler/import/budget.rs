@@ -45,7 +45,7 @@ impl MemoryBudget {
             .clone()
             .acquire_many_owned(units)
             .await
-            .map_err(|e| ImportError::Transient(format!("a memory budget is closed: {e}")))
+            .map_err(|e| ImportError::transient(format!("a memory budget is closed: {e}")))
     }
 }
 

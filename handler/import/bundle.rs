@@ -111,7 +111,7 @@ pub async fn send_transaction(
     body: Bytes,
     entries: usize,
 ) -> Result<BatchOutcome, ImportError> {
-    match fhir.post_batch(body).await {
+    match fhir.post_transaction(body).await {
         Ok(reply) => {
             let results = read_batch_response(reply, entries);
             let refused: Vec<RefusedEntry> = results

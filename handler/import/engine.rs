@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tracing::{info, warn};
 
 use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ledger::{
-    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, Ledger, file_key, now_rfc3339, part_row,
+    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, GAVE_UP, Ledger, PROGRESS_AT, file_key,
+    now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
-use super::work::{FileKind, ImportError, ImportWork};
+use super::work::{FileKind, ImportError, ImportWork, Transient};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::{
@@ -197,7 +200,7 @@ impl Importer {
                 // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
             }
             TransactionOutcome::Refused { status, .. } => {
-                return Err(ImportError::Transient(format!(
+                return Err(ImportError::transient(format!(
                     "cannot record {container}/{blob} in the imports table: HTTP {status}"
                 )));
             }
@@ -226,6 +229,7 @@ impl Importer {
                     start: *start,
                     end: *end,
                     size: props.size,
+                    retry: 0,
                 })
                 .expect("work items serialise")
             })
@@ -258,15 +262,17 @@ impl Importer {
             TransactionOutcome::Applied(_) | TransactionOutcome::Refused { status: 409, .. } => {
                 Ok(())
             }
-            TransactionOutcome::Refused { status, .. } => Err(ImportError::Transient(format!(
+            TransactionOutcome::Refused { status, .. } => Err(ImportError::transient(format!(
                 "cannot record parts in the imports table: HTTP {status}"
             ))),
         }
     }
 
-    /// Runs one work item. `Err(Transient)` leaves it for a later try; after
-    /// `max_work_attempts` the part is closed with an explained error instead.
-    pub async fn run(&self, work: &ImportWork, attempt: u32) -> Result<(), ImportError> {
+    /// Runs one work item. A transient failure queues it again (`retry_later`); `Err` only
+    /// when not even that could be recorded (storage unavailable): the message is then
+    /// delivered again.
+    pub async fn run(&self, work: &ImportWork) -> Result<(), ImportError> {
+        let delivered = OffsetDateTime::now_utc();
         let (file, part) = self.ledger.file_and_part(&work.file, work.part).await?;
         let Some(mut file) = file else {
             warn!(message = "Work item for an unknown import; dropped.", container = %work.container, blob = %work.blob);
@@ -302,17 +308,8 @@ impl Importer {
                     warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
                     self.close_part(work, "rejected", &reason).await?
                 }
-                Err(ImportError::Transient(reason))
-                    if attempt < self.settings.work.max_attempts =>
-                {
-                    warn!(message = "Import work will be retried.", container = %work.container, blob = %work.blob, part = work.part, attempt, reason = %reason);
-                    return Err(ImportError::Transient(reason));
-                }
-                Err(ImportError::Transient(reason)) => {
-                    let why = format!(
-                        "gave up after {attempt} attempts: {reason}; what follows the last checkpoint of this part was not loaded — drop the file again to retry"
-                    );
-                    self.close_part(work, "gave-up", &why).await?
+                Err(ImportError::Transient(why)) => {
+                    return self.retry_later(work, why, delivered).await;
                 }
             };
             return self
@@ -320,6 +317,91 @@ impl Importer {
                 .await;
         }
         self.finalize_if_complete(work, Some(part), None).await
+    }
+
+    /// A part that failed transiently: queued again as a fresh message after a growing delay
+    /// (so a host's dequeue count never sends it to the poison queue), or, once its checkpoint
+    /// has not moved for `FHIRBULK_WORK_STALLED_SECS`, closed with a record of the lines or
+    /// entries not loaded and why. A delivery that moved the checkpoint starts the delays anew.
+    async fn retry_later(
+        &self,
+        work: &ImportWork,
+        why: Transient,
+        delivered: OffsetDateTime,
+    ) -> Result<(), ImportError> {
+        let part = self.ledger.part(&work.file, work.part).await?;
+        let Some(part) = part.filter(|p| p.str("status") != Some("done")) else {
+            return Ok(());
+        };
+        let progress_at = part
+            .str(PROGRESS_AT)
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            .unwrap_or(delivered);
+        let stalled_for = OffsetDateTime::now_utc() - progress_at;
+        if stalled_for >= self.settings.work.stalled_after {
+            let finished = self.give_up(work, part, &why).await?;
+            return self.finalize_if_complete(work, Some(finished), None).await;
+        }
+        let retry = if progress_at >= delivered {
+            1
+        } else {
+            work.retry + 1
+        };
+        let delay = ImportWork::retry_delay(retry);
+        warn!(
+            message = "Import work failed; it is queued again.",
+            import = %work.file_id(),
+            part = work.part,
+            retry,
+            delay_secs = delay.as_secs(),
+            status = why.http_status.unwrap_or(0),
+            reason = %why
+        );
+        let next = ImportWork {
+            retry,
+            ..work.clone()
+        };
+        let text = serde_json::to_string(&next).expect("work items serialise");
+        self.queue.send(&text, delay).await?;
+        Ok(())
+    }
+
+    /// Closes a part that made no progress for too long: what it had not loaded is counted
+    /// as `notLoaded` and named in one error record, with the last failure's cause.
+    async fn give_up(
+        &self,
+        work: &ImportWork,
+        mut part: Entity,
+        why: &Transient,
+    ) -> Result<Entity, ImportError> {
+        let left = jobs::unloaded(self, work, &part).await?;
+        let hours = self.settings.work.stalled_after.as_secs_f64() / 3600.0;
+        let record = ErrorRecord {
+            part: work.part,
+            position: GAVE_UP.to_string(),
+            line: left.first_line,
+            entry: None,
+            zip_entry: None,
+            target: None,
+            status: why.http_status.unwrap_or(0),
+            diagnostics: format!(
+                "{} not loaded: the work failed for {hours:.1} h without progress (transient: {}); upload the file again to load them",
+                left.description, why.reason
+            ),
+        };
+        warn!(message = "Import part given up.", import = %work.file_id(), part = work.part, not_loaded = left.count);
+        self.ledger.write_errors(&work.file, &[record]).await?;
+        let mut counts = Counts::read(&part);
+        counts.not_loaded += left.count;
+        if let Some(lines) = left.lines {
+            counts.lines = lines;
+        }
+        counts.write(&mut part);
+        part.set_str("status", "done");
+        part.set_str(GAVE_UP, why.reason.clone());
+        part.etag.clear();
+        part.etag = self.ledger.upsert(&part).await?;
+        Ok(part)
     }
 
     /// Ends a part that cannot finish normally, with one error record saying why.
@@ -404,7 +486,7 @@ impl Importer {
                 FileStatus::Rejected,
                 ImportSettings::err_container(&work.container),
             )
-        } else if totals.failed > 0 {
+        } else if totals.failed > 0 || totals.not_loaded > 0 {
             (
                 FileStatus::CompletedWithErrors,
                 ImportSettings::err_container(&work.container),

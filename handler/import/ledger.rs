@@ -108,7 +108,16 @@ pub struct Counts {
     pub present: i64,
     /// NDJSON lines read (for absolute line numbers in error reports).
     pub lines: i64,
+    /// Lines or entries of a part given up on (`FHIRBULK_WORK_STALLED_SECS`) that were never
+    /// sent: with the three above, every resource of the file is counted once.
+    pub not_loaded: i64,
 }
+
+/// When a part's checkpoint last moved (RFC 3339), or its work first started.
+pub const PROGRESS_AT: &str = "progressAt";
+
+/// The position of the error record of a part given up on.
+pub const GAVE_UP: &str = "gave-up";
 
 impl Counts {
     pub fn read(e: &Entity) -> Self {
@@ -117,6 +126,7 @@ impl Counts {
             failed: e.i64("failed"),
             present: e.i64("present"),
             lines: e.i64("lines"),
+            not_loaded: e.i64("notLoaded"),
         }
     }
 
@@ -125,6 +135,7 @@ impl Counts {
         e.set_i64("failed", self.failed);
         e.set_i64("present", self.present);
         e.set_i64("lines", self.lines);
+        e.set_i64("notLoaded", self.not_loaded);
     }
 
     pub fn add(&mut self, other: Counts) {
@@ -132,6 +143,7 @@ impl Counts {
         self.failed += other.failed;
         self.present += other.present;
         self.lines += other.lines;
+        self.not_loaded += other.not_loaded;
     }
 }
 
@@ -328,10 +340,23 @@ impl ErrorPages<'_> {
 /// The public view of a file row (what `GET /imports/...` answers).
 pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
     let counts = Counts::read(file);
-    let done = parts
-        .iter()
-        .filter(|p| p.str("status") == Some("done"))
-        .count();
+    let finished = file
+        .str("status")
+        .and_then(FileStatus::parse)
+        .is_some_and(FileStatus::is_terminal);
+    // A finished file has every part done; a list (no part rows read) does not say otherwise.
+    let done = if finished {
+        Some(file.i64("parts").max(0) as usize)
+    } else if parts.is_empty() {
+        None
+    } else {
+        Some(
+            parts
+                .iter()
+                .filter(|p| p.str("status") == Some("done"))
+                .count(),
+        )
+    };
     serde_json::json!({
         "container": file.str("container"),
         "blob": file.str("blob"),
@@ -344,6 +369,7 @@ pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
             "loaded": counts.loaded,
             "failed": counts.failed,
             "alreadyPresent": counts.present,
+            "notLoaded": counts.not_loaded,
         },
         "created": file.str("created"),
         "started": file.str("started"),

@@ -296,19 +296,6 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-/// A batch Bundle from serialised entries, without re-parsing them.
-pub fn batch_bundle_json<'a>(entries: impl IntoIterator<Item = &'a str>) -> String {
-    let mut s = String::from(r#"{"resourceType":"Bundle","type":"batch","entry":["#);
-    for (i, e) in entries.into_iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(e);
-    }
-    s.push_str("]}");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,8 +467,11 @@ mod tests {
         assert_eq!(v["request"]["url"], "Patient/p1");
         assert_eq!(v["request"]["method"], "PUT");
         assert_eq!(v["resource"]["name"][0]["family"], "X");
-        let bundle: Value =
-            serde_json::from_str(&batch_bundle_json([json.as_str(), json.as_str()])).unwrap();
+        let bundle: Value = serde_json::from_str(&crate::fhir::batch::batch_bundle_json([
+            json.as_str(),
+            json.as_str(),
+        ]))
+        .unwrap();
         assert_eq!(bundle["entry"].as_array().unwrap().len(), 2);
     }
 

@@ -138,7 +138,7 @@ pub async fn pump_lines<S: ChunkStream>(
         while in_flight.len() >= window || (finished && !in_flight.is_empty()) {
             let done = in_flight.next().await.expect("non-empty");
             let done =
-                done.map_err(|e| ImportError::Transient(format!("a batch task ended: {e}")))??;
+                done.map_err(|e| ImportError::transient(format!("a batch task ended: {e}")))??;
             sink.lines_done(done).await?;
         }
         if finished {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::ledger::{Counts, ErrorRecord};
+use super::ledger::{Counts, ErrorRecord, GAVE_UP};
 
 const EXT: &str = "https://github.com/fhir-bulk/fhir-bulk/StructureDefinition";
 
@@ -29,6 +29,8 @@ pub fn error_outcome(source: &str, record: &ErrorRecord, line: Option<i64>) -> V
     }
     extension.push(json!({"url": format!("{EXT}/http-status"), "valueInteger": record.status}));
     let code = match record.status {
+        // A part given up on after failing for long: the server, not the data, was at fault.
+        _ if record.position == GAVE_UP => "transient",
         0 => "invalid",
         429 | 503 => "throttled",
         404 => "not-found",
@@ -65,6 +67,7 @@ pub fn result_json(
             "loaded": counts.loaded,
             "failed": counts.failed,
             "alreadyPresent": counts.present,
+            "notLoaded": counts.not_loaded,
         },
         "linesRead": counts.lines,
         "errorReport": errors,

@@ -43,10 +43,37 @@ pub struct ImportWork {
     /// The file's size when it was registered (0 in messages queued before it was recorded).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
+    /// Deliveries in a row that failed without moving the checkpoint (0 on the first): the
+    /// delay before the next one grows with it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry: u32,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+/// The short id of an import (a file version's ledger key): 12 hex digits of its SHA-256.
+pub fn import_id(file_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(file_key.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
+}
+
+impl ImportWork {
+    /// A short, stable name of the file version for logs: blob names are often patient names
+    /// (`Jane_Doe_<uuid>.json`), so they are logged only at DEBUG.
+    pub fn file_id(&self) -> String {
+        import_id(&self.file)
+    }
+
+    /// The wait before delivery `retry` of a failing part: 5 s, 10 s, 20 s … up to 5 minutes.
+    pub fn retry_delay(retry: u32) -> std::time::Duration {
+        let secs = 5u64 << retry.saturating_sub(1).min(6);
+        std::time::Duration::from_secs(secs.min(300))
+    }
 }
 
 /// Why a work item stopped before its part was done.
@@ -64,7 +91,24 @@ pub enum ImportError {
     Superseded,
     /// Worth trying again later: the FHIR server or storage is unavailable or throttling.
     #[error("{0}")]
-    Transient(String),
+    Transient(Transient),
+}
+
+/// Why work is to be tried again later, and the FHIR server's status when it answered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Transient {
+    pub reason: String,
+    pub http_status: Option<u16>,
+}
+
+impl ImportError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        ImportError::Transient(Transient {
+            reason: reason.into(),
+            http_status: None,
+        })
+    }
 }
 
 impl From<StorageError> for ImportError {
@@ -73,7 +117,7 @@ impl From<StorageError> for ImportError {
         if e.status() == Some(404) {
             return gone(&e);
         }
-        ImportError::Transient(e.to_string())
+        ImportError::transient(e.to_string())
     }
 }
 
@@ -86,7 +130,10 @@ fn gone(e: &dyn std::fmt::Display) -> ImportError {
 impl From<FhirError> for ImportError {
     /// Transient reasons are logged, so they carry no server diagnostics (see `summary`).
     fn from(e: FhirError) -> Self {
-        ImportError::Transient(e.summary())
+        ImportError::Transient(Transient {
+            reason: e.summary(),
+            http_status: e.status(),
+        })
     }
 }
 
@@ -101,7 +148,7 @@ impl From<std::io::Error> for ImportError {
             ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {
                 ImportError::Rejected(format!("data cannot be read: {e}"))
             }
-            _ => ImportError::Transient(format!("reading the file: {e}")),
+            _ => ImportError::transient(format!("reading the file: {e}")),
         }
     }
 }

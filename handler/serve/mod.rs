@@ -54,8 +54,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await
     .is_err()
     {
-        warn!(message = "Drain timeout reached; unfinished work will be redelivered.");
+        warn!(message = "Drain timeout reached; unfinished work is handed back to the queue.");
+        tasks.shutdown().await;
     }
+    // Messages taken but not finished (or not started) go back at once, from their checkpoints.
+    imports.inbox.release_all(&imports).await;
+    exports.inbox.release_all(&exports).await;
     Ok(())
 }
 
@@ -67,11 +71,10 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
         queue: importer.queue.clone(),
         visibility: importer.settings.work.visibility,
         inbox: Arc::default(),
-        handle: Arc::new(move |payload, attempt| {
+        // Import parts count their own retries (`ImportWork::retry`), not deliveries.
+        handle: Arc::new(move |payload, _deliveries| {
             let importer = importer.clone();
-            Box::pin(
-                async move { import_worker::handle_message(&importer, payload, attempt).await },
-            )
+            Box::pin(async move { import_worker::handle_message(&importer, payload).await })
         }),
     };
     let exporter = state.exporter.clone();

@@ -3,6 +3,7 @@
 //! when the work must be retried. Several pollers serve each queue (import or export), sharing
 //! one `Inbox`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,6 +43,33 @@ pub struct Inbox {
     idle: AtomicUsize,
     received: std::sync::Mutex<Vec<ReceivedWork>>,
     receiving: Mutex<()>,
+    /// Messages whose work is running, by message id (handed back on a drain timeout).
+    running: std::sync::Mutex<HashMap<String, Arc<Mutex<ReceivedWork>>>>,
+}
+
+impl Inbox {
+    /// Hands every message this process holds (running or waiting in the inbox) back to the
+    /// queue at once (visibility 0), for another instance: called when the drain times out,
+    /// after the work was stopped, instead of leaving them hidden for the visibility timeout.
+    pub async fn release_all(&self, work: &QueueWork) {
+        let mut held: Vec<ReceivedWork> =
+            std::mem::take(&mut *self.received.lock().expect("inbox lock"));
+        let running: Vec<_> = self
+            .running
+            .lock()
+            .expect("inbox lock")
+            .drain()
+            .map(|(_, m)| m)
+            .collect();
+        for message in running {
+            held.push(message.lock().await.clone());
+        }
+        for message in held {
+            if let Err(e) = work.queue.extend(&message, Duration::ZERO).await {
+                warn!(message = "Cannot hand a message back; it returns after its visibility timeout.", queue = work.name, error = %e);
+            }
+        }
+    }
 }
 
 impl Inbox {
@@ -102,6 +130,11 @@ pub async fn poll(work: QueueWork, shutdown: CancellationToken) {
             return;
         };
         let current = Arc::new(Mutex::new(message.clone()));
+        work.inbox
+            .running
+            .lock()
+            .expect("inbox lock")
+            .insert(message.id.clone(), current.clone());
         let keepalive = tokio::spawn(keep_hidden(work.clone(), current.clone()));
         let payload = peel(Value::String(message.text.clone()));
         // A panic in one work item must not take the poller with it: it counts as a failed try.
@@ -111,6 +144,11 @@ pub async fn poll(work: QueueWork, shutdown: CancellationToken) {
             WorkOutcome::Retry("the work panicked".into())
         });
         keepalive.abort();
+        work.inbox
+            .running
+            .lock()
+            .expect("inbox lock")
+            .remove(&message.id);
         let held = current.lock().await.clone();
         let settled = match outcome {
             WorkOutcome::Done => work.queue.delete(&held).await,

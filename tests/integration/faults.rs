@@ -428,9 +428,12 @@ async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
     );
     let report = blob_text(&store, "bundleserr", "p1.json.errors.ndjson").await;
     assert!(
-        report.contains("gave up after 2 attempts") && report.contains("HTTP 429"),
+        report.contains("5 of the Bundle's 5 entries were not loaded")
+            && report.contains("HTTP 429")
+            && report.contains("\"code\":\"transient\""),
         "{report}"
     );
+    assert_eq!(imports[0]["resources"]["notLoaded"], 5, "{imports:#?}");
     assert!(
         store
             .properties("bundleserr", "p1.json")

@@ -105,11 +105,14 @@ impl FhirServer {
 }
 
 /// The real `handler serve` binary, pointed at a test's Azurite and FHIR URL; killed on drop.
-/// Handler settings that make a failing FHIR request give up after one retry and a failing
-/// work item after two deliveries, so tests of give-up paths finish quickly.
-pub const GIVE_UP_FAST: [(&str, &str); 3] = [
+/// Handler settings that make a failing FHIR request give up after one retry (and a throttled
+/// one after a second), a failing import part after 3 s without progress and a failing export
+/// step after two deliveries, so tests of give-up paths finish quickly.
+pub const GIVE_UP_FAST: [(&str, &str); 5] = [
     ("FHIRBULK_FHIR_MAX_RETRIES", "1"),
     ("FHIRBULK_FHIR_RETRY_BASE_MS", "10"),
+    ("FHIRBULK_FHIR_THROTTLE_PATIENCE_SECS", "1"),
+    ("FHIRBULK_WORK_STALLED_SECS", "3"),
     ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
 ];
 

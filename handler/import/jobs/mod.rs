@@ -13,13 +13,15 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::bundle::{plan_bundle, send_piece, send_transaction};
+use super::bundle_text::bundle_kind;
+use super::encoding::utf8_text;
 use super::engine::Importer;
-use super::ledger::{Counts, ErrorRecord};
+use super::ledger::{Counts, ErrorRecord, PROGRESS_AT, now_rfc3339};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, gunzip};
-use super::work::{ImportError, ImportWork};
+use super::work::{FileKind, ImportError, ImportWork};
 use crate::storage::{Entity, TransactionOp, TransactionOutcome};
 
 mod zip_entries;
@@ -37,6 +39,8 @@ struct PartProgress<'a> {
     pending: Vec<ErrorRecord>,
     last_save: Instant,
     zip_entry: Option<(i64, String)>,
+    /// The checkpoint moved since the last save: the save records when (`progressAt`).
+    advanced: bool,
 }
 
 impl<'a> PartProgress<'a> {
@@ -49,6 +53,7 @@ impl<'a> PartProgress<'a> {
             pending: Vec::new(),
             last_save: Instant::now(),
             zip_entry: None,
+            advanced: false,
         }
     }
 
@@ -119,6 +124,9 @@ impl<'a> PartProgress<'a> {
             self.pending.clear();
         }
         self.counts.write(&mut self.row);
+        if std::mem::take(&mut self.advanced) {
+            self.row.set_str(PROGRESS_AT, now_rfc3339());
+        }
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
         if !self
             .importer
@@ -157,8 +165,13 @@ async fn claim<'a>(
 ) -> Result<PartProgress<'a>, ImportError> {
     let mut progress = PartProgress::new(importer, work, row);
     progress.row.set_str("status", "loading");
+    // The clock of `FHIRBULK_WORK_STALLED_SECS` starts when the part's work first starts.
+    progress.advanced = progress.row.str(PROGRESS_AT).is_none();
     if let Some(file) = file {
         progress.counts.write(&mut progress.row);
+        if std::mem::take(&mut progress.advanced) {
+            progress.row.set_str(PROGRESS_AT, now_rfc3339());
+        }
         let ops = [
             TransactionOp::Replace(&file),
             TransactionOp::Replace(&progress.row),
@@ -178,7 +191,7 @@ async fn claim<'a>(
                 status: 404 | 412, ..
             } => {}
             TransactionOutcome::Refused { status, .. } => {
-                return Err(ImportError::Transient(format!(
+                return Err(ImportError::transient(format!(
                     "cannot claim the part in the imports table: HTTP {status}"
                 )));
             }
@@ -261,6 +274,7 @@ impl PieceSink for PartProgress<'_> {
         self.counts.loaded += outcome.loaded;
         self.refuse(outcome.refused, false);
         self.set_piece_set("piece", all);
+        self.advanced = true;
         self.save_if_due().await
     }
 }
@@ -332,6 +346,7 @@ impl LinesSink for PartProgress<'_> {
         self.refuse(done.refused, true);
         self.set_cursor("offset", done.next_offset as i64);
         self.set_cursor("line", done.last_line);
+        self.advanced = true;
         self.save_if_due().await
     }
 }
@@ -358,6 +373,27 @@ pub async fn run_ndjson_range(
     file: Option<Entity>,
 ) -> Result<Entity, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
+    let (mut reader, parts) = range_reader(importer, work, &progress.row).await?;
+    let line_base = progress.cursor("line");
+    pump_lines(
+        &importer.fhir,
+        &importer.batch_budget,
+        &mut reader,
+        &pump_options(importer, importer.part_window(parts), line_base, 0),
+        &mut progress,
+    )
+    .await?;
+    progress.counts.lines = line_base + reader.lines_read() as i64;
+    progress.finish().await
+}
+
+/// The lines of an NDJSON range from its part row's checkpoint, and how many ranges the file
+/// has.
+async fn range_reader(
+    importer: &Importer,
+    work: &ImportWork,
+    row: &Entity,
+) -> Result<(LineReader<BlobChunks>, usize), ImportError> {
     let size = match work.size {
         0 => importer
             .blobs
@@ -368,8 +404,7 @@ pub async fn run_ndjson_range(
         known => known,
     };
     let parts = cut_ranges(size, importer.settings.ndjson_range_bytes).len();
-    let resume_at = progress.cursor("offset") as u64;
-    let line_base = progress.cursor("line");
+    let resume_at = row.i64("offset") as u64;
     let reader_start = if resume_at > 0 {
         resume_at
     } else {
@@ -383,22 +418,107 @@ pub async fn run_ndjson_range(
         size,
     )
     .planned_to(work.end);
-    let mut reader = LineReader::new(
+    let reader = LineReader::new(
         chunks,
         reader_start,
         work.end,
         resume_at == 0 && work.start > 0,
     );
-    pump_lines(
-        &importer.fhir,
-        &importer.batch_budget,
-        &mut reader,
-        &pump_options(importer, importer.part_window(parts), line_base, 0),
-        &mut progress,
-    )
-    .await?;
-    progress.counts.lines = line_base + reader.lines_read() as i64;
-    progress.finish().await
+    Ok((reader, parts))
+}
+
+/// What a part given up on had not loaded: the resources after its checkpoint, counted by
+/// reading on without sending (a Bundle's from its entry count).
+pub struct Unloaded {
+    pub count: i64,
+    /// All lines of the part (NDJSON), when they were read to count.
+    pub lines: Option<i64>,
+    /// The first line not loaded, numbered within the part.
+    pub first_line: Option<i64>,
+    /// What was not loaded, for the error record ("12,000 lines from this line on").
+    pub description: String,
+}
+
+pub async fn unloaded(
+    importer: &Importer,
+    work: &ImportWork,
+    row: &Entity,
+) -> Result<Unloaded, ImportError> {
+    let counts = Counts::read(row);
+    let lines_done = row.i64("line");
+    let from_lines = |count: i64, lines: i64| Unloaded {
+        count,
+        lines: Some(lines),
+        first_line: Some(lines_done + 1),
+        description: format!("{count} lines with resources, from this line on,"),
+    };
+    match work.kind {
+        FileKind::Ndjson => {
+            let (mut reader, _) = range_reader(importer, work, row).await?;
+            let count = count_lines(&mut reader, 0).await?;
+            Ok(from_lines(count, lines_done + reader.lines_read() as i64))
+        }
+        FileKind::NdjsonGz => {
+            let chunks = BlobChunks::new(
+                importer.blobs.clone(),
+                &work.container,
+                &work.blob,
+                0,
+                work.end,
+            );
+            let mut reader = LineReader::new(gunzip(chunks), 0, u64::MAX, false);
+            let count = count_lines(&mut reader, lines_done).await?;
+            Ok(from_lines(count, reader.lines_read() as i64))
+        }
+        FileKind::Bundle => {
+            let bytes = BlobChunks::new(
+                importer.blobs.clone(),
+                &work.container,
+                &work.blob,
+                0,
+                work.end,
+            )
+            .read_to_end()
+            .await?;
+            let entries = utf8_text(&bytes, "the file")
+                .ok()
+                .and_then(|text| bundle_kind(text).ok())
+                .map_or(0, |(_, entries)| entries as i64);
+            let count = (entries - counts.loaded - counts.failed - counts.present).max(0);
+            Ok(Unloaded {
+                count,
+                lines: None,
+                first_line: None,
+                description: format!("{count} of the Bundle's {entries} entries were"),
+            })
+        }
+        FileKind::Zip => {
+            let left = zip_entries::entries_left(importer, work, row.i64("entry")).await?;
+            Ok(Unloaded {
+                count: left,
+                lines: None,
+                first_line: None,
+                description: format!(
+                    "{left} zip entries, from entry {} of the archive on, were",
+                    row.i64("entry")
+                ),
+            })
+        }
+    }
+}
+
+/// Non-blank lines after line `skip` of a reader.
+async fn count_lines<S: ChunkStream>(
+    reader: &mut LineReader<S>,
+    skip: i64,
+) -> Result<i64, ImportError> {
+    let mut count = 0;
+    while let Some(line) = reader.next_line().await? {
+        if line.number as i64 > skip {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 pub async fn run_ndjson_gz(

@@ -140,6 +140,24 @@ pub async fn run_zip(
     progress.finish().await
 }
 
+/// Entries at or after `from` that were to be loaded or refused (a part given up on).
+pub(super) async fn entries_left(
+    importer: &Importer,
+    work: &ImportWork,
+    from: i64,
+) -> Result<i64, ImportError> {
+    let (_, _, plans) = open_archive(importer, work).await?;
+    Ok(plans
+        .iter()
+        .filter(|plan| match plan {
+            EntryPlan::Load { index, .. } | EntryPlan::Refuse { index, .. } => {
+                *index as i64 >= from
+            }
+            EntryPlan::Skip => false,
+        })
+        .count() as i64)
+}
+
 /// Reads the archive's directory in place (ranged reads of the blob, no copy on disk) and
 /// decides what to do with each entry. `Rejected` when it is not a zip or breaks a limit.
 async fn open_archive(
@@ -155,7 +173,7 @@ async fn open_archive(
     );
     let (archive, directory) = tokio::task::spawn_blocking(move || read_directory(file))
         .await
-        .map_err(|e| ImportError::Transient(e.to_string()))?
+        .map_err(|e| ImportError::transient(e.to_string()))?
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => ImportError::Rejected(e.to_string()),
             _ => ImportError::from(e),
@@ -244,6 +262,7 @@ async fn record(progress: &mut PartProgress<'_>, done: EntryDone) -> Result<(), 
     }
     progress.set_cursor("entry", done.index as i64 + 1);
     progress.set_cursor("line", 0);
+    progress.advanced = true;
     progress.save_if_due().await
 }
 
