@@ -89,6 +89,7 @@ var containers = [
   exportTrigger
   '${exportTrigger}-processed'
   '${exportTrigger}-err'
+  'reports'
   'deployments'
   'eventgrid-deadletter'
 ]

@@ -25,6 +25,8 @@ pub struct ExportSettings {
     pub container: String,
     /// Query definitions dropped here start an export (then move to `<trigger>-processed`).
     pub trigger_container: String,
+    /// Where a trigger file's start answer goes (`storage::reports`).
+    pub reports_container: String,
     pub queue: String,
     pub table: String,
     /// Exports running at once; 0 means no limit.
@@ -57,6 +59,10 @@ impl ExportSettings {
         Ok(ExportSettings {
             container: r.container(ENV_CONTAINER_EXPORT, "export")?,
             trigger_container: r.container(ENV_CONTAINER_EXPORT_TRIGGER, "export-trigger")?,
+            reports_container: r.container(
+                super::ENV_CONTAINER_REPORTS,
+                super::DEFAULT_CONTAINER_REPORTS,
+            )?,
             queue: r.text(ENV_EXPORT_QUEUE, DEFAULT_EXPORT_QUEUE),
             table: r.text(ENV_EXPORTS_TABLE, DEFAULT_EXPORTS_TABLE),
             max_exports: r.number(ENV_MAX_EXPORTS, DEFAULT_MAX_EXPORTS, 0)?,

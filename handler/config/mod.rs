@@ -84,6 +84,8 @@ pub const ENV_FHIR_BUNDLE_PROCESSING_LOGIC: &str = "FHIRBULK_FHIR_BUNDLE_PROCESS
 pub const ENV_CONTAINER_BUNDLES: &str = "FHIRBULK_CONTAINER_BUNDLES";
 pub const ENV_CONTAINER_NDJSON: &str = "FHIRBULK_CONTAINER_NDJSON";
 pub const ENV_CONTAINER_ZIP: &str = "FHIRBULK_CONTAINER_ZIP";
+pub const ENV_CONTAINER_REPORTS: &str = "FHIRBULK_CONTAINER_REPORTS";
+pub const DEFAULT_CONTAINER_REPORTS: &str = "reports";
 pub const ENV_IMPORT_QUEUE: &str = "FHIRBULK_IMPORT_QUEUE";
 pub const DEFAULT_IMPORT_QUEUE: &str = "import-work";
 pub const ENV_IMPORTS_TABLE: &str = "FHIRBULK_IMPORTS_TABLE";
@@ -173,6 +175,8 @@ pub struct ImportSettings {
     pub bundles_container: String,
     pub ndjson_container: String,
     pub zip_container: String,
+    /// Result JSONs and error reports (`storage::reports`).
+    pub reports_container: String,
     pub queue: String,
     pub table: String,
     pub transaction_mode: TransactionMode,
@@ -419,6 +423,7 @@ impl ImportSettings {
             bundles_container: r.container(ENV_CONTAINER_BUNDLES, "bundles")?,
             ndjson_container: r.container(ENV_CONTAINER_NDJSON, "ndjson")?,
             zip_container: r.container(ENV_CONTAINER_ZIP, "zip")?,
+            reports_container: r.container(ENV_CONTAINER_REPORTS, DEFAULT_CONTAINER_REPORTS)?,
             queue: r.text(ENV_IMPORT_QUEUE, DEFAULT_IMPORT_QUEUE),
             table: r.text(ENV_IMPORTS_TABLE, DEFAULT_IMPORTS_TABLE),
             transaction_mode,

@@ -155,6 +155,7 @@ impl Exporter {
             self.settings.trigger_container.clone(),
             self.settings.trigger_processed_container(),
             self.settings.trigger_err_container(),
+            self.settings.reports_container.clone(),
         ] {
             self.blobs.ensure_container(&c).await?;
         }

@@ -1,8 +1,9 @@
 //! Starting an export from a query definition dropped into the trigger container (an
 //! export-all when the definition names `_type`, else a patient export): the export id
 //! is derived from the file (name and version), so a repeated event starts nothing new. The
-//! file then moves to `<trigger>-processed` with the start answer beside it, or, when the
-//! definition is invalid, to `<trigger>-err` with an OperationOutcome saying why.
+//! file then moves to `<trigger>-processed`, or, when the definition is invalid, to
+//! `<trigger>-err`; the start answer (or an OperationOutcome saying why) goes to the reports
+//! container (`<trigger>/<blob>/<export id>/result.json`, `error.json`).
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use super::all::is_export_all;
 use super::control::{self, Links};
 use super::{ExportError, ExportKind, Exporter};
+use crate::storage::reports::report_blob;
 
 /// What became of a trigger file (a line for the invocation log).
 pub async fn start_from_blob(
@@ -45,13 +47,13 @@ pub async fn start_from_blob(
         &text,
         &Links::default(),
         &format!("{container}/{blob}"),
-        Some(id),
+        Some(id.clone()),
     )
     .await;
     let (target, note, line) = match reply.status {
         202 => (
             ex.settings.trigger_processed_container(),
-            format!("{blob}.result.json"),
+            "result.json",
             format!(
                 "export {} started from {container}/{blob}",
                 reply.body["id"].as_str().unwrap_or_default()
@@ -59,7 +61,7 @@ pub async fn start_from_blob(
         ),
         400 => (
             ex.settings.trigger_err_container(),
-            format!("{blob}.error.json"),
+            "error.json",
             format!("{container}/{blob} is not a valid query definition"),
         ),
         _ => {
@@ -77,8 +79,8 @@ pub async fn start_from_blob(
     };
     ex.blobs
         .upload(
-            &target,
-            &note,
+            &ex.settings.reports_container,
+            &report_blob(container, blob, &id, note),
             Bytes::from(serde_json::to_vec_pretty(&reply.body).expect("JSON serialises")),
         )
         .await?;

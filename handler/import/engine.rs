@@ -15,14 +15,15 @@ use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ledger::{
-    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, GAVE_UP, Ledger, PROGRESS_AT, file_key,
-    now_rfc3339, part_row,
+    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, GAVE_UP, Ledger, PROGRESS_AT,
+    SUPERSEDED, file_key, now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
 use super::work::{FileKind, ImportError, ImportWork, Transient};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
+use crate::storage::reports::report_blob;
 use crate::storage::{
     BlobStore, BlobVersion, Entity, MoveOutcome, TransactionOp, TransactionOutcome, WorkQueue,
 };
@@ -105,6 +106,9 @@ impl Importer {
                 .ensure_container(&ImportSettings::err_container(c))
                 .await?;
         }
+        self.blobs
+            .ensure_container(&self.settings.reports_container)
+            .await?;
         self.queue.ensure().await?;
         self.ledger.ensure_tables().await?;
         Ok(())
@@ -304,6 +308,10 @@ impl Importer {
             let finished = match result {
                 Ok(row) => row,
                 Err(ImportError::Superseded) => return Ok(()),
+                Err(ImportError::Replaced(reason)) => {
+                    info!(message = "Import superseded by a newer upload.", import = %work.file_id());
+                    self.close_part(work, SUPERSEDED, &reason).await?
+                }
                 Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
                     warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
                     self.close_part(work, "rejected", &reason).await?
@@ -427,9 +435,12 @@ impl Importer {
             .part(&work.file, work.part)
             .await?
             .unwrap_or_default();
-        let mut counts = Counts::read(&part);
-        counts.failed += 1;
-        counts.write(&mut part);
+        // A rejected file counts as one failure; a superseded one keeps what it counted.
+        if how != SUPERSEDED {
+            let mut counts = Counts::read(&part);
+            counts.failed += 1;
+            counts.write(&mut part);
+        }
         part.set_str("status", "done");
         part.set_str(how, reason);
         part.etag.clear();
@@ -473,15 +484,22 @@ impl Importer {
         let mut totals = Counts::default();
         let mut line_base = Vec::with_capacity(parts.len());
         let mut rejected = None;
+        let mut superseded = None;
         for p in &parts {
             line_base.push(totals.lines);
             totals.add(Counts::read(p));
             if let Some(r) = p.str("rejected") {
                 rejected = Some(r.to_string());
             }
+            if let Some(r) = p.str(SUPERSEDED) {
+                superseded = Some(r.to_string());
+            }
         }
         let source = format!("{}/{}", work.container, work.blob);
-        let (status, target_container) = if rejected.is_some() {
+        let (status, target_container) = if superseded.is_some() {
+            // The blob is the newer upload now: nothing of this version is left to move.
+            (FileStatus::Superseded, String::new())
+        } else if rejected.is_some() {
             (
                 FileStatus::Rejected,
                 ImportSettings::err_container(&work.container),
@@ -497,42 +515,48 @@ impl Importer {
                 ImportSettings::processed_container(&work.container),
             )
         };
+        // Reports go to the reports container under this upload's id: no uploaded name
+        // can overwrite them, and each version of a file keeps its own.
+        let reports = &self.settings.reports_container;
+        let id = work.file_id();
         let mut error_report = None;
         if status != FileStatus::Loaded {
-            let name = format!("{}.errors.ndjson", work.blob);
+            let name = report_blob(&work.container, &work.blob, &id, "errors.ndjson");
             let report = ErrorReport {
                 source: &source,
                 per_line: work.kind != FileKind::Bundle,
                 line_base: &line_base,
             };
             let chunks = report.chunks(self.ledger.error_pages(&work.file));
-            self.blobs
-                .upload_blocks(&target_container, &name, chunks)
-                .await?;
-            error_report = Some(format!("{target_container}/{name}"));
+            self.blobs.upload_blocks(reports, &name, chunks).await?;
+            error_report = Some(format!("{reports}/{name}"));
         }
+        let result_name = report_blob(&work.container, &work.blob, &id, "result.json");
+        let reason = superseded.or(rejected);
+        let outcome = if status == FileStatus::Superseded {
+            InputOutcome::Replaced
+        } else {
+            self.move_input(work, &target_container).await?
+        };
         let result = result_json(
             &source,
             status.as_str(),
             totals,
+            &outcome.describe(),
             error_report.as_deref(),
-            rejected.as_deref(),
+            reason.as_deref(),
         );
         self.blobs
-            .upload(
-                &target_container,
-                &format!("{}.result.json", work.blob),
-                Bytes::from(result.to_string()),
-            )
+            .upload(reports, &result_name, Bytes::from(result.to_string()))
             .await?;
-        self.move_input(work, &target_container).await?;
         file.set_str("status", status.as_str());
         file.set_str("finished", now_rfc3339());
-        file.set_str("outcome", format!("{target_container}/{}", work.blob));
+        file.set_str("outcome", outcome.describe());
+        file.set_str("result", format!("{reports}/{result_name}"));
         if let Some(r) = &error_report {
             file.set_str("errorReport", r.clone());
         }
-        if let Some(r) = &rejected {
+        if let Some(r) = &reason {
             file.set_str("reason", r.clone());
         }
         totals.write(&mut file);
@@ -549,13 +573,14 @@ impl Importer {
         Ok(())
     }
 
-    /// Moves the input file once; a repeat that finds it already moved is fine.
+    /// Moves the input file once; a repeat that finds it already moved is fine. Says where
+    /// the input is now, never naming a blob that is not there.
     async fn move_input(
         &self,
         work: &ImportWork,
         target_container: &str,
-    ) -> Result<(), ImportError> {
-        let outcome = self
+    ) -> Result<InputOutcome, ImportError> {
+        let moved = self
             .blobs
             .move_blob(
                 &work.container,
@@ -565,10 +590,43 @@ impl Importer {
                 Some(&work.etag),
             )
             .await?;
-        if outcome == MoveOutcome::SourceChanged {
-            warn!(message = "Input replaced by a newer upload; not moved.", container = %work.container, blob = %work.blob);
+        Ok(match moved {
+            MoveOutcome::Moved => {
+                InputOutcome::MovedTo(format!("{target_container}/{}", work.blob))
+            }
+            MoveOutcome::SourceChanged => {
+                warn!(message = "Input replaced by a newer upload; not moved.", import = %work.file_id());
+                InputOutcome::Replaced
+            }
+            // Moved by an earlier try, or deleted by someone: the target says which.
+            MoveOutcome::SourceMissing => {
+                match self.blobs.properties(target_container, &work.blob).await? {
+                    Some(_) => InputOutcome::MovedTo(format!("{target_container}/{}", work.blob)),
+                    None => InputOutcome::Deleted,
+                }
+            }
+        })
+    }
+}
+
+/// Where an import's input file is once it is finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum InputOutcome {
+    /// `<container>processed/<blob>` or `<container>err/<blob>`.
+    MovedTo(String),
+    /// A newer upload took its name; that one has its own import.
+    Replaced,
+    /// Someone deleted it while it loaded.
+    Deleted,
+}
+
+impl InputOutcome {
+    fn describe(&self) -> String {
+        match self {
+            InputOutcome::MovedTo(path) => path.clone(),
+            InputOutcome::Replaced => "replaced".into(),
+            InputOutcome::Deleted => "deleted".into(),
         }
-        Ok(())
     }
 }
 

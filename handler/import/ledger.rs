@@ -31,6 +31,9 @@ pub enum FileStatus {
     CompletedWithErrors,
     /// The file could not be read at all; it and the reason are in `<container>err`.
     Rejected,
+    /// A newer upload replaced the file while it loaded: this version stopped before its
+    /// next write (what it loaded before is counted); the newer one has its own import.
+    Superseded,
 }
 
 impl FileStatus {
@@ -43,6 +46,7 @@ impl FileStatus {
             FileStatus::Loaded => "loaded",
             FileStatus::CompletedWithErrors => "completed-with-errors",
             FileStatus::Rejected => "rejected",
+            FileStatus::Superseded => "superseded",
         }
     }
 
@@ -55,6 +59,7 @@ impl FileStatus {
             FileStatus::Loaded,
             FileStatus::CompletedWithErrors,
             FileStatus::Rejected,
+            FileStatus::Superseded,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -63,7 +68,10 @@ impl FileStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            FileStatus::Loaded | FileStatus::CompletedWithErrors | FileStatus::Rejected
+            FileStatus::Loaded
+                | FileStatus::CompletedWithErrors
+                | FileStatus::Rejected
+                | FileStatus::Superseded
         )
     }
 }
@@ -115,6 +123,9 @@ pub struct Counts {
 
 /// When a part's checkpoint last moved (RFC 3339), or its work first started.
 pub const PROGRESS_AT: &str = "progressAt";
+
+/// Set on a part stopped because a newer upload replaced its file (the reason).
+pub const SUPERSEDED: &str = "superseded";
 
 /// The position of the error record of a part given up on.
 pub const GAVE_UP: &str = "gave-up";
@@ -358,6 +369,7 @@ pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
         )
     };
     serde_json::json!({
+        "id": file.str("PartitionKey").map(crate::import::work::import_id),
         "container": file.str("container"),
         "blob": file.str("blob"),
         "etag": file.str("etag"),
@@ -375,6 +387,7 @@ pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
         "started": file.str("started"),
         "finished": file.str("finished"),
         "outcome": file.str("outcome"),
+        "result": file.str("result"),
         "errorReport": file.str("errorReport"),
     })
 }

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod bundle_text;
 pub mod encoding;
 pub mod engine;
+pub mod fence;
 pub mod jobs;
 pub mod ledger;
 pub mod ndjson;

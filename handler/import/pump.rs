@@ -12,6 +12,7 @@ use futures::stream::FuturesOrdered;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::MemoryBudget;
+use super::fence::VersionFence;
 use super::ndjson::{ChunkStream, LineReader, ParsedLine, parse_line};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::work::ImportError;
@@ -76,6 +77,7 @@ impl OpenBatch {
 pub async fn pump_lines<S: ChunkStream>(
     fhir: &Arc<FhirClient>,
     budget: &MemoryBudget,
+    fence: &Arc<VersionFence>,
     reader: &mut LineReader<S>,
     options: &PumpOptions,
     sink: &mut dyn LinesSink,
@@ -110,7 +112,7 @@ pub async fn pump_lines<S: ChunkStream>(
                 && !batch.entries.is_empty()
                 && batch.bytes + json.len() > options.max_batch_bytes
             {
-                in_flight.push_back(send(fhir, budget, batch.take()).await?);
+                in_flight.push_back(send(fhir, budget, fence, batch.take()).await?);
             }
             match parsed {
                 Some(ParsedLine::Entry { target, json }) => {
@@ -133,7 +135,7 @@ pub async fn pump_lines<S: ChunkStream>(
             batch.last_line = number;
         }
         if batch.entries.len() >= options.per_bundle || (finished && !batch.is_empty()) {
-            in_flight.push_back(send(fhir, budget, batch.take()).await?);
+            in_flight.push_back(send(fhir, budget, fence, batch.take()).await?);
         }
         while in_flight.len() >= window || (finished && !in_flight.is_empty()) {
             let done = in_flight.next().await.expect("non-empty");
@@ -151,16 +153,19 @@ pub async fn pump_lines<S: ChunkStream>(
 async fn send(
     fhir: &Arc<FhirClient>,
     budget: &MemoryBudget,
+    fence: &Arc<VersionFence>,
     batch: OpenBatch,
 ) -> Result<AbortOnDropHandle<Result<LinesDone, ImportError>>, ImportError> {
     // Counted twice: the entries, and the request body built from them.
     let held = budget.reserve(2 * batch.bytes as u64).await?;
     let fhir = fhir.clone();
+    let fence = fence.clone();
     Ok(AbortOnDropHandle::new(tokio::spawn(async move {
         let _held = held;
         let outcome = if batch.entries.is_empty() {
             BatchOutcome::default()
         } else {
+            fence.check().await?;
             send_batch(&fhir, batch.entries).await?
         };
         let mut refused = batch.invalid;

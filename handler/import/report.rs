@@ -52,17 +52,20 @@ pub fn error_outcome(source: &str, record: &ErrorRecord, line: Option<i64>) -> V
     json!({"resourceType": "OperationOutcome", "extension": extension, "issue": [issue]})
 }
 
-/// The result JSON written next to a processed or failed file.
+/// The result JSON of a finished import: its counts, where the input file is now (moved to
+/// `<container>processed`/`err`, `replaced` or `deleted`) and where its error report is.
 pub fn result_json(
     source: &str,
     status: &str,
     counts: Counts,
+    input: &str,
     errors: Option<&str>,
     reason: Option<&str>,
 ) -> Value {
     json!({
         "file": source,
         "status": status,
+        "input": input,
         "resources": {
             "loaded": counts.loaded,
             "failed": counts.failed,

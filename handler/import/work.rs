@@ -77,7 +77,7 @@ impl ImportWork {
 }
 
 /// Why a work item stopped before its part was done.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ImportError {
     /// The file cannot be loaded at all (not JSON, not a Bundle, a refused zip): recorded, final.
     #[error("{0}")]
@@ -86,6 +86,10 @@ pub enum ImportError {
     /// final, and for the whole file (a zip's remaining entries are not refused one by one).
     #[error("{0}")]
     Gone(String),
+    /// A newer upload replaced the file while it loaded: this version's work stops (its
+    /// import ends `superseded`); the newer one has its own.
+    #[error("{0}")]
+    Replaced(String),
     /// Another delivery of the same work item owns the part now; this one stops quietly.
     #[error("another worker is processing this part")]
     Superseded,

@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod credentials;
 pub mod queue;
+pub mod reports;
 pub mod shared_key;
 pub mod table;
 mod table_transaction;

@@ -392,11 +392,11 @@ async fn exports_hold_exactly_what_the_server_returns() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let result = loop {
         let listed = store
-            .list("export-trigger-processed", Some("coverage-all.json.result"))
+            .list("reports", Some("export-trigger/coverage-all.json/"))
             .await
             .unwrap();
         if let Some(found) = listed.first() {
-            break blob_text(&store, "export-trigger-processed", &found.name).await;
+            break blob_text(&store, "reports", &found.name).await;
         }
         assert!(Instant::now() < deadline, "trigger file not picked up");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -489,15 +489,17 @@ async fn bad_definitions_get_400s_that_say_why() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let started: Value = serde_json::from_str(
-        &blob_text(
-            &store,
-            "export-trigger-processed",
-            "nightly.json.result.json",
-        )
-        .await,
-    )
-    .unwrap();
+    // The start answers are in the reports container, named by trigger file and export id.
+    let report = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            let found = store.list("reports", Some(prefix)).await.unwrap();
+            assert_eq!(found.len(), 1, "{prefix}: {found:?}");
+            blob_text(&store, "reports", &found[0].name).await
+        }
+    };
+    let started: Value =
+        serde_json::from_str(&report("export-trigger/nightly.json/").await).unwrap();
     let id = started["id"].as_str().unwrap();
     let (status, manifest) = wait_export(&handler, id, 60).await;
     assert_eq!(status, 200, "{manifest}");
@@ -510,7 +512,7 @@ async fn bad_definitions_get_400s_that_say_why() {
             .unwrap()
             .is_some()
     );
-    let outcome = blob_text(&store, "export-trigger-err", "broken.json.error.json").await;
+    let outcome = report("export-trigger/broken.json/").await;
     assert!(outcome.contains("query is missing"), "{outcome}");
     let resp = reqwest::Client::new()
         .post(format!(

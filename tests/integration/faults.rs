@@ -11,7 +11,7 @@ use crate::fixtures::{
     stored_zip_of, zip_of,
 };
 use crate::standin::{Faults, StandIn};
-use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, fhir_count};
+use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blobs, fhir_count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
@@ -426,7 +426,9 @@ async fn a_server_that_never_recovers_ends_in_err_with_the_reason() {
         imports[0]["status"], "completed-with-errors",
         "{imports:#?}"
     );
-    let report = blob_text(&store, "bundleserr", "p1.json.errors.ndjson").await;
+    let report = handler
+        .report(&store, "bundles", "p1.json", "errorReport")
+        .await;
     assert!(
         report.contains("5 of the Bundle's 5 entries were not loaded")
             && report.contains("HTTP 429")
@@ -451,4 +453,106 @@ async fn behind_standin(faults: Faults) -> (Azurite, FhirServer, StandIn, String
     let fhir = FhirServer::start();
     let (standin, url) = StandIn::start(&fhir.base_url, faults).await;
     (azurite, fhir, standin, url)
+}
+
+/// A file overwritten while it loads: the old version stops before its next batch (ending
+/// `superseded`, its report under its own id) and the new version's content is what the
+/// server ends with. Fails before the version fence: the old version's ranges kept writing
+/// after the new one finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwritten_file_stops_its_old_version_and_the_new_one_wins() {
+    let (azurite, fhir, _standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(700))).await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE", "20"),
+            ("FHIRBULK_FHIR_MAX_CONCURRENCY", "2"),
+        ],
+    );
+    let version = |family: &str| {
+        (0..400)
+            .map(|n| {
+                serde_json::json!({"resourceType": "Patient", "id": patient_id(n),
+                                   "name": [{"family": family}]})
+                .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let store = blobs(&azurite);
+    store
+        .upload("ndjson", "people.ndjson", Bytes::from(version("Old")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    store
+        .upload("ndjson", "people.ndjson", Bytes::from(version("New")))
+        .await
+        .unwrap();
+    let imports = handler.wait_imports(2, 180).await;
+    let statuses: Vec<_> = imports
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"superseded") && statuses.contains(&"loaded"),
+        "{imports:#?}"
+    );
+    assert_eq!(fhir_count(&fhir.base_url, "Patient?family=Old").await, 0);
+    assert_eq!(fhir_count(&fhir.base_url, "Patient?family=New").await, 400);
+    let old = imports
+        .iter()
+        .find(|i| i["status"] == "superseded")
+        .unwrap();
+    assert_eq!(old["outcome"], "replaced", "{old:#}");
+    let new = imports.iter().find(|i| i["status"] == "loaded").unwrap();
+    assert_ne!(
+        old["result"], new["result"],
+        "each version keeps its own result"
+    );
+    assert_eq!(new["outcome"], "ndjsonprocessed/people.ndjson");
+}
+
+/// A Bundle deleted while its pieces load: loading stops before the next piece, the import
+/// ends `rejected` with the reason, counts what reached the server, and names no moved file
+/// (there is none). Fails before: it ended `loaded` with an outcome naming a missing blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
+    let (azurite, fhir, _standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(800))).await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_MAX_BUNDLE_ENTRIES", "5"),
+            ("FHIRBULK_FHIR_MAX_CONCURRENCY", "1"),
+        ],
+    );
+    let store = blobs(&azurite);
+    store
+        .upload(
+            "bundles",
+            "obs.json",
+            Bytes::from(observation_batch("del", 1, 0..40, 10)),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    store.delete("bundles", "obs.json").await.unwrap();
+    let imports = handler.wait_imports(1, 60).await;
+    let import = &imports[0];
+    assert_eq!(import["status"], "rejected", "{import:#}");
+    assert_eq!(import["outcome"], "deleted", "{import:#}");
+    assert!(
+        import["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted while it loaded"),
+        "{import:#}"
+    );
+    let loaded = import["resources"]["loaded"].as_i64().unwrap();
+    assert!(loaded > 0 && loaded < 40, "{import:#}");
+    assert_eq!(fhir_count(&fhir.base_url, "Observation").await, loaded);
 }

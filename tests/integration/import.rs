@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::fixtures::{gzip, observation_line, patient_bundle, patient_id, patient_line, zip_of};
-use crate::support::{Azurite, FhirServer, Handler, blob_text, blobs, fhir_count};
+use crate::support::{Azurite, FhirServer, Handler, blobs, fhir_count};
 
 /// 2,401 lines over two 1 MiB ranges: a Patient, then Observations, with a line without
 /// resourceType at line 5 and a broken line at line 2000 (in the second range).
@@ -185,7 +185,7 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
         "moved out of bundles"
     );
     let result: Value =
-        serde_json::from_str(&blob_text(&store, "bundlesprocessed", "p1.json.result.json").await)
+        serde_json::from_str(&handler.report(&store, "bundles", "p1.json", "result").await)
             .unwrap();
     // The shared Organization is "loaded" by the file that created it, "already present" to the others.
     let resources = &result["resources"];
@@ -209,7 +209,9 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
             .is_some()
     );
 
-    let report = blob_text(&store, "ndjsonerr", "mixed.ndjson.errors.ndjson").await;
+    let report = handler
+        .report(&store, "ndjson", "mixed.ndjson", "errorReport")
+        .await;
     let outcomes: Vec<Value> = report
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -236,14 +238,20 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
             .is_some()
     );
 
-    let group = blob_text(&store, "bundleserr", "group.json.errors.ndjson").await;
+    let group = handler
+        .report(&store, "bundles", "group.json", "errorReport")
+        .await;
     assert!(group.contains("holds a Group, not a Bundle"), "{group}");
-    let broken = blob_text(&store, "bundleserr", "broken.json.errors.ndjson").await;
+    let broken = handler
+        .report(&store, "bundles", "broken.json", "errorReport")
+        .await;
     assert!(
         broken.contains("ends before its JSON is complete"),
         "{broken}"
     );
-    let zip_report = blob_text(&store, "ziperr", "bad.zip.errors.ndjson").await;
+    let zip_report = handler
+        .report(&store, "zip", "bad.zip", "errorReport")
+        .await;
     assert!(
         zip_report.contains("../evil.json") && zip_report.contains("'..' segment"),
         "{zip_report}"
@@ -261,8 +269,12 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
     assert_eq!(status["parts"]["total"], 2);
     assert_eq!(
         status["errorReport"],
-        "ndjsonerr/mixed.ndjson.errors.ndjson"
+        format!(
+            "reports/ndjson/mixed.ndjson/{}/errors.ndjson",
+            status["id"].as_str().unwrap()
+        )
     );
+    assert_eq!(status["outcome"], "ndjsonerr/mixed.ndjson");
 
     // A second drop of the same files creates no duplicates.
     drop_good().await;
@@ -347,7 +359,9 @@ async fn transaction_mode_posts_transactions_unchanged() {
         refused["resources"]["failed"], 5,
         "all five entries failed together"
     );
-    let report = blob_text(&store, "bundleserr", "refused.json.errors.ndjson").await;
+    let report = handler
+        .report(&store, "bundles", "refused.json", "errorReport")
+        .await;
     assert_eq!(report.lines().count(), 5);
     assert!(report.contains("refused as a whole"), "{report}");
     // The server assigned the ids and resolved the urn:uuid references itself.
@@ -401,7 +415,9 @@ async fn a_file_of_bad_lines_is_reported_in_full_and_in_order() {
         "{imports:#?}"
     );
     assert_eq!(fhir_count(&fhir.base_url, "Patient").await, 3);
-    let report = blob_text(&store, "ndjsonerr", "bad-lines.ndjson.errors.ndjson").await;
+    let report = handler
+        .report(&store, "ndjson", "bad-lines.ndjson", "errorReport")
+        .await;
     let lines: Vec<String> = report
         .lines()
         .map(|l| {

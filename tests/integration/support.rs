@@ -172,7 +172,7 @@ impl Handler {
                     .filter(|i| {
                         matches!(
                             i["status"].as_str(),
-                            Some("loaded" | "completed-with-errors" | "rejected")
+                            Some("loaded" | "completed-with-errors" | "rejected" | "superseded")
                         )
                     })
                     .count();
@@ -187,6 +187,31 @@ impl Handler {
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
+    }
+}
+
+impl Handler {
+    /// The text of an import's report, as its status names it: `which` is `result` (the
+    /// result JSON) or `errorReport` (the NDJSON of OperationOutcomes).
+    pub async fn report(
+        &self,
+        store: &fhir_bulk::storage::BlobStore,
+        container: &str,
+        blob: &str,
+        which: &str,
+    ) -> String {
+        let status: serde_json::Value =
+            reqwest::get(format!("{}/imports/{container}/{blob}", self.base))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let path = status[which]
+            .as_str()
+            .unwrap_or_else(|| panic!("{container}/{blob} has no {which}: {status:#}"));
+        let (reports, name) = path.split_once('/').expect("container/blob");
+        blob_text(store, reports, name).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! advance it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::bundle_text::bundle_kind;
 use super::encoding::utf8_text;
 use super::engine::Importer;
+use super::fence::VersionFence;
 use super::ledger::{Counts, ErrorRecord, PROGRESS_AT, now_rfc3339};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
@@ -41,6 +43,8 @@ struct PartProgress<'a> {
     zip_entry: Option<(i64, String)>,
     /// The checkpoint moved since the last save: the save records when (`progressAt`).
     advanced: bool,
+    /// Stops the work before its next write once the file is replaced or deleted.
+    fence: Arc<VersionFence>,
 }
 
 impl<'a> PartProgress<'a> {
@@ -54,6 +58,12 @@ impl<'a> PartProgress<'a> {
             last_save: Instant::now(),
             zip_entry: None,
             advanced: false,
+            fence: Arc::new(VersionFence::new(
+                importer.blobs.clone(),
+                &work.container,
+                &work.blob,
+                &work.etag,
+            )),
         }
     }
 
@@ -221,7 +231,8 @@ pub async fn run_bundle(
     let bytes = BlobChunks::new(importer.blobs.clone(), &work.container, &work.blob, 0, size)
         .read_to_end()
         .await?;
-    load_bundle_bytes(importer, &mut progress, bytes, reservation).await?;
+    let fence = progress.fence.clone();
+    load_bundle_bytes(importer, &fence, &mut progress, bytes, reservation).await?;
     progress.finish().await
 }
 
@@ -283,6 +294,7 @@ impl PieceSink for PartProgress<'_> {
 /// entries are serialised), then sends its pieces, skipping those `sink` has as done.
 async fn load_bundle_bytes(
     importer: &Importer,
+    fence: &VersionFence,
     sink: &mut dyn PieceSink,
     bytes: bytes::Bytes,
     reservation: OwnedSemaphorePermit,
@@ -305,6 +317,7 @@ async fn load_bundle_bytes(
     }
     if let Some(body) = plan.whole_transaction {
         if done.is_empty() {
+            fence.check().await?;
             let result = send_transaction(&importer.fhir, body, plan.entry_count).await?;
             return sink.piece_done(&BTreeSet::from([0]), result).await;
         }
@@ -326,7 +339,13 @@ async fn load_bundle_bytes(
             }
             if slot.is_some() && plan.piece_deps[i].iter().all(|d| done.contains(d)) {
                 let piece = slot.take().expect("checked");
-                in_flight.push(async move { (i, send_piece(&importer.fhir, piece).await) });
+                in_flight.push(async move {
+                    let sent = match fence.check().await {
+                        Ok(()) => send_piece(&importer.fhir, piece).await,
+                        Err(stop) => Err(stop),
+                    };
+                    (i, sent)
+                });
             }
         }
         let Some((i, result)) = in_flight.next().await else {
@@ -378,6 +397,7 @@ pub async fn run_ndjson_range(
     pump_lines(
         &importer.fhir,
         &importer.batch_budget,
+        &progress.fence.clone(),
         &mut reader,
         &pump_options(importer, importer.part_window(parts), line_base, 0),
         &mut progress,
@@ -555,6 +575,7 @@ async fn load_unseekable<S: ChunkStream>(
     let result = pump_lines(
         &importer.fhir,
         &importer.batch_budget,
+        &progress.fence.clone(),
         &mut reader,
         &pump_options(importer, importer.part_window(1), 0, lines_done),
         progress,

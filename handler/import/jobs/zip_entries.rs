@@ -17,6 +17,7 @@ use super::{
 };
 use crate::import::budget::MemoryBudget;
 use crate::import::engine::Importer;
+use crate::import::fence::VersionFence;
 use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
 use crate::import::sources::BlobFile;
@@ -80,11 +81,12 @@ pub async fn run_zip(
         if kind == FileKind::Bundle {
             let size = directory[index].uncompressed;
             let budget = in_flight_budget.clone();
+            let fence = progress.fence.clone();
             in_order.push_back(
                 async move {
                     let _in_flight = budget.reserve(2 * size).await?;
                     let stream = stream_entry(archive, index, gzip, limit);
-                    let result = load_bundle_entry(importer, stream, size).await?;
+                    let result = load_bundle_entry(importer, &fence, stream, size).await?;
                     Ok(EntryDone {
                         index,
                         name,
@@ -229,6 +231,7 @@ impl PieceSink for EntryTally {
 /// unavailable).
 async fn load_bundle_entry<S: ChunkStream>(
     importer: &Importer,
+    fence: &VersionFence,
     stream: S,
     size: u64,
 ) -> Result<Result<EntryTally, String>, ImportError> {
@@ -240,7 +243,7 @@ async fn load_bundle_entry<S: ChunkStream>(
         Err(other) => return Err(other),
     };
     let mut tally = EntryTally::default();
-    match load_bundle_bytes(importer, &mut tally, bytes.into(), reservation).await {
+    match load_bundle_bytes(importer, fence, &mut tally, bytes.into(), reservation).await {
         Ok(()) => Ok(Ok(tally)),
         Err(ImportError::Rejected(reason)) => Ok(Err(reason)),
         Err(other) => Err(other),

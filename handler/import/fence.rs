@@ -1,0 +1,65 @@
+//! The version fence: the work of one uploaded version of a file writes to the FHIR server
+//! only while that version is still the blob in its container. Before each batch (and each
+//! piece of a Bundle) the blob's ETag is checked; once the blob was replaced by a newer upload
+//! (which has its own import) or deleted, the old version's work stops before its next write,
+//! so an old version never overwrites a newer one's resources.
+//!
+//! Checks asked for while one is under way share the next one (never one started before they
+//! asked), so many batches ready at once cost one request; a failed check is final.
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::work::ImportError;
+use crate::storage::BlobStore;
+
+pub struct VersionFence {
+    blobs: BlobStore,
+    container: String,
+    blob: String,
+    /// The version being loaded, without quotes.
+    etag: String,
+    /// The last check: when it started, and what it found.
+    last: Mutex<Option<(Instant, Result<(), ImportError>)>>,
+}
+
+impl VersionFence {
+    pub fn new(blobs: BlobStore, container: &str, blob: &str, etag: &str) -> Self {
+        VersionFence {
+            blobs,
+            container: container.to_string(),
+            blob: blob.to_string(),
+            etag: etag.trim_matches('"').to_string(),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `Ok` while the version is the current blob; `Replaced` or `Gone` once it is not; a
+    /// storage error is `Transient` (the work is tried again).
+    pub async fn check(&self) -> Result<(), ImportError> {
+        let asked = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((at, verdict)) = last.as_ref()
+            && (*at >= asked
+                || matches!(
+                    verdict,
+                    Err(ImportError::Replaced(_) | ImportError::Gone(_))
+                ))
+        {
+            return verdict.clone();
+        }
+        let at = Instant::now();
+        let verdict = match self.blobs.properties(&self.container, &self.blob).await {
+            Ok(Some(now)) if now.etag.trim_matches('"') == self.etag => Ok(()),
+            Ok(Some(_)) => Err(ImportError::Replaced(
+                "the file was replaced by a newer upload while it loaded; that upload is loaded on its own, and this one stopped before writing anything more".into(),
+            )),
+            Ok(None) => Err(ImportError::Gone(
+                "the file was deleted while it loaded; what was read before was loaded, the rest was not".into(),
+            )),
+            Err(e) => Err(e.into()),
+        };
+        *last = Some((at, verdict.clone()));
+        verdict
+    }
+}
