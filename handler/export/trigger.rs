@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::all::is_export_all;
 use super::control::{self, Links};
 use super::{ExportError, ExportKind, Exporter};
+use crate::storage::blob_log_name;
 use crate::storage::reports::report_blob;
 
 /// What became of a trigger file (a line for the invocation log).
@@ -55,14 +56,18 @@ pub async fn start_from_blob(
             ex.settings.trigger_processed_container(),
             "result.json",
             format!(
-                "export {} started from {container}/{blob}",
-                reply.body["id"].as_str().unwrap_or_default()
+                "export {} started from {}",
+                reply.body["id"].as_str().unwrap_or_default(),
+                blob_log_name(container, blob)
             ),
         ),
         400 => (
             ex.settings.trigger_err_container(),
             "error.json",
-            format!("{container}/{blob} is not a valid query definition"),
+            format!(
+                "{} is not a valid query definition",
+                blob_log_name(container, blob)
+            ),
         ),
         _ => {
             // At the concurrency cap, or storage unavailable: leave the file and try again.
@@ -73,7 +78,8 @@ pub async fn start_from_blob(
                 .map(str::to_string)
                 .unwrap_or_else(|| reply.body.to_string());
             return Err(ExportError::Transient(format!(
-                "cannot start the export of {container}/{blob} yet: {why}"
+                "cannot start the export of {} yet: {why}",
+                blob_log_name(container, blob)
             )));
         }
     };

@@ -10,8 +10,10 @@ use serde_json::Value;
 use super::{
     AppState, IMPORT_BLOB_CREATED, delivery_response, for_each_blob_created, missing_event,
 };
+use crate::import::work::import_id;
 use crate::import::{Importer, Registration};
 use crate::protocol::invocation::InvocationRequest;
+use crate::storage::blob_log_name;
 
 /// The binding name in `functions/ImportBlobCreated/function.json`.
 pub const BINDING: &str = "event";
@@ -22,15 +24,23 @@ pub async fn handle_events(importer: &Importer, payload: Value) -> Result<Vec<St
         let outcome = importer
             .register(&blob.container, &blob.blob, blob.version.clone())
             .await
-            .map_err(|e| format!("cannot register {}/{}: {e}", blob.container, blob.blob))?;
+            .map_err(|e| {
+                format!(
+                    "cannot register {}: {e}",
+                    blob_log_name(&blob.container, &blob.blob)
+                )
+            })?;
+        // Invocation logs name imports by id: blob names are often patient names.
         Ok(match outcome {
-            Registration::Queued { parts, .. } => {
-                format!("queued {}/{} in {parts} part(s)", blob.container, blob.blob)
+            Registration::Queued { file, parts } => {
+                format!("queued import {} in {parts} part(s)", import_id(&file))
             }
-            Registration::AlreadyRegistered { status, .. } => format!(
-                "{}/{} was registered before ({status})",
-                blob.container, blob.blob
-            ),
+            Registration::AlreadyRegistered { file, status } => {
+                format!(
+                    "import {} was registered before ({status})",
+                    import_id(&file)
+                )
+            }
             Registration::Ignored(why) => format!("ignored: {why}"),
         })
     })

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
@@ -20,7 +20,7 @@ use super::ledger::{
 };
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
-use super::work::{FileKind, ImportError, ImportWork, Transient};
+use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::reports::report_blob;
@@ -248,11 +248,12 @@ impl Importer {
         self.ledger.replace_if_unchanged(&mut file).await?;
         info!(
             message = "Import registered.",
+            import = %import_id(&key),
             container,
-            blob,
             kind = kind.as_str(),
             parts = ranges.len()
         );
+        debug!(message = "Import registered for a blob.", import = %import_id(&key), container, blob);
         Ok(Registration::Queued {
             file: key,
             parts: ranges.len() as u32,
@@ -279,7 +280,7 @@ impl Importer {
         let delivered = OffsetDateTime::now_utc();
         let (file, part) = self.ledger.file_and_part(&work.file, work.part).await?;
         let Some(mut file) = file else {
-            warn!(message = "Work item for an unknown import; dropped.", container = %work.container, blob = %work.blob);
+            warn!(message = "Work item for an unknown import; dropped.", import = %work.file_id());
             return Ok(());
         };
         let status = file.str("status").and_then(FileStatus::parse);
@@ -313,7 +314,7 @@ impl Importer {
                     self.close_part(work, SUPERSEDED, &reason).await?
                 }
                 Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
-                    warn!(message = "File rejected.", container = %work.container, blob = %work.blob, reason = %reason);
+                    warn!(message = "File rejected.", import = %work.file_id(), reason = %reason);
                     self.close_part(work, "rejected", &reason).await?
                 }
                 Err(ImportError::Transient(why)) => {
@@ -564,8 +565,8 @@ impl Importer {
         self.ledger.upsert(&file).await?;
         info!(
             message = "Import finished.",
+            import = %work.file_id(),
             container = %work.container,
-            blob = %work.blob,
             status = status.as_str(),
             loaded = totals.loaded,
             failed = totals.failed

@@ -3,6 +3,8 @@
 //! that hands chunks over a bounded channel.
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -95,8 +97,7 @@ impl BlobChunks {
             return Err(error);
         }
         tracing::warn!(
-            container = %self.container,
-            blob = %self.blob,
+            blob = %crate::storage::blob_log_name(&self.container, &self.blob),
             offset = self.offset,
             error = %error,
             "blob read broke off; reopening where it stopped"
@@ -385,15 +386,8 @@ pub struct ChunkSender {
 impl ChunkSender {
     /// Sends what `read` yields in chunks of up to 1 MiB. More than `limit` bytes is an
     /// `InvalidData` error; a reader that went away (the consumer stopped) ends it quietly.
-    pub fn pump(&self, mut read: impl Read, limit: u64) -> io::Result<()> {
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = read.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            total += n as u64;
+    pub fn pump(&self, read: impl Read, limit: u64) -> io::Result<()> {
+        self.pump_checked(read, |total| {
             if total > limit {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -403,6 +397,25 @@ impl ChunkSender {
                     ),
                 ));
             }
+            Ok(())
+        })
+    }
+
+    /// Sends what `read` yields, asking `check` after each chunk with the bytes sent so far.
+    fn pump_checked(
+        &self,
+        mut read: impl Read,
+        check: impl Fn(u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = read.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            total += n as u64;
+            check(total)?;
             if self
                 .tx
                 .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
@@ -421,9 +434,100 @@ pub fn gunzip<C: ChunkStream + 'static>(chunks: C) -> ChannelChunks {
     spawn_reader(move || flate2::read::MultiGzDecoder::new(io::BufReader::new(raw)))
 }
 
+/// What a compressed upload may expand to: at most `max_bytes`, and at most `max_ratio` times
+/// the compressed bytes read so far (checked once past `RATIO_SLACK`, so the first blocks of a
+/// well-compressed file pass). A decompression bomb (a megabyte of gzip holding a gigabyte of
+/// newlines) is refused within its first tens of megabytes, not after minutes.
+#[derive(Clone, Copy, Debug)]
+pub struct Expansion {
+    pub max_bytes: u64,
+    pub max_ratio: u64,
+}
+
+const RATIO_SLACK: u64 = 16 * 1024 * 1024;
+
+impl Expansion {
+    /// The zip limits (`FHIRBULK_ZIP_MAX_UNCOMPRESSED_MIB`, `FHIRBULK_ZIP_MAX_RATIO`), which
+    /// hold for a `.ndjson.gz` file too.
+    pub fn of(settings: &crate::config::ImportSettings) -> Self {
+        Expansion {
+            max_bytes: settings.zip_max_uncompressed_bytes,
+            max_ratio: settings.zip_max_ratio,
+        }
+    }
+
+    fn check(self, expanded: u64, compressed: u64) -> io::Result<()> {
+        let refuse = |why: String| Err(io::Error::new(io::ErrorKind::InvalidData, why));
+        if expanded > self.max_bytes {
+            return refuse(format!(
+                "expands past {} MiB; the limit is {} MiB (FHIRBULK_ZIP_MAX_UNCOMPRESSED_MIB)",
+                expanded >> 20,
+                self.max_bytes >> 20
+            ));
+        }
+        if expanded > RATIO_SLACK && expanded / compressed.max(1) > self.max_ratio {
+            return refuse(format!(
+                "expands {} times ({} MiB from {} KiB read); the limit is {}:1 (FHIRBULK_ZIP_MAX_RATIO) — a decompression bomb is likely",
+                expanded / compressed.max(1),
+                expanded >> 20,
+                compressed >> 10,
+                self.max_ratio
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A `Read` that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// `gunzip` for an uploaded file: its expansion is held to `limits`.
+pub fn gunzip_limited<C: ChunkStream + 'static>(chunks: C, limits: Expansion) -> ChannelChunks {
+    spawn_producer(move |out| out.pump_expansion(ChunkRead::new(chunks), limits))
+}
+
+impl ChunkSender {
+    /// Sends the gzip data of `compressed` decompressed, its expansion held to `limits`.
+    pub fn pump_expansion(&self, compressed: impl Read, limits: Expansion) -> io::Result<()> {
+        let read = Arc::new(AtomicU64::new(0));
+        let raw = Counted {
+            inner: compressed,
+            read: read.clone(),
+        };
+        let decoder = flate2::read::MultiGzDecoder::new(io::BufReader::new(raw));
+        self.pump_checked(decoder, |expanded| {
+            limits.check(expanded, read.load(Ordering::Relaxed))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expansion_is_held_to_its_size_and_ratio() {
+        let limits = Expansion {
+            max_bytes: 1 << 30,
+            max_ratio: 200,
+        };
+        assert!(limits.check(8 << 20, 1024).is_ok(), "the slack");
+        assert!(limits.check(100 << 20, 1 << 20).is_ok(), "100:1");
+        let bomb = limits.check(64 << 20, 64 << 10).unwrap_err();
+        assert!(bomb.to_string().contains("decompression bomb"), "{bomb}");
+        assert!(limits.check((1 << 30) + 1, 1 << 30).is_err(), "the size");
+    }
 
     /// Reads `[pos, pos + len)` the way `BlobFile` does, counting the windows it reads and
     /// checking each holds the position it was read for.

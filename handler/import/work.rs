@@ -51,11 +51,7 @@ pub struct ImportWork {
 
 /// The short id of an import (a file version's ledger key): 12 hex digits of its SHA-256.
 pub fn import_id(file_key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(file_key.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::storage::short_hash(file_key)
 }
 
 fn is_zero<N: Default + PartialEq>(n: &N) -> bool {

@@ -7,9 +7,7 @@ use std::io::{self, Read, Seek};
 
 use zip::result::ZipError;
 
-use flate2::read::MultiGzDecoder;
-
-use super::sources::{ChannelChunks, spawn_producer};
+use super::sources::{ChannelChunks, Expansion, spawn_producer};
 use super::work::FileKind;
 
 /// What the archive may hold.
@@ -169,17 +167,17 @@ pub fn read_directory<R: Read + Seek>(
 pub fn stream_entry<R: Read + Seek + Send + 'static>(
     mut archive: zip::ZipArchive<R>,
     index: usize,
-    gzip: bool,
+    gzip: Option<Expansion>,
     limit: u64,
 ) -> ChannelChunks {
     spawn_producer(move |out| {
         let entry = archive
             .by_index(index)
             .map_err(|e| unreadable(e, || format!("entry {index} of the archive is unreadable")))?;
-        if gzip {
-            out.pump(MultiGzDecoder::new(io::BufReader::new(entry)), limit)
-        } else {
-            out.pump(entry, limit)
+        match gzip {
+            // A gzip entry's expansion is held to the limits of a gzip file.
+            Some(limits) => out.pump_expansion(entry, limits),
+            None => out.pump(entry, limit),
         }
     })
 }
@@ -289,10 +287,10 @@ mod tests {
         let (archive, dir_entries) = read_directory(io::Cursor::new(bytes)).unwrap();
         assert_eq!(dir_entries[0].name, "x/Patient.ndjson");
         assert!(dir_entries[0].safe_name);
-        let mut s = stream_entry(archive.clone(), 0, false, 1 << 20);
+        let mut s = stream_entry(archive.clone(), 0, None, 1 << 20);
         let chunk = s.next_chunk().await.unwrap().unwrap();
         assert!(chunk.starts_with(b"{\"resourceType\""));
-        let mut s = stream_entry(archive, 0, false, 5);
+        let mut s = stream_entry(archive, 0, None, 5);
         assert!(
             s.next_chunk().await.is_err(),
             "the byte limit is enforced while reading"

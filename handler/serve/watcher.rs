@@ -49,7 +49,7 @@ pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationTo
                             seen.insert(key);
                         }
                         Err(e) => {
-                            warn!(message = "Cannot start an export from a trigger file yet; will retry.", blob = %blob.name, error = %e)
+                            warn!(message = "Cannot start an export from a trigger file yet; will retry.", blob = %crate::storage::blob_log_name(container, &blob.name), error = %e)
                         }
                     }
                 }
@@ -78,7 +78,7 @@ pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationTo
                         seen.insert(key);
                     }
                     Err(e) => {
-                        warn!(message = "Cannot register a new blob; will retry.", container, blob = %name, error = %e)
+                        warn!(message = "Cannot register a new blob; will retry.", blob = %crate::storage::blob_log_name(container, &name), error = %e)
                     }
                 }
             }

@@ -482,6 +482,7 @@ pub enum MoveOutcome {
     SourceChanged,
 }
 
+/// A blob as storage errors name it (`blob_log_name`: errors end up in logs).
 fn where_(container: &str, name: &str) -> String {
-    format!("{container}/{name}")
+    super::blob_log_name(container, name)
 }

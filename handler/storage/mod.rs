@@ -17,14 +17,35 @@ pub use table_transaction::{TransactionOp, TransactionOutcome};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// How a blob is named in logs and storage errors: its container and a 12-hex-digit hash of
+/// its name. Blob names are often patient names (`Jane_Doe_<uuid>.json`); the full name is
+/// logged at DEBUG only.
+pub fn blob_log_name(container: &str, blob: &str) -> String {
+    format!(
+        "{container}/#{}",
+        short_hash(&format!("{container}/{blob}"))
+    )
+}
+
+/// 12 hex digits of the SHA-256 of `text`: a stable short name for logs and ids.
+pub fn short_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A storage operation that failed, with what was being done and to which container/blob.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{operation} {target}: {source}")]
+    /// Said as the service's status and error code, never its raw XML body.
+    #[error("{operation} {target}: {summary}")]
     Sdk {
         operation: &'static str,
         target: String,
         status: Option<u16>,
+        summary: String,
         #[source]
         source: Box<azure_core::Error>,
     },
@@ -59,10 +80,23 @@ pub enum StorageError {
 
 impl StorageError {
     pub fn sdk(operation: &'static str, target: &str, source: azure_core::Error) -> Self {
+        let summary = match source.kind() {
+            azure_core::error::ErrorKind::HttpResponse {
+                status, error_code, ..
+            } => format!(
+                "HTTP {} {}",
+                u16::from(*status),
+                error_code.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+            _ => source.to_string(),
+        };
         StorageError::Sdk {
             operation,
             target: target.to_string(),
             status: source.http_status().map(u16::from),
+            summary,
             source: Box::new(source),
         }
     }

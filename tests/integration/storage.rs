@@ -510,7 +510,7 @@ async fn a_blob_read_as_a_file_returns_the_bytes_at_every_position() {
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["data/Patient.ndjson", "data/More.ndjson"]);
     for (index, want) in [(0, &stored), (1, &deflated)] {
-        let mut chunks = stream_entry(archive.clone(), index, false, u64::MAX);
+        let mut chunks = stream_entry(archive.clone(), index, None, u64::MAX);
         let mut got = Vec::new();
         while let Some(chunk) = chunks.next_chunk().await.unwrap() {
             got.extend_from_slice(&chunk);

@@ -22,7 +22,7 @@ use super::ledger::{Counts, ErrorRecord, PROGRESS_AT, now_rfc3339};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, gunzip};
+use super::sources::{BlobChunks, Expansion, gunzip_limited};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::storage::{Entity, TransactionOp, TransactionOutcome};
 
@@ -486,7 +486,12 @@ pub async fn unloaded(
                 0,
                 work.end,
             );
-            let mut reader = LineReader::new(gunzip(chunks), 0, u64::MAX, false);
+            let mut reader = LineReader::new(
+                gunzip_limited(chunks, Expansion::of(&importer.settings)),
+                0,
+                u64::MAX,
+                false,
+            );
             let count = count_lines(&mut reader, lines_done).await?;
             Ok(from_lines(count, reader.lines_read() as i64))
         }
@@ -556,8 +561,14 @@ pub async fn run_ndjson_gz(
         0,
         work.end,
     );
-    progress.counts.lines =
-        load_unseekable(importer, &mut progress, gunzip(chunks), lines_done, "gzip").await?;
+    progress.counts.lines = load_unseekable(
+        importer,
+        &mut progress,
+        gunzip_limited(chunks, Expansion::of(&importer.settings)),
+        lines_done,
+        "gzip",
+    )
+    .await?;
     progress.finish().await
 }
 

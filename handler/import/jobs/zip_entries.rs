@@ -20,7 +20,7 @@ use crate::import::engine::Importer;
 use crate::import::fence::VersionFence;
 use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
-use crate::import::sources::BlobFile;
+use crate::import::sources::{BlobFile, Expansion};
 use crate::import::work::{FileKind, ImportError, ImportWork};
 use crate::import::zip::{
     EntryInfo, EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry,
@@ -68,13 +68,8 @@ pub async fn run_zip(
             continue;
         }
         let limit = directory[index].uncompressed.max(1);
-        let gzip = kind == FileKind::NdjsonGz;
-        // A gzip entry's declared size is the compressed one; its own limit is the archive's.
-        let limit = if gzip {
-            settings.zip_max_uncompressed_bytes
-        } else {
-            limit
-        };
+        // A gzip entry's declared size is the compressed one: its expansion has limits of its own.
+        let gzip = (kind == FileKind::NdjsonGz).then(|| Expansion::of(settings));
         // An entry's stream starts reading at once (on a blocking thread, a few MiB ahead):
         // it is opened only when the entry's turn comes.
         let archive = archive.clone();
