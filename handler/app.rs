@@ -40,5 +40,6 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
     Ok(AppState {
         importer: Arc::new(importer),
         exporter: Arc::new(exporter),
+        http: Arc::new(settings.http.clone()),
     })
 }

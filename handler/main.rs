@@ -92,7 +92,7 @@ async fn host(settings: Settings) -> anyhow::Result<()> {
         message = "Custom handler ready.",
         port = settings.serve.port
     );
-    axum::serve(listener, functions::router(state))
+    axum::serve(listener, functions::host_router(state))
         .with_graceful_shutdown(serve::wait_for_signal())
         .await?;
     Ok(())

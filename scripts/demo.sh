@@ -45,10 +45,13 @@ echo "Exporting patients born before 1960 with their Encounters and Observations
 # shellcheck disable=SC2016 # $IDS is the export placeholder, not a shell variable
 definition='{"query": "Patient?birthdate=lt1960-01-01", "patientreferencefield": "id",
   "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS"]}'
+key=${FHIRBULK_API_KEYS%%,*}
+[ -n "$key" ] || key=$(cat .stack/api-key)
+key_header="x-functions-key: $key"
 # shellcheck disable=SC2016 # $alt-export is a URL path
-export_id=$(curl -sf -X POST 'http://127.0.0.1:7071/$alt-export' -d "$definition" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+export_id=$(curl -sf -H "$key_header" -X POST 'http://127.0.0.1:7071/$alt-export' -d "$definition" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 for _ in $(seq 1 600); do
-  code=$(curl -s -o .stack/export-status.json -w '%{http_code}' "http://127.0.0.1:7071/\$alt-export/$export_id")
+  code=$(curl -s -H "$key_header" -o .stack/export-status.json -w '%{http_code}' "http://127.0.0.1:7071/\$alt-export/$export_id")
   [ "$code" = 202 ] || break
   sleep 0.5
 done
@@ -66,10 +69,11 @@ for f in m["error"]:
 PY
 cat <<EOT
 
-The stack is still running for exploration:
-  curl -s http://127.0.0.1:7071/imports            # every import with its status and counts
-  curl -s 'http://127.0.0.1:7071/\$alt-export-status'   # every export
-  curl -s "http://127.0.0.1:7071/\$alt-export/$export_id"   # the manifest of the export above
+The stack is still running for exploration (every route but /health asks for the key):
+  key=\$(cat .stack/api-key)
+  curl -s -H "x-functions-key: \$key" http://127.0.0.1:7071/imports            # every import
+  curl -s -H "x-functions-key: \$key" 'http://127.0.0.1:7071/\$alt-export-status'   # every export
+  curl -s -H "x-functions-key: \$key" "http://127.0.0.1:7071/\$alt-export/$export_id"   # its manifest
   curl -s 'http://127.0.0.1:8090/fhir/Patient?_count=5'
 Stop it with: scripts/stack-down.sh
 EOT

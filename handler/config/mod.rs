@@ -3,6 +3,7 @@
 //! a message that names the variable. Tests build settings from a `HashMap` (no `set_var`).
 
 mod export;
+mod http;
 mod storage;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use export::*;
+pub use http::*;
 use storage::valid_account_name;
 pub use storage::{AZURITE_CONNECTION_STRING, StorageSettings, parse_connection_string};
 
@@ -244,6 +246,7 @@ pub struct Settings {
     pub import: ImportSettings,
     pub export: ExportSettings,
     pub serve: ServeSettings,
+    pub http: HttpSettings,
 }
 
 impl Settings {
@@ -266,8 +269,10 @@ impl Settings {
                 50,
             )?),
         };
+        let http = HttpSettings::read(&r, serve.port)?;
         Ok(Settings {
             storage: StorageSettings::read(&r)?,
+            http,
             fhir,
             import,
             export,

@@ -9,6 +9,7 @@ use tracing::info;
 use super::all::AllDefinition;
 use super::definition::ExportDefinition;
 use super::finish::MANIFEST_NAME;
+use super::gather::REFUSED_STATUS;
 use super::state::{JobStatus, Progress};
 use super::{ExportKind, ExportWork, Exporter, valid_export_id};
 use crate::fhir::batch_response::operation_outcome;
@@ -64,17 +65,18 @@ pub struct Links {
 }
 
 impl Links {
-    /// From the request URL the caller used (`https://app.azurewebsites.net/$alt-export?code=...`).
-    pub fn from_request_url(url: &str) -> Self {
-        match url::Url::parse(url) {
-            Ok(u) => Links {
-                base: u.origin().ascii_serialization(),
-                code: u
-                    .query_pairs()
-                    .find(|(k, _)| k == "code")
-                    .map(|(_, v)| v.into_owned()),
-            },
-            Err(_) => Links::default(),
+    /// Links under the app's public base URL (`FHIRBULK_PUBLIC_BASE_URL`: never the request's
+    /// Host header), carrying the function key the request came with (`code` in the URL the
+    /// caller used, `https://app.azurewebsites.net/$alt-export?code=...`).
+    pub fn new(public_base: &str, request_url: &str) -> Self {
+        let code = url::Url::parse(request_url).ok().and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v.into_owned())
+        });
+        Links {
+            base: public_base.trim_end_matches('/').to_string(),
+            code,
         }
     }
 
@@ -239,6 +241,17 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 Err(e) => Reply::unavailable(e),
             }
         }
+        // The server refused the definition's own search: the definition is at fault (400),
+        // not the loader or the server (500).
+        JobStatus::Failed if job.i64(REFUSED_STATUS) > 0 => Reply::outcome(
+            400,
+            "invalid",
+            &format!(
+                "export {id} failed: the FHIR server refused its search (HTTP {}): {}; fix the definition and start a new export",
+                job.i64(REFUSED_STATUS),
+                job.str("error").unwrap_or("no reason recorded")
+            ),
+        ),
         JobStatus::Failed => Reply::outcome(
             500,
             "exception",

@@ -19,6 +19,9 @@ pub struct ExportDefinition {
     pub include: Vec<Include>,
 }
 
+/// The fields of a query definition (fhir-loader's format).
+const FIELDS: &[&str] = &["query", "patientreferencefield", "include"];
+
 /// One include search: `Type?param=$IDS&...`, relative to the base URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Include {
@@ -45,6 +48,14 @@ impl ExportDefinition {
         let Some(object) = value.as_object() else {
             return Err("the query definition must be a JSON object with query, patientreferencefield and include".into());
         };
+        // As for export-all: a field this loader does not know is refused, not ignored (a
+        // misspelt "includes" would otherwise export nothing the user asked for).
+        if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "{unknown:?} is not a query definition field; the fields are {}",
+                FIELDS.join(", ")
+            ));
+        }
         let text = |name: &str| {
             object
                 .get(name)
@@ -130,6 +141,17 @@ fn relative_search(raw: &str, base: &Url) -> Result<String, String> {
             "{raw:?} does not start with a resource type: write it as Type?param=value"
         ));
     }
+    // The path stays under the FHIR base: `Type`, `Type/id` (a Group read) and the like, never
+    // a `..` or `.` segment or an encoded one, which would climb out of it.
+    let path = relative.split('?').next().unwrap_or_default();
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains(['%', '\\']))
+    {
+        return Err(format!(
+            "{raw:?} has a path that leaves the FHIR base URL (a '..', '.', empty or encoded segment): write it as Type?param=value"
+        ));
+    }
     Ok(relative)
 }
 
@@ -198,6 +220,18 @@ mod tests {
             (
                 r#"{"query":"Patient","patientreferencefield":"id","include":["https://other/fhir/Encounter?patient=$IDS"]}"#,
                 "include[0]",
+            ),
+            (
+                r#"{"query":"Patient/../../../x?a=1","patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#,
+                "leaves the FHIR base URL",
+            ),
+            (
+                r#"{"query":"Patient","patientreferencefield":"id","include":["Encounter/%2e%2e/x?patient=$IDS"]}"#,
+                "include[0]",
+            ),
+            (
+                r#"{"query":"Patient","patientreferencefield":"id","includes":["Patient?_id=$IDS"]}"#,
+                "\"includes\" is not a query definition field",
             ),
             (
                 r#"{"query":"?name=x","patientreferencefield":"id","include":["Patient?_id=$IDS"]}"#,

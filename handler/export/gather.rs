@@ -73,12 +73,28 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
     if ExportKind::of(&job) == ExportKind::All {
         return match ex.all_definition(&job) {
             Ok(d) => super::windows::plan(ex, export, job, &d, attempt).await,
-            Err(e) => fail(ex, job, &format!("the stored definition is invalid: {e}")).await,
+            Err(e) => {
+                fail(
+                    ex,
+                    job,
+                    &format!("the stored definition is invalid: {e}"),
+                    None,
+                )
+                .await
+            }
         };
     }
     let definition = match ex.definition(&job) {
         Ok(d) => d,
-        Err(e) => return fail(ex, job, &format!("the stored definition is invalid: {e}")).await,
+        Err(e) => {
+            return fail(
+                ex,
+                job,
+                &format!("the stored definition is invalid: {e}"),
+                None,
+            )
+            .await;
+        }
     };
     let mut next = job.str("gatherNext").unwrap_or_default().to_string();
     let mut found = Vec::new();
@@ -88,7 +104,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
     while !next.is_empty() {
         let url = match ex.same_server_url(&next) {
             Ok(u) => u,
-            Err(e) => return fail(ex, job, &e).await,
+            Err(e) => return fail(ex, job, &e, None).await,
         };
         let page = match ex.fhir.get(&url).await {
             Ok(p) => p,
@@ -97,7 +113,8 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
             }
             Err(e) => {
                 let why = format!("the query could not be read: {e}");
-                return fail(ex, job, &why).await;
+                let refused = e.status().filter(|s| (400..500).contains(s));
+                return fail(ex, job, &why, refused).await;
             }
         };
         skipped += patient_ids(
@@ -185,11 +202,24 @@ async fn plan(
 
 /// Ends an export that cannot be planned (its patients or its time windows cannot be found),
 /// with the reason on the job row.
-pub(crate) async fn fail(ex: &Exporter, mut job: Entity, why: &str) -> Result<(), ExportError> {
+/// Ends the export as failed for `why`; `refused` is the FHIR server's 4xx when it refused the
+/// definition's own search (the status answers 400 then: the definition is to be fixed).
+/// The job row's record of the FHIR server's status when it refused the export's search.
+pub(crate) const REFUSED_STATUS: &str = "refusedStatus";
+
+pub(crate) async fn fail(
+    ex: &Exporter,
+    mut job: Entity,
+    why: &str,
+    refused: Option<u16>,
+) -> Result<(), ExportError> {
     let export = job.str("PartitionKey").unwrap_or_default().to_string();
     warn!(message = "Export failed while planning.", export = %export);
     job.set_str("status", JobStatus::Failed.as_str());
     job.set_str("error", why);
+    if let Some(status) = refused {
+        job.set_i64(REFUSED_STATUS, i64::from(status));
+    }
     job.set_str("finished", now_rfc3339());
     ex.store.replace_if_unchanged(&mut job).await?;
     Ok(())

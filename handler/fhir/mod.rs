@@ -179,6 +179,13 @@ impl FhirClient {
         Url::parse(&s).unwrap_or_else(|_| self.base.clone())
     }
 
+    /// Whether `url` is the base URL or below it (same scheme, host and port).
+    pub fn is_under_base(&self, url: &Url) -> bool {
+        let base = self.base.path().trim_end_matches('/');
+        url.origin() == self.base.origin()
+            && (url.path() == base || url.path().starts_with(&format!("{base}/")))
+    }
+
     /// The retry schedule, limits and budget of this client's requests.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.policy
@@ -292,6 +299,18 @@ impl FhirClient {
     ) -> Result<T, FhirError> {
         let method_name = method_name(&method);
         let path = url.path().to_string();
+        // The token goes to this server's base URL and below, nowhere else: not to a search
+        // that climbed out with `..`, nor to a `next` link on another host.
+        if !self.is_under_base(&url) {
+            return Err(FhirError::InvalidResponse {
+                method: method_name,
+                path,
+                message: format!(
+                    "refused to send a request outside the FHIR base URL {}",
+                    self.base
+                ),
+            });
+        }
         let mut retries = self.policy.start(tries.max_failures);
         let mut server_errors = 0u32;
         let mut refreshed_token = false;
@@ -480,6 +499,29 @@ fn method_name(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_stay_under_the_base_url() {
+        let settings = crate::config::Settings::from_source(&std::collections::HashMap::from([
+            ("FHIRBULK_FHIR_URL", "http://fhir.local:8080/r4"),
+            (
+                "FHIRBULK_STORAGE_CONNECTION_STRING",
+                "UseDevelopmentStorage=true",
+            ),
+        ]))
+        .unwrap();
+        let client = FhirClient::new(&settings.fhir).unwrap();
+        let under = |u: &str| client.is_under_base(&Url::parse(u).unwrap());
+        assert!(under("http://fhir.local:8080/r4/Patient?name=x"));
+        assert!(under("http://fhir.local:8080/r4"));
+        assert!(!under("http://fhir.local:8080/r40/Patient"));
+        assert!(
+            !under("http://fhir.local:8080/x?a=1"),
+            "a search that climbed out"
+        );
+        assert!(!under(client.url("Patient/../../../x?a=1").as_str()));
+        assert!(!under("http://evil.example/r4/Patient"));
+    }
 
     #[test]
     fn summaries_leave_out_server_diagnostics() {

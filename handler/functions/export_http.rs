@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -55,13 +55,9 @@ fn to_direct(reply: Reply) -> Response {
     response
 }
 
-/// Links for a direct request: the Host it was sent to.
-fn direct_links(headers: &HeaderMap, uri: &Uri) -> Links {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    Links::from_request_url(&format!("http://{host}{uri}"))
+/// Links for a direct request: under the public base URL, with the request's key.
+fn direct_links(state: &AppState, uri: &Uri) -> Links {
+    Links::new(&state.http.public_base, &format!("http://localhost{uri}"))
 }
 
 fn id_param(req: &HttpRequestData) -> String {
@@ -74,7 +70,7 @@ async fn start_from_host(
     invocation: &InvocationRequest,
 ) -> Response {
     let req = request_of(invocation);
-    let links = Links::from_request_url(&req.url);
+    let links = Links::new(&state.http.public_base, &req.url);
     let body = req.body.unwrap_or_default();
     let request = strip_query(&req.url);
     to_host(control::start(&state.exporter, kind, &body, &links, &request, None).await)
@@ -83,11 +79,10 @@ async fn start_from_host(
 async fn start_from_request(
     state: &AppState,
     kind: ExportKind,
-    headers: &HeaderMap,
     uri: &Uri,
     body: &[u8],
 ) -> Response {
-    let links = direct_links(headers, uri);
+    let links = direct_links(state, uri);
     let request = format!("{}{}", links.base, uri.path());
     let body = String::from_utf8_lossy(body);
     to_direct(control::start(&state.exporter, kind, &body, &links, &request, None).await)
@@ -100,13 +95,8 @@ pub async fn start_invoke(
     start_from_host(&state, ExportKind::Patients, &invocation).await
 }
 
-pub async fn start_direct(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    start_from_request(&state, ExportKind::Patients, &headers, &uri, &body).await
+pub async fn start_direct(State(state): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    start_from_request(&state, ExportKind::Patients, &uri, &body).await
 }
 
 pub async fn start_all_invoke(
@@ -116,13 +106,8 @@ pub async fn start_all_invoke(
     start_from_host(&state, ExportKind::All, &invocation).await
 }
 
-pub async fn start_all_direct(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    start_from_request(&state, ExportKind::All, &headers, &uri, &body).await
+pub async fn start_all_direct(State(state): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    start_from_request(&state, ExportKind::All, &uri, &body).await
 }
 
 pub async fn status_invoke(
@@ -183,12 +168,12 @@ pub async fn list_invoke(
     State(state): State<AppState>,
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
-    let links = Links::from_request_url(&request_of(&invocation).url);
+    let links = Links::new(&state.http.public_base, &request_of(&invocation).url);
     to_host(control::list(&state.exporter, &links).await)
 }
 
-pub async fn list_direct(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    to_direct(control::list(&state.exporter, &direct_links(&headers, &uri)).await)
+pub async fn list_direct(State(state): State<AppState>, uri: Uri) -> Response {
+    to_direct(control::list(&state.exporter, &direct_links(&state, &uri)).await)
 }
 
 /// The request URL without its query (which may carry the function key).

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::AppState;
 use crate::fhir::batch_response::operation_outcome;
 use crate::import::Importer;
-use crate::import::ledger::file_view;
+use crate::import::ledger::{FileStatus, file_view};
 use crate::protocol::invocation::{
     HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
 };
@@ -57,6 +57,20 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
 
 /// Recent imports, newest first, optionally only those with `status`.
 pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
+    if let Some(unknown) = status.filter(|s| FileStatus::parse(s).is_none()) {
+        let known: Vec<&str> = FileStatus::ALL.iter().map(|s| s.as_str()).collect();
+        return (
+            400,
+            operation_outcome(
+                "error",
+                "invalid",
+                &format!(
+                    "status={unknown:?} is not an import status; use one of {}",
+                    known.join(", ")
+                ),
+            ),
+        );
+    }
     match importer.ledger.files(status).await {
         Ok(rows) => {
             let items: Vec<Value> = rows.iter().map(|r| file_view(r, &[])).collect();

@@ -12,7 +12,9 @@ pub mod import_worker;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::config::HttpSettings;
 use crate::export::Exporter;
 use crate::import::Importer;
 use crate::protocol::event_grid::{BlobCreated, GridEvent, parse_events};
@@ -161,11 +164,12 @@ pub fn missing_event(binding: &str) -> Response {
 pub struct AppState {
     pub importer: Arc<Importer>,
     pub exporter: Arc<Exporter>,
+    pub http: Arc<HttpSettings>,
 }
 
-/// The handler's routes: `/<FunctionName>` for the Functions host, plus the same HTTP
-/// functions at their public paths for `serve` mode and local use.
-pub fn router(state: AppState) -> Router {
+/// The routes the Functions host invokes: `POST /<FunctionName>` with an invocation payload
+/// (the host has checked the function key), and `/health`. Listened to on loopback only.
+pub fn host_router(state: AppState) -> Router {
     use export_http as x;
     Router::new()
         .route(
@@ -186,6 +190,16 @@ pub fn router(state: AppState) -> Router {
             &format!("/{EXPORT_BLOB_CREATED}"),
             post(export_blob_created::invoke),
         )
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// The HTTP functions at their public paths, for `serve`: every route but `/health` asks for
+/// one of `FHIRBULK_API_KEYS` (as `?code=` or `x-functions-key`, like the Functions host).
+/// The host's invocation routes are not here: nobody reaches the functions around the key.
+pub fn public_router(state: AppState) -> Router {
+    use export_http as x;
+    Router::new()
         .route("/imports", get(import_status::list_direct))
         .route(
             "/imports/{container}/{*blob}",
@@ -200,6 +214,38 @@ pub fn router(state: AppState) -> Router {
             get(x::status_direct).delete(x::purge_direct),
         )
         .route("/$alt-export/{id}/terminate", post(x::terminate_direct))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Lets a request through when it carries one of the keys (or when none are configured, which
+/// start-up allows on a loopback address only); otherwise 401 with an OperationOutcome.
+async fn require_key(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if state.http.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get("x-functions-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let code = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+    });
+    if header.or(code).is_some_and(|key| state.http.accepts(&key)) {
+        return next.run(request).await;
+    }
+    let outcome = crate::fhir::batch_response::operation_outcome(
+        "error",
+        "login",
+        "a key is required: send one of FHIRBULK_API_KEYS as ?code= or in the x-functions-key header",
+    );
+    (StatusCode::UNAUTHORIZED, Json(outcome)).into_response()
 }

@@ -50,19 +50,19 @@ impl FileStatus {
         }
     }
 
+    pub const ALL: [FileStatus; 8] = [
+        FileStatus::Registering,
+        FileStatus::Queued,
+        FileStatus::Loading,
+        FileStatus::Finalizing,
+        FileStatus::Loaded,
+        FileStatus::CompletedWithErrors,
+        FileStatus::Rejected,
+        FileStatus::Superseded,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            FileStatus::Registering,
-            FileStatus::Queued,
-            FileStatus::Loading,
-            FileStatus::Finalizing,
-            FileStatus::Loaded,
-            FileStatus::CompletedWithErrors,
-            FileStatus::Rejected,
-            FileStatus::Superseded,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     pub fn is_terminal(self) -> bool {

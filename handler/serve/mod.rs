@@ -16,15 +16,21 @@ use tracing::{info, warn};
 
 use crate::app::build_state;
 use crate::config::Settings;
-use crate::functions::{AppState, export_worker, import_worker, router};
+use crate::functions::{AppState, export_worker, import_worker, public_router};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let state = build_state(&settings).await?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", settings.serve.port))
+    let address = std::net::SocketAddr::new(settings.http.listen, settings.serve.port);
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e}", settings.serve.port))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    if settings.http.api_keys.is_empty() {
+        warn!(
+            message = "No FHIRBULK_API_KEYS: every route is open to any process on this machine."
+        );
+    }
     info!(message = "Serving.", address = %listener.local_addr()?, workers = settings.serve.workers);
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -45,7 +51,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stop.cancel();
     });
     let http_stop = shutdown.clone();
-    axum::serve(listener, router(state))
+    axum::serve(listener, public_router(state))
         .with_graceful_shutdown(async move { http_stop.cancelled().await })
         .await?;
     if tokio::time::timeout(DRAIN_TIMEOUT, async {

@@ -94,7 +94,9 @@ async fn post_to(
     path: &str,
     body: &str,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let resp = reqwest::Client::new()
+    let resp = handler
+        .client
+        .clone()
         .post(format!("{}/{path}", handler.base))
         .body(body.to_string())
         .send()
@@ -106,7 +108,10 @@ async fn post_to(
 }
 
 async fn get_status(handler: &Handler, id: &str) -> (u16, Value, reqwest::header::HeaderMap) {
-    let resp = reqwest::get(format!("{}/$alt-export/{id}", handler.base))
+    let resp = handler
+        .client
+        .get(format!("{}/$alt-export/{id}", handler.base))
+        .send()
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -297,7 +302,10 @@ async fn exports_hold_exactly_what_the_server_returns() {
     }
 
     // The listing shows both, newest first.
-    let list: Value = reqwest::get(format!("{}/$alt-export-status", handler.base))
+    let list: Value = handler
+        .client
+        .get(format!("{}/$alt-export-status", handler.base))
+        .send()
         .await
         .unwrap()
         .json()
@@ -312,7 +320,9 @@ async fn exports_hold_exactly_what_the_server_returns() {
     assert_eq!(listed, [payer.as_str(), id.as_str()]);
 
     // Purge deletes files and state; then the id is unknown.
-    let resp = reqwest::Client::new()
+    let resp = handler
+        .client
+        .clone()
         .delete(format!("{}/$alt-export/{id}", handler.base))
         .send()
         .await
@@ -327,7 +337,9 @@ async fn exports_hold_exactly_what_the_server_returns() {
     );
     let (status, body, _) = get_status(&handler, &id).await;
     assert_eq!(status, 404, "{body}");
-    let resp = reqwest::Client::new()
+    let resp = handler
+        .client
+        .clone()
         .delete(format!("{}/$alt-export/{id}", handler.base))
         .send()
         .await
@@ -514,7 +526,9 @@ async fn bad_definitions_get_400s_that_say_why() {
     );
     let outcome = report("export-trigger/broken.json/").await;
     assert!(outcome.contains("query is missing"), "{outcome}");
-    let resp = reqwest::Client::new()
+    let resp = handler
+        .client
+        .clone()
         .post(format!(
             "{}/$alt-export/0123456789abcdef0123456789abcdef/terminate",
             handler.base
@@ -525,11 +539,17 @@ async fn bad_definitions_get_400s_that_say_why() {
     assert_eq!(resp.status(), 404);
     // fhir-loader's terminate URL: known ids only, and only the terminate action.
     let manage = format!("{}/$alt-export-manage/{id}", handler.base);
-    let resp = reqwest::get(format!("{manage}?action=purge"))
+    let resp = handler
+        .client
+        .get(format!("{manage}?action=purge"))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    let resp = reqwest::get(format!("{manage}?action=terminate"))
+    let resp = handler
+        .client
+        .get(format!("{manage}?action=terminate"))
+        .send()
         .await
         .unwrap();
     assert_eq!(
@@ -539,12 +559,15 @@ async fn bad_definitions_get_400s_that_say_why() {
     );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "completed");
-    let resp = reqwest::get(format!(
-        "{}/$alt-export-manage/0123456789abcdef0123456789abcdef",
-        handler.base
-    ))
-    .await
-    .unwrap();
+    let resp = handler
+        .client
+        .get(format!(
+            "{}/$alt-export-manage/0123456789abcdef0123456789abcdef",
+            handler.base
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -631,7 +654,7 @@ async fn a_killed_export_resumes_with_identical_output_and_terminate_works() {
     let (status, third, _) = post_export(&handler, &definition).await;
     assert_eq!(status, 202, "{third}");
     let third = third["id"].as_str().unwrap().to_string();
-    let client = reqwest::Client::new();
+    let client = handler.client.clone();
     let terminate = format!("{}/$alt-export/{third}/terminate", handler.base);
     let first: Value = client
         .post(&terminate)

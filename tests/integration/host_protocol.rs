@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use crate::fixtures::{patient_bundle, patient_id};
 use crate::support::{Azurite, FhirServer, fhir_count};
 use fhir_bulk::config::Settings;
-use fhir_bulk::functions::{AppState, router};
+use fhir_bulk::functions::{AppState, host_router};
 
 async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value) {
     let req = Request::post(format!("/{function}"))
@@ -23,7 +23,7 @@ async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value
         .header("X-Azure-Functions-InvocationId", "test")
         .body(Body::from(payload.to_string()))
         .unwrap();
-    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let resp = host_router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (

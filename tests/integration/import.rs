@@ -258,7 +258,10 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
     );
 
     // The status endpoint tells the same story.
-    let status: Value = reqwest::get(format!("{}/imports/ndjson/mixed.ndjson", handler.base))
+    let status: Value = handler
+        .client
+        .get(format!("{}/imports/ndjson/mixed.ndjson", handler.base))
+        .send()
         .await
         .unwrap()
         .json()

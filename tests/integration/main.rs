@@ -6,6 +6,7 @@ mod faults;
 mod fixtures;
 mod host_protocol;
 mod import;
+mod security;
 mod standin;
 mod storage;
 mod support;

@@ -119,7 +119,12 @@ pub const GIVE_UP_FAST: [(&str, &str); 5] = [
 pub struct Handler {
     child: std::process::Child,
     pub base: String,
+    /// A client that sends the handler's key (`TEST_API_KEY`) with every request.
+    pub client: reqwest::Client,
 }
+
+/// The key tests start `handler serve` with (`FHIRBULK_API_KEYS`).
+pub const TEST_API_KEY: &str = "integration-test-key-0123456789";
 
 impl Handler {
     pub fn start(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)]) -> Self {
@@ -134,6 +139,7 @@ impl Handler {
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
             .env("FHIRBULK_WATCH_INTERVAL_MS", "200")
             .env("RUST_LOG", "warn")
+            .env("FHIRBULK_API_KEYS", TEST_API_KEY)
             .envs(extra_env.iter().copied())
             .spawn()
             .expect("the handler binary starts");
@@ -149,7 +155,17 @@ impl Handler {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Handler { child, base }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-functions-key", TEST_API_KEY.parse().unwrap());
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        Handler {
+            child,
+            base,
+            client,
+        }
     }
 
     /// SIGKILL, as a crash would: no graceful drain.
@@ -161,9 +177,12 @@ impl Handler {
     /// Waits until at least `files` imports are recorded and all have finished.
     pub async fn wait_imports(&self, files: usize, timeout_secs: u64) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
-        let client = reqwest::Client::new();
         loop {
-            if let Ok(resp) = client.get(format!("{}/imports", self.base)).send().await
+            if let Ok(resp) = self
+                .client
+                .get(format!("{}/imports", self.base))
+                .send()
+                .await
                 && let Ok(body) = resp.json::<serde_json::Value>().await
             {
                 let items = body["imports"].as_array().cloned().unwrap_or_default();
@@ -200,13 +219,15 @@ impl Handler {
         blob: &str,
         which: &str,
     ) -> String {
-        let status: serde_json::Value =
-            reqwest::get(format!("{}/imports/{container}/{blob}", self.base))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let status: serde_json::Value = self
+            .client
+            .get(format!("{}/imports/{container}/{blob}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let path = status[which]
             .as_str()
             .unwrap_or_else(|| panic!("{container}/{blob} has no {which}: {status:#}"));
