@@ -126,6 +126,8 @@ pub const ENV_WORK_STALLED_SECS: &str = "FHIRBULK_WORK_STALLED_SECS";
 pub const DEFAULT_WORK_STALLED_SECS: u64 = 24 * 60 * 60;
 pub const ENV_WORKERS: &str = "FHIRBULK_WORKERS";
 pub const DEFAULT_WORKERS: usize = 4;
+pub const ENV_SWEEP_INTERVAL_SECS: &str = "FHIRBULK_SWEEP_INTERVAL_SECS";
+pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 300;
 pub const ENV_WATCH_INTERVAL_MS: &str = "FHIRBULK_WATCH_INTERVAL_MS";
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 pub const ENV_PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
@@ -237,6 +239,8 @@ pub struct ServeSettings {
     pub port: u16,
     pub workers: usize,
     pub watch_interval: Duration,
+    /// How often the reconciliation sweep runs (the `Reconcile` timer's schedule, for serve).
+    pub sweep_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -267,6 +271,11 @@ impl Settings {
                 ENV_WATCH_INTERVAL_MS,
                 DEFAULT_WATCH_INTERVAL_MS,
                 50,
+            )?),
+            sweep_interval: Duration::from_secs(r.number(
+                ENV_SWEEP_INTERVAL_SECS,
+                DEFAULT_SWEEP_INTERVAL_SECS,
+                1,
             )?),
         };
         let http = HttpSettings::read(&r, serve.port)?;

@@ -8,6 +8,7 @@ pub mod export_worker;
 pub mod import_blob_created;
 pub mod import_status;
 pub mod import_worker;
+pub mod reconcile;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub const EXPORT_PURGE: &str = "ExportPurge";
 pub const EXPORT_LIST: &str = "ExportList";
 pub const EXPORT_WORKER: &str = "ExportWorker";
 pub const EXPORT_BLOB_CREATED: &str = "ExportBlobCreated";
+pub const RECONCILE: &str = "Reconcile";
 
 /// Every function this handler implements, for the layout check against `functions/`.
 pub const FUNCTION_NAMES: &[&str] = &[
@@ -55,6 +57,7 @@ pub const FUNCTION_NAMES: &[&str] = &[
     EXPORT_LIST,
     EXPORT_WORKER,
     EXPORT_BLOB_CREATED,
+    RECONCILE,
 ];
 
 /// How a queue message ended.
@@ -190,6 +193,7 @@ pub fn host_router(state: AppState) -> Router {
             &format!("/{EXPORT_BLOB_CREATED}"),
             post(export_blob_created::invoke),
         )
+        .route(&format!("/{RECONCILE}"), post(reconcile::invoke))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }

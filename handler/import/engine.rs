@@ -449,6 +449,11 @@ impl Importer {
         Ok(part)
     }
 
+    /// Finishes an import whose parts are all done (the reconciliation sweep).
+    pub(super) async fn finish(&self, work: &ImportWork) -> Result<(), ImportError> {
+        self.finalize_if_complete(work, None, None).await
+    }
+
     /// When every part is done: write the reports, move the file, close the ledger row.
     /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
     /// `part` and `file` are the rows this worker already holds: a single-part file (every

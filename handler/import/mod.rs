@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod ndjson;
 pub mod pump;
 pub mod raw_json;
+pub mod reconcile;
 pub mod references;
 pub mod report;
 pub mod sender;

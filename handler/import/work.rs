@@ -24,6 +24,17 @@ impl FileKind {
             FileKind::Zip => "zip",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            FileKind::Bundle,
+            FileKind::Ndjson,
+            FileKind::NdjsonGz,
+            FileKind::Zip,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
 }
 
 /// One queued unit of import work: a whole file, or one byte range of an NDJSON file.

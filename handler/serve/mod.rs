@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::app::build_state;
 use crate::config::Settings;
-use crate::functions::{AppState, export_worker, import_worker, public_router};
+use crate::functions::{AppState, export_worker, import_worker, public_router, reconcile};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,6 +37,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tasks.spawn(watcher::watch(
         state.clone(),
         settings.serve.watch_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(sweep(
+        state.clone(),
+        settings.serve.sweep_interval,
         shutdown.clone(),
     ));
     let (imports, exports) = queue_work(&state);
@@ -97,6 +102,19 @@ fn queue_work(state: &AppState) -> (poller::QueueWork, poller::QueueWork) {
         }),
     };
     (imports, exports)
+}
+
+/// The reconciliation sweep every `interval` (the `Reconcile` function's timer, under the host).
+async fn sweep(state: AppState, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(why) = reconcile::sweep(&state.importer).await {
+            warn!(message = "Reconciliation sweep failed; it runs again later.", reason = %why);
+        }
+    }
 }
 
 pub async fn wait_for_signal() {

@@ -215,3 +215,82 @@ async fn assert_rejected_as_deleted(state: &AppState, path: &str) {
 fn is_queued_log(line: &str) -> bool {
     line.starts_with("queued import ") && !line.contains(".json") && !line.contains(".ndjson")
 }
+
+/// Nothing stays "loading" for ever: a work item whose message was lost is queued again by
+/// the sweep, and an import whose rows fell behind its work (storage lost its last writes
+/// after the file was loaded, moved and its result written) is closed from that result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let env: HashMap<&str, &str> = HashMap::from([
+        (
+            "FHIRBULK_STORAGE_CONNECTION_STRING",
+            azurite.connection_string.as_str(),
+        ),
+        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
+    ]);
+    let settings = Settings::from_source(&env).unwrap();
+    let state = fhir_bulk::app::build_state(&settings).await.unwrap();
+    let importer = &state.importer;
+    importer
+        .blobs
+        .upload(
+            "bundles",
+            "p7.json",
+            Bytes::from(patient_bundle(7, 3).to_string()),
+        )
+        .await
+        .unwrap();
+    importer.register("bundles", "p7.json", None).await.unwrap();
+    // The message is lost.
+    for m in importer
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        importer.queue.delete(&m).await.unwrap();
+    }
+    let sweep = importer
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(sweep.requeued, 1, "{sweep:?}");
+    run_the_queued_work_item(&state).await;
+    let (_, view) = import_status(&state, "bundles/p7.json").await;
+    assert_eq!(view["status"], "loaded", "{view}");
+
+    // The rows fall behind: back to loading, nothing counted, the part pending.
+    let key = importer.ledger.files(None).await.unwrap()[0]
+        .str("PartitionKey")
+        .unwrap()
+        .to_string();
+    let mut file = importer.ledger.file(&key).await.unwrap().unwrap();
+    file.set_str("status", "loading");
+    file.set_i64("loaded", 0);
+    file.etag.clear();
+    importer.ledger.upsert(&file).await.unwrap();
+    let mut part = importer.ledger.part(&key, 0).await.unwrap().unwrap();
+    part.set_str("status", "loading");
+    part.etag.clear();
+    importer.ledger.upsert(&part).await.unwrap();
+    let sweep = importer
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(sweep.closed_from_result, 1, "{sweep:?}");
+    let (_, view) = import_status(&state, "bundles/p7.json").await;
+    assert_eq!(view["status"], "loaded", "{view}");
+    assert_eq!(view["resources"]["loaded"], 6, "{view}");
+    assert_eq!(view["outcome"], "bundlesprocessed/p7.json", "{view}");
+    // A sweep through the host's timer invocation finds nothing more to do.
+    let (status, body) = invoke(
+        &state,
+        "Reconcile",
+        json!({"Data": {"timer": {}}, "Metadata": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(first_log(&body).starts_with("requeued 0 parts"), "{body}");
+}

@@ -1,0 +1,202 @@
+//! The reconciliation sweep: nothing stays "loading" for ever. A queue message can be lost (a
+//! host's poison queue, an emulator that lost its last seconds) and a table row can lag behind
+//! the work it describes (a worker that moved the file but could not record it), so every few
+//! minutes each unfinished import is looked at:
+//! - a part not done whose row has not been written for longer than work can stay hidden
+//!   (`stale_after`) gets a fresh work item, from its checkpoint (a second delivery of a live
+//!   item is harmless: the part's ETag lets only one advance it);
+//! - an import whose input is gone but whose result was written is closed from that result;
+//! - an import whose parts are all done is finished;
+//! - a registration that stopped half-way is completed.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{info, warn};
+
+use super::engine::Importer;
+use super::ledger::{Counts, FileStatus};
+use super::work::{FileKind, ImportError, ImportWork, import_id};
+use crate::storage::reports::report_blob;
+use crate::storage::{BlobVersion, Entity};
+
+/// What one sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub requeued: usize,
+    pub closed_from_result: usize,
+    pub finished: usize,
+    pub registered: usize,
+}
+
+impl Importer {
+    /// How long a part's row may go unwritten before its work is taken for lost: the longest a
+    /// message stays hidden (twice the visibility timeout) plus the longest retry delay.
+    pub fn stale_after(&self) -> Duration {
+        self.settings.work.visibility * 2 + ImportWork::retry_delay(u32::MAX)
+    }
+
+    /// One sweep over the unfinished imports (see the module doc).
+    pub async fn reconcile(&self) -> Result<Sweep, ImportError> {
+        self.reconcile_stale_after(self.stale_after()).await
+    }
+
+    /// A sweep that takes work for lost once its rows are `stale_after` old (tests: zero).
+    pub async fn reconcile_stale_after(&self, stale_after: Duration) -> Result<Sweep, ImportError> {
+        let mut sweep = Sweep::default();
+        let stale = OffsetDateTime::now_utc() - stale_after;
+        for status in [
+            FileStatus::Registering,
+            FileStatus::Queued,
+            FileStatus::Loading,
+            FileStatus::Finalizing,
+        ] {
+            for file in self.ledger.files(Some(status.as_str())).await? {
+                if written_at(&file).is_none_or(|at| at > stale) {
+                    continue;
+                }
+                if let Err(e) = self.reconcile_file(&file, status, stale, &mut sweep).await {
+                    warn!(message = "Cannot reconcile an import; the next sweep tries again.", import = %import_id(file.str("PartitionKey").unwrap_or_default()), error = %e);
+                }
+            }
+        }
+        if sweep != Sweep::default() {
+            info!(
+                message = "Reconciled unfinished imports.",
+                requeued = sweep.requeued,
+                closed_from_result = sweep.closed_from_result,
+                finished = sweep.finished,
+                registered = sweep.registered
+            );
+        }
+        Ok(sweep)
+    }
+
+    async fn reconcile_file(
+        &self,
+        file: &Entity,
+        status: FileStatus,
+        stale: OffsetDateTime,
+        sweep: &mut Sweep,
+    ) -> Result<(), ImportError> {
+        let key = file.str("PartitionKey").unwrap_or_default();
+        let container = file.str("container").unwrap_or_default();
+        let blob = file.str("blob").unwrap_or_default();
+        let etag = file.str("etag").unwrap_or_default();
+        let size = file.i64("size").max(0) as u64;
+        if status == FileStatus::Registering {
+            self.register(container, blob, BlobVersion::new(etag, size))
+                .await?;
+            sweep.registered += 1;
+            return Ok(());
+        }
+        let Some(kind) = FileKind::parse(file.str("kind").unwrap_or_default()) else {
+            return Ok(());
+        };
+        // The work finished and wrote its result, but the rows did not keep up: close the
+        // import from the result rather than load a file that is no longer there.
+        let current = self.blobs.properties(container, blob).await?;
+        let still_there =
+            current.is_some_and(|c| c.etag.trim_matches('"') == etag.trim_matches('"'));
+        if !still_there && self.close_from_result(file).await? {
+            sweep.closed_from_result += 1;
+            return Ok(());
+        }
+        let parts = self.ledger.parts(key).await?;
+        let work_of = |part: &Entity| {
+            let number = part
+                .str("RowKey")
+                .and_then(|rk| rk.strip_prefix("part-"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            ImportWork {
+                file: key.to_string(),
+                container: container.to_string(),
+                blob: blob.to_string(),
+                etag: etag.to_string(),
+                kind,
+                part: number,
+                start: part.i64("start").max(0) as u64,
+                end: part.i64("end").max(0) as u64,
+                size,
+                retry: 0,
+            }
+        };
+        let pending: Vec<&Entity> = parts
+            .iter()
+            .filter(|p| p.str("status") != Some("done"))
+            .collect();
+        if pending.is_empty() {
+            if let Some(part) = parts.first() {
+                self.finish(&work_of(part)).await?;
+                sweep.finished += 1;
+            }
+            return Ok(());
+        }
+        for part in pending {
+            if written_at(part).is_none_or(|at| at > stale) {
+                continue;
+            }
+            let text = serde_json::to_string(&work_of(part)).expect("work items serialise");
+            self.queue.send(&text, Duration::ZERO).await?;
+            sweep.requeued += 1;
+        }
+        Ok(())
+    }
+
+    /// Closes an import from the result JSON its work wrote; `false` when there is none.
+    async fn close_from_result(&self, file: &Entity) -> Result<bool, ImportError> {
+        let key = file.str("PartitionKey").unwrap_or_default();
+        let container = file.str("container").unwrap_or_default();
+        let blob = file.str("blob").unwrap_or_default();
+        let reports = &self.settings.reports_container;
+        let name = report_blob(container, blob, &import_id(key), "result.json");
+        let Some((_, bytes)) = self.blobs.read_all(reports, &name).await? else {
+            return Ok(false);
+        };
+        let Ok(result) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Ok(false);
+        };
+        let text = |name: &str| {
+            result
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let count = |name: &str| result["resources"][name].as_i64().unwrap_or(0);
+        let Some(status) =
+            text("status").filter(|s| FileStatus::parse(s).is_some_and(FileStatus::is_terminal))
+        else {
+            return Ok(false);
+        };
+        let mut row = file.clone();
+        row.set_str("status", status);
+        row.set_str("finished", crate::import::ledger::now_rfc3339());
+        row.set_str("outcome", text("input").unwrap_or_default());
+        row.set_str("result", format!("{reports}/{name}"));
+        if let Some(report) = text("errorReport") {
+            row.set_str("errorReport", report);
+        }
+        if let Some(reason) = text("reason") {
+            row.set_str("reason", reason);
+        }
+        Counts {
+            loaded: count("loaded"),
+            failed: count("failed"),
+            present: count("alreadyPresent"),
+            lines: result["linesRead"].as_i64().unwrap_or(0),
+            not_loaded: count("notLoaded"),
+        }
+        .write(&mut row);
+        row.etag.clear();
+        self.ledger.upsert(&row).await?;
+        Ok(true)
+    }
+}
+
+/// When a row was last written (the table's `Timestamp`).
+fn written_at(row: &Entity) -> Option<OffsetDateTime> {
+    row.str("Timestamp")
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+}
