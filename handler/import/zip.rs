@@ -27,6 +27,8 @@ pub struct EntryInfo {
     pub is_dir: bool,
     /// The entry's own name is a safe relative path (no absolute path, no `..`).
     pub safe_name: bool,
+    /// How many entries of the archive have this name (1 for a name used once).
+    pub same_name: usize,
 }
 
 /// What to do with one entry.
@@ -89,6 +91,12 @@ fn plan_entry(index: usize, e: &EntryInfo, limits: ZipLimits) -> EntryPlan {
         name: e.name.clone(),
         reason,
     };
+    if e.same_name > 1 {
+        return refuse(format!(
+            "the archive holds {} entries named {:?}: entry names must be unique, so none of them is loaded (rename them and upload the archive again)",
+            e.same_name, e.name
+        ));
+    }
     if !e.safe_name {
         return refuse(
             "the entry's path is absolute or has a '..' segment, which could climb out of the archive; refused"
@@ -136,11 +144,17 @@ fn unreadable(e: ZipError, what: impl FnOnce() -> String) -> io::Error {
 
 /// Opens the archive and reads its central directory (blocking: run it on a blocking thread).
 /// The archive is returned for [`stream_entry`]; its clones share the directory.
-pub fn read_directory<R: Read + Seek>(
+pub fn read_directory<R: Read + Seek + Clone>(
     reader: R,
 ) -> io::Result<(zip::ZipArchive<R>, Vec<EntryInfo>)> {
     let mut archive = zip::ZipArchive::new(reader)
         .map_err(|e| unreadable(e, || "the file is not a readable zip archive".into()))?;
+    // The zip reader keeps one entry per name: entries sharing a name are counted from the
+    // directory itself, so that none is skipped without a word.
+    let mut names = central_directory_names(
+        &mut archive.clone().into_inner(),
+        archive.central_directory_start(),
+    )?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
         let entry = archive
@@ -156,9 +170,47 @@ pub fn read_directory<R: Read + Seek>(
                     .name()
                     .split(['/', '\\'])
                     .any(|segment| segment == ".."),
+            same_name: 1,
         });
     }
+    // Each name the reader kept once stands for all its entries: the others are added after
+    // the archive's own (refused with it; they are never read).
+    for info in &mut out {
+        info.same_name = names.remove(&info.name).unwrap_or(1);
+    }
+    let extra: Vec<EntryInfo> = out
+        .iter()
+        .filter(|i| i.same_name > 1)
+        .flat_map(|i| std::iter::repeat_n(i.clone(), i.same_name - 1))
+        .collect();
+    out.extend(extra);
     Ok((archive, out))
+}
+
+/// How many central-directory records carry each name, read from the records themselves
+/// (signature, fixed fields, then name, extra field and comment).
+fn central_directory_names<R: Read + Seek>(
+    reader: &mut R,
+    start: u64,
+) -> io::Result<std::collections::HashMap<String, usize>> {
+    const SIGNATURE: u32 = 0x0201_4b50;
+    let mut names = std::collections::HashMap::new();
+    reader.seek(io::SeekFrom::Start(start))?;
+    let mut fixed = [0u8; 46];
+    loop {
+        if reader.read_exact(&mut fixed).is_err()
+            || u32::from_le_bytes(fixed[0..4].try_into().expect("4 bytes")) != SIGNATURE
+        {
+            return Ok(names);
+        }
+        let field = |at: usize| u64::from(u16::from_le_bytes([fixed[at], fixed[at + 1]]));
+        let mut name = vec![0u8; field(28) as usize];
+        reader.read_exact(&mut name)?;
+        reader.seek(io::SeekFrom::Current((field(30) + field(32)) as i64))?;
+        *names
+            .entry(String::from_utf8_lossy(&name).into_owned())
+            .or_insert(0) += 1;
+    }
 }
 
 /// Streams entry `index` of `archive` (a clone per entry) on a blocking thread. Reading stops
@@ -199,6 +251,7 @@ mod tests {
             uncompressed,
             is_dir: name.ends_with('/'),
             safe_name: !name.starts_with('/') && !name.contains(".."),
+            same_name: 1,
         }
     }
 
@@ -274,6 +327,43 @@ mod tests {
         assert!(matches!(&plans[1], EntryPlan::Refuse { reason, .. } if reason.contains("ratio")));
     }
 
+    /// Entries sharing a name (which the zip reader collapses into one) are each refused,
+    /// with the reason: none is skipped without a word.
+    #[test]
+    fn entries_with_the_same_name_are_all_refused() {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        for name in ["dup/a.json", "dup/b.json", "c.ndjson"] {
+            w.start_file(name, opts).unwrap();
+            w.write_all(b"{}").unwrap();
+        }
+        let mut bytes = w.finish().unwrap().into_inner();
+        // The writer refuses a second name: rename b to a in the local and central headers.
+        for at in (0..bytes.len() - 10).rev() {
+            if &bytes[at..at + 10] == b"dup/b.json" {
+                bytes[at + 4] = b'a';
+            }
+        }
+        let (_, entries) = read_directory(io::Cursor::new(bytes)).unwrap();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        let plans = plan_entries(&entries, LIMITS).unwrap();
+        let refused: Vec<_> = plans
+            .iter()
+            .filter_map(|p| match p {
+                EntryPlan::Refuse { name, reason, .. } => Some((name.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 2, "{plans:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(n, r)| n == "dup/a.json" && r.contains("2 entries named"))
+        );
+        assert!(matches!(&plans[1], EntryPlan::Load { name, .. } if name == "c.ndjson"));
+    }
+
     #[tokio::test]
     async fn entries_stream_from_a_real_archive() {
         use super::super::ndjson::ChunkStream;
@@ -302,6 +392,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("not a readable zip archive"), "{e}");
         // The reader's own failure keeps its kind (storage unreachable: worth a retry).
+        #[derive(Clone)]
         struct Unreachable;
         impl Read for Unreachable {
             fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
