@@ -26,6 +26,13 @@ pub struct Faults {
     /// Answer every GET whose path and query contain this text with 503 (an outage that
     /// outlasts all retries).
     pub fail_gets_containing: Option<String>,
+    /// Answer every bundle POST whose body contains this text with 500, as a server does for
+    /// content it cannot handle.
+    pub fail_posts_containing: Option<String>,
+    /// A mix of faults over bundle POSTs, by their number modulo 20: 0-2 answered 429 with
+    /// `Retry-After: 1` (15 %), 3-4 answered 503 (10 %), 5 cut off mid-response after the
+    /// server took it (5 %), 6-7 delayed 2 s (10 %).
+    pub mix: bool,
 }
 
 impl Faults {
@@ -51,6 +58,8 @@ pub struct Seen {
     pub most_posts_in_flight: usize,
     /// The largest bundle POST body, in bytes.
     pub largest_post_bytes: usize,
+    /// Bundle POSTs seen, for the fault mix.
+    pub posts: usize,
 }
 
 /// Counts a bundle POST as in flight until it is answered, however it is answered.
@@ -135,7 +144,32 @@ async fn forward(
         }
     }
     let _in_flight = is_bundle_post.then(|| InFlight::start(&s));
+    let mut cut_off = false;
     if is_bundle_post {
+        let (poison, mix) = {
+            let f = s.faults.lock().unwrap();
+            (f.fail_posts_containing.clone(), f.mix)
+        };
+        if poison.is_some_and(|text| String::from_utf8_lossy(&body).contains(&text)) {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"fatal\",\"code\":\"exception\",\"diagnostics\":\"the server cannot process this content\"}]}").into_response();
+        }
+        if mix {
+            let n = {
+                let mut seen = s.seen.lock().unwrap();
+                seen.posts += 1;
+                seen.posts % 20
+            };
+            match n {
+                0..=2 => {
+                    return (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", "1")], "{}")
+                        .into_response();
+                }
+                3 | 4 => return (StatusCode::SERVICE_UNAVAILABLE, "{}").into_response(),
+                5 => cut_off = true,
+                6 | 7 => tokio::time::sleep(Duration::from_secs(2)).await,
+                _ => {}
+            }
+        }
         let delay = s.faults.lock().unwrap().delay;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -209,6 +243,23 @@ async fn forward(
             status,
             [("Content-Type", "application/fhir+json")],
             reply.to_string(),
+        )
+            .into_response();
+    }
+    if cut_off {
+        // The server took the batch; the reply breaks off half-way.
+        let half = bytes.slice(..bytes.len() / 2);
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(half),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "cut off",
+            )),
+        ];
+        return (
+            status,
+            [("Content-Type", "application/fhir+json")],
+            axum::body::Body::from_stream(futures::stream::iter(chunks)),
         )
             .into_response();
     }
