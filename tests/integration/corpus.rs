@@ -838,29 +838,11 @@ async fn the_hostile_corpus_ends_where_it_must_with_its_reasons() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = handler
-            .client
-            .get(format!("{}/$alt-export/{id}", handler.base))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        if status != 202 {
-            let text = resp.text().await.unwrap();
-            if status != 400 || !text.contains("refused its search") {
-                wrong.push(format!(
-                    "export with a refused search answered {status}: {text}"
-                ));
-            }
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the export with a refused search did not end"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, outcome) = crate::export::wait_export(&handler, &id, 60).await;
+    if status != 400 || !outcome.to_string().contains("refused its search") {
+        wrong.push(format!(
+            "export with a refused search answered {status}: {outcome}"
+        ));
     }
     assert!(
         wrong.is_empty(),

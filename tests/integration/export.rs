@@ -120,7 +120,7 @@ async fn get_status(handler: &Handler, id: &str) -> (u16, Value, reqwest::header
 }
 
 /// Polls the status until it is no longer 202; returns the final answer.
-async fn wait_export(handler: &Handler, id: &str, timeout_secs: u64) -> (u16, Value) {
+pub(crate) async fn wait_export(handler: &Handler, id: &str, timeout_secs: u64) -> (u16, Value) {
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     loop {
         let (status, body, headers) = get_status(handler, id).await;

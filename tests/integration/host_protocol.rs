@@ -32,6 +32,19 @@ async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value
     )
 }
 
+/// The handler's state as the host mode builds it, on a test's Azurite and FHIR server.
+async fn host_state(azurite: &Azurite, fhir: &FhirServer) -> AppState {
+    let env: HashMap<&str, &str> = HashMap::from([
+        (
+            "FHIRBULK_STORAGE_CONNECTION_STRING",
+            azurite.connection_string.as_str(),
+        ),
+        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
+    ]);
+    let settings = Settings::from_source(&env).unwrap();
+    fhir_bulk::app::build_state(&settings).await.unwrap()
+}
+
 /// The first log line of an invocation's answer.
 fn first_log(body: &Value) -> &str {
     body["Logs"][0].as_str().unwrap_or_default()
@@ -70,15 +83,7 @@ async fn import_status(state: &AppState, path: &str) -> (String, Value) {
 async fn host_payloads_register_load_and_report() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
-    let env: HashMap<&str, &str> = HashMap::from([
-        (
-            "FHIRBULK_STORAGE_CONNECTION_STRING",
-            azurite.connection_string.as_str(),
-        ),
-        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
-    ]);
-    let settings = Settings::from_source(&env).unwrap();
-    let state = fhir_bulk::app::build_state(&settings).await.unwrap();
+    let state = host_state(&azurite, &fhir).await;
     state
         .importer
         .blobs
@@ -223,15 +228,7 @@ fn is_queued_log(line: &str) -> bool {
 async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
-    let env: HashMap<&str, &str> = HashMap::from([
-        (
-            "FHIRBULK_STORAGE_CONNECTION_STRING",
-            azurite.connection_string.as_str(),
-        ),
-        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
-    ]);
-    let settings = Settings::from_source(&env).unwrap();
-    let state = fhir_bulk::app::build_state(&settings).await.unwrap();
+    let state = host_state(&azurite, &fhir).await;
     let importer = &state.importer;
     importer
         .blobs

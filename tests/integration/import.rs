@@ -258,15 +258,7 @@ async fn files_load_exactly_once_and_bad_files_are_explained() {
     );
 
     // The status endpoint tells the same story.
-    let status: Value = handler
-        .client
-        .get(format!("{}/imports/ndjson/mixed.ndjson", handler.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = handler.import_view("ndjson", "mixed.ndjson").await;
     assert_eq!(status["resources"]["loaded"], 2399);
     assert_eq!(status["resources"]["failed"], 2);
     assert_eq!(status["parts"]["total"], 2);

@@ -115,20 +115,14 @@ async fn serve_asks_for_a_key_and_builds_links_from_its_own_base() {
 /// keep anyone out.
 #[test]
 fn serve_refuses_to_open_up_without_keys() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
-        .arg("serve")
-        .env(
-            "FHIRBULK_STORAGE_CONNECTION_STRING",
-            "UseDevelopmentStorage=true",
-        )
-        .env("FHIRBULK_FHIR_URL", "http://127.0.0.1:9/fhir")
-        .env("FHIRBULK_LISTEN_ADDRESS", "0.0.0.0")
-        .env_remove("FHIRBULK_API_KEYS")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_start_error(&[("FHIRBULK_LISTEN_ADDRESS", "0.0.0.0")]);
     assert!(err.contains("FHIRBULK_API_KEYS"), "{err}");
+    let err = serve_start_error(&[("FHIRBULK_API_KEYS", "short")]);
+    assert!(err.contains("too easy to guess"), "{err}");
+}
+
+/// What `handler serve` says when it refuses to start with `env`.
+fn serve_start_error(env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
         .arg("serve")
         .env(
@@ -136,9 +130,10 @@ fn serve_refuses_to_open_up_without_keys() {
             "UseDevelopmentStorage=true",
         )
         .env("FHIRBULK_FHIR_URL", "http://127.0.0.1:9/fhir")
-        .env("FHIRBULK_API_KEYS", "short")
+        .env_remove("FHIRBULK_API_KEYS")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too easy to guess"));
+    assert!(!out.status.success(), "serve started with {env:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -210,6 +210,18 @@ impl Handler {
 }
 
 impl Handler {
+    /// `GET /imports/{container}/{blob}`: the newest import of that blob.
+    pub async fn import_view(&self, container: &str, blob: &str) -> serde_json::Value {
+        self.client
+            .get(format!("{}/imports/{container}/{blob}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The text of an import's report, as its status names it: `which` is `result` (the
     /// result JSON) or `errorReport` (the NDJSON of OperationOutcomes).
     pub async fn report(
@@ -219,15 +231,7 @@ impl Handler {
         blob: &str,
         which: &str,
     ) -> String {
-        let status: serde_json::Value = self
-            .client
-            .get(format!("{}/imports/{container}/{blob}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = self.import_view(container, blob).await;
         let path = status[which]
             .as_str()
             .unwrap_or_else(|| panic!("{container}/{blob} has no {which}: {status:#}"));
