@@ -25,6 +25,7 @@ pub mod finish;
 pub mod gather;
 pub mod page;
 pub mod patients;
+pub mod reconcile;
 pub mod schedule;
 pub mod state;
 pub mod trigger;

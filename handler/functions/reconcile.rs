@@ -1,7 +1,6 @@
 //! `Reconcile` (timer trigger, every 5 minutes; in `serve`, every
-//! `FHIRBULK_SWEEP_INTERVAL_SECS`): the reconciliation sweep over unfinished imports
-//! (`import::reconcile`), so that a lost queue message or a row that fell behind never leaves
-//! an import "loading" for ever.
+//! `FHIRBULK_SWEEP_INTERVAL_SECS`): the reconciliation sweep over unfinished imports and running exports (`import::reconcile`, `export::reconcile`), so
+//! that a lost queue message or a row that fell behind never leaves work "loading" for ever.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,28 +8,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::export::Exporter;
 use crate::import::Importer;
 use crate::protocol::invocation::InvocationResponse;
 
 /// The binding name in `functions/Reconcile/function.json`.
 pub const BINDING: &str = "timer";
 
-/// One sweep, as a log line (`Err` when the imports table could not be read).
-pub async fn sweep(importer: &Importer) -> Result<String, String> {
-    importer
-        .reconcile()
-        .await
-        .map(|s| {
-            format!(
-                "requeued {} parts, closed {} imports from their results, finished {}, completed {} registrations",
-                s.requeued, s.closed_from_result, s.finished, s.registered
-            )
-        })
-        .map_err(|e| e.to_string())
+/// One sweep over imports and exports, as a log line (`Err` when a table could not be read).
+pub async fn sweep(importer: &Importer, exporter: &Exporter) -> Result<String, String> {
+    let imports = importer.reconcile().await.map_err(|e| e.to_string())?;
+    let exports = exporter.reconcile().await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "requeued {} parts, closed {} imports from their results, finished {}, completed {} registrations; queued {} export steps again",
+        imports.requeued, imports.closed_from_result, imports.finished, imports.registered, exports
+    ))
 }
 
 pub async fn invoke(State(state): State<AppState>) -> Response {
-    match sweep(&state.importer).await {
+    match sweep(&state.importer, &state.exporter).await {
         Ok(line) => Json(InvocationResponse::default().log(line)).into_response(),
         // The next timer run tries again.
         Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),

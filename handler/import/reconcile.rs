@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::{info, warn};
 
 use super::engine::Importer;
@@ -53,7 +52,7 @@ impl Importer {
             FileStatus::Finalizing,
         ] {
             for file in self.ledger.files(Some(status.as_str())).await? {
-                if written_at(&file).is_none_or(|at| at > stale) {
+                if file.written_at().is_none_or(|at| at > stale) {
                     continue;
                 }
                 if let Err(e) = self.reconcile_file(&file, status, stale, &mut sweep).await {
@@ -135,7 +134,7 @@ impl Importer {
             return Ok(());
         }
         for part in pending {
-            if written_at(part).is_none_or(|at| at > stale) {
+            if part.written_at().is_none_or(|at| at > stale) {
                 continue;
             }
             let text = serde_json::to_string(&work_of(part)).expect("work items serialise");
@@ -193,10 +192,4 @@ impl Importer {
         self.ledger.upsert(&row).await?;
         Ok(true)
     }
-}
-
-/// When a row was last written (the table's `Timestamp`).
-fn written_at(row: &Entity) -> Option<OffsetDateTime> {
-    row.str("Timestamp")
-        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
 }

@@ -111,7 +111,7 @@ async fn sweep(state: AppState, interval: Duration, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if let Err(why) = reconcile::sweep(&state.importer).await {
+        if let Err(why) = reconcile::sweep(&state.importer, &state.exporter).await {
             warn!(message = "Reconciliation sweep failed; it runs again later.", reason = %why);
         }
     }

@@ -40,6 +40,13 @@ impl Entity {
         self.props.get(name).and_then(Value::as_str)
     }
 
+    /// When the row was last written, as the service keeps it (`Timestamp`, on rows read).
+    pub fn written_at(&self) -> Option<time::OffsetDateTime> {
+        self.str("Timestamp").and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    }
+
     /// Reads an integer stored as a JSON number or as an `Edm.Int64` string.
     pub fn i64(&self, name: &str) -> i64 {
         match self.props.get(name) {

@@ -291,3 +291,64 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
     assert_eq!(status, 200, "{body}");
     assert!(first_log(&body).starts_with("requeued 0 parts"), "{body}");
 }
+
+/// The same for exports: an export whose queued steps were lost is given them again by the
+/// sweep, and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_requeues_the_lost_steps_of_an_export() {
+    use fhir_bulk::export::ExportKind;
+    use fhir_bulk::export::control::{self, Links};
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let state = host_state(&azurite, &fhir).await;
+    let exporter = &state.exporter;
+    let definition =
+        r#"{"query": "Patient", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}"#;
+    let started = control::start(
+        exporter,
+        ExportKind::Patients,
+        definition,
+        &Links::default(),
+        "test",
+        None,
+    )
+    .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_string();
+    // Its first step is lost.
+    for m in exporter
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        exporter.queue.delete(&m).await.unwrap();
+    }
+    let queued = exporter
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the gather step");
+    // The steps run as the queue trigger would, until the export is done.
+    for _ in 0..20 {
+        for m in exporter
+            .queue
+            .receive(32, Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            let work =
+                json!({"Data": {"work": m.text}, "Metadata": {"DequeueCount": 1, "Id": m.id}});
+            let (status, _) = invoke(&state, "ExportWorker", work).await;
+            assert_eq!(status, 200);
+            exporter.queue.delete(&m).await.unwrap();
+        }
+        if control::status(exporter, &id).await.status == 200 {
+            return;
+        }
+    }
+    panic!(
+        "the export did not complete after the sweep: {}",
+        control::status(exporter, &id).await.body
+    );
+}
