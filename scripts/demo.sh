@@ -45,7 +45,8 @@ echo "Exporting patients born before 1960 with their Encounters and Observations
 # shellcheck disable=SC2016 # $IDS is the export placeholder, not a shell variable
 definition='{"query": "Patient?birthdate=lt1960-01-01", "patientreferencefield": "id",
   "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS"]}'
-key=${FHIRBULK_API_KEYS%%,*}
+key=${FHIRBULK_API_KEYS:-}
+key=${key%%,*}
 [ -n "$key" ] || key=$(cat .stack/api-key)
 key_header="x-functions-key: $key"
 # shellcheck disable=SC2016 # $alt-export is a URL path
