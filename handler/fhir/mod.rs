@@ -201,22 +201,14 @@ impl FhirClient {
     /// throttled entries counts as throttling for the adaptive limiter.
     pub async fn post_batch(&self, body: Bytes, send: BatchSend) -> Result<BatchReply, FhirError> {
         let max_retries = self.policy.max_retries;
-        let tries = match send {
-            BatchSend::First => Tries {
-                max_failures: max_retries,
-                max_500s: max_retries.min(1),
-                first: true,
+        let tries = Tries {
+            max_failures: if send == BatchSend::Isolating {
+                max_retries.min(1)
+            } else {
+                max_retries
             },
-            BatchSend::Resend => Tries {
-                max_failures: max_retries,
-                max_500s: max_retries.min(1),
-                first: false,
-            },
-            BatchSend::Isolating => Tries {
-                max_failures: max_retries.min(1),
-                max_500s: max_retries.min(1),
-                first: false,
-            },
+            max_500s: max_retries.min(1),
+            first: send == BatchSend::First,
         };
         let reply = self
             .exchange(
@@ -235,16 +227,11 @@ impl FhirClient {
     /// POSTs a transaction kept whole: all or nothing, so a 500 gets every retry (it cannot be
     /// halved).
     pub async fn post_transaction(&self, body: Bytes) -> Result<BatchReply, FhirError> {
-        let tries = Tries {
-            max_failures: self.policy.max_retries,
-            max_500s: self.policy.max_retries,
-            first: true,
-        };
         self.exchange(
             Method::POST,
             self.base.clone(),
             Some(body),
-            tries,
+            self.first_try(),
             read_json::<BatchReply>,
             |_| false,
         )
@@ -277,6 +264,7 @@ impl FhirClient {
         .await
     }
 
+    /// A request sent for the first time, with every retry of its kind.
     fn first_try(&self) -> Tries {
         Tries {
             max_failures: self.policy.max_retries,

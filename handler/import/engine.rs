@@ -380,7 +380,7 @@ impl Importer {
     async fn give_up(
         &self,
         work: &ImportWork,
-        mut part: Entity,
+        part: Entity,
         why: &Transient,
     ) -> Result<Entity, ImportError> {
         let left = jobs::unloaded(self, work, &part).await?;
@@ -399,18 +399,13 @@ impl Importer {
             ),
         };
         warn!(message = "Import part given up.", import = %work.file_id(), part = work.part, not_loaded = left.count);
-        self.ledger.write_errors(&work.file, &[record]).await?;
         let mut counts = Counts::read(&part);
         counts.not_loaded += left.count;
         if let Some(lines) = left.lines {
             counts.lines = lines;
         }
-        counts.write(&mut part);
-        part.set_str("status", "done");
-        part.set_str(GAVE_UP, why.reason.clone());
-        part.etag.clear();
-        part.etag = self.ledger.upsert(&part).await?;
-        Ok(part)
+        self.end_part(work, part, record, counts, GAVE_UP, &why.reason)
+            .await
     }
 
     /// Ends a part that cannot finish normally, with one error record saying why.
@@ -430,18 +425,33 @@ impl Importer {
             status: 0,
             diagnostics: reason.to_string(),
         };
-        self.ledger.write_errors(&work.file, &[record]).await?;
-        let mut part = self
+        let part = self
             .ledger
             .part(&work.file, work.part)
             .await?
             .unwrap_or_default();
         // A rejected file counts as one failure; a superseded one keeps what it counted.
+        let mut counts = Counts::read(&part);
         if how != SUPERSEDED {
-            let mut counts = Counts::read(&part);
             counts.failed += 1;
-            counts.write(&mut part);
         }
+        self.end_part(work, part, record, counts, how, reason).await
+    }
+
+    /// Marks a part done with its error record, its final counts and why it ended (`how`:
+    /// rejected, superseded, gave-up): the record first, so a crash between the two writes
+    /// leaves the part to be ended again, never done without its record.
+    async fn end_part(
+        &self,
+        work: &ImportWork,
+        mut part: Entity,
+        record: ErrorRecord,
+        counts: Counts,
+        how: &str,
+        reason: &str,
+    ) -> Result<Entity, ImportError> {
+        self.ledger.write_errors(&work.file, &[record]).await?;
+        counts.write(&mut part);
         part.set_str("status", "done");
         part.set_str(how, reason);
         part.etag.clear();

@@ -22,7 +22,7 @@ use super::ledger::{Counts, ErrorRecord, PROGRESS_AT, now_rfc3339};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, Expansion, gunzip_limited};
+use super::sources::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::storage::{Entity, TransactionOp, TransactionOutcome};
 
@@ -134,9 +134,7 @@ impl<'a> PartProgress<'a> {
             self.pending.clear();
         }
         self.counts.write(&mut self.row);
-        if std::mem::take(&mut self.advanced) {
-            self.row.set_str(PROGRESS_AT, now_rfc3339());
-        }
+        self.stamp_progress();
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
         if !self
             .importer
@@ -148,6 +146,13 @@ impl<'a> PartProgress<'a> {
         }
         self.last_save = Instant::now();
         Ok(())
+    }
+
+    /// Records when the checkpoint last moved (`progressAt`), if it moved since the last save.
+    fn stamp_progress(&mut self) {
+        if std::mem::take(&mut self.advanced) {
+            self.row.set_str(PROGRESS_AT, now_rfc3339());
+        }
     }
 
     async fn save_if_due(&mut self) -> Result<(), ImportError> {
@@ -179,9 +184,7 @@ async fn claim<'a>(
     progress.advanced = progress.row.str(PROGRESS_AT).is_none();
     if let Some(file) = file {
         progress.counts.write(&mut progress.row);
-        if std::mem::take(&mut progress.advanced) {
-            progress.row.set_str(PROGRESS_AT, now_rfc3339());
-        }
+        progress.stamp_progress();
         let ops = [
             TransactionOp::Replace(&file),
             TransactionOp::Replace(&progress.row),
@@ -228,9 +231,7 @@ pub async fn run_bundle(
     }
     let mut progress = claim(importer, work, row, file).await?;
     let reservation = reserve_bundle_memory(importer, size).await?;
-    let bytes = BlobChunks::new(importer.blobs.clone(), &work.container, &work.blob, 0, size)
-        .read_to_end()
-        .await?;
+    let bytes = whole_file(importer, work).read_to_end().await?;
     let fence = progress.fence.clone();
     load_bundle_bytes(importer, &fence, &mut progress, bytes, reservation).await?;
     progress.finish().await
@@ -339,13 +340,11 @@ async fn load_bundle_bytes(
             }
             if slot.is_some() && plan.piece_deps[i].iter().all(|d| done.contains(d)) {
                 let piece = slot.take().expect("checked");
-                in_flight.push(async move {
-                    let sent = match fence.check().await {
-                        Ok(()) => send_piece(&importer.fhir, piece).await,
-                        Err(stop) => Err(stop),
-                    };
-                    (i, sent)
-                });
+                let sent = async move {
+                    fence.check().await?;
+                    send_piece(&importer.fhir, piece).await
+                };
+                in_flight.push(async move { (i, sent.await) });
             }
         }
         let Some((i, result)) = in_flight.next().await else {
@@ -479,32 +478,12 @@ pub async fn unloaded(
             Ok(from_lines(count, lines_done + reader.lines_read() as i64))
         }
         FileKind::NdjsonGz => {
-            let chunks = BlobChunks::new(
-                importer.blobs.clone(),
-                &work.container,
-                &work.blob,
-                0,
-                work.end,
-            );
-            let mut reader = LineReader::new(
-                gunzip_limited(chunks, Expansion::of(&importer.settings)),
-                0,
-                u64::MAX,
-                false,
-            );
+            let mut reader = LineReader::new(gzip_lines(importer, work), 0, u64::MAX, false);
             let count = count_lines(&mut reader, lines_done).await?;
             Ok(from_lines(count, reader.lines_read() as i64))
         }
         FileKind::Bundle => {
-            let bytes = BlobChunks::new(
-                importer.blobs.clone(),
-                &work.container,
-                &work.blob,
-                0,
-                work.end,
-            )
-            .read_to_end()
-            .await?;
+            let bytes = whole_file(importer, work).read_to_end().await?;
             let entries = utf8_text(&bytes, "the file")
                 .ok()
                 .and_then(|text| bundle_kind(text).ok())
@@ -532,6 +511,25 @@ pub async fn unloaded(
     }
 }
 
+/// The whole file of a work item (a Bundle, a gzip or zip file: one part), read as it is taken.
+fn whole_file(importer: &Importer, work: &ImportWork) -> BlobChunks {
+    BlobChunks::new(
+        importer.blobs.clone(),
+        &work.container,
+        &work.blob,
+        0,
+        work.end,
+    )
+}
+
+/// The decompressed bytes of a `.ndjson.gz` file, its expansion held to the zip limits.
+fn gzip_lines(importer: &Importer, work: &ImportWork) -> ChannelChunks {
+    gunzip_limited(
+        whole_file(importer, work),
+        Expansion::of(&importer.settings),
+    )
+}
+
 /// Non-blank lines after line `skip` of a reader.
 async fn count_lines<S: ChunkStream>(
     reader: &mut LineReader<S>,
@@ -554,17 +552,10 @@ pub async fn run_ndjson_gz(
 ) -> Result<Entity, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
     let lines_done = progress.cursor("line");
-    let chunks = BlobChunks::new(
-        importer.blobs.clone(),
-        &work.container,
-        &work.blob,
-        0,
-        work.end,
-    );
     progress.counts.lines = load_unseekable(
         importer,
         &mut progress,
-        gunzip_limited(chunks, Expansion::of(&importer.settings)),
+        gzip_lines(importer, work),
         lines_done,
         "gzip",
     )
