@@ -11,7 +11,6 @@ targetScope = 'resourceGroup'
 
 param storageAccountName string
 param functionAppName string
-param location string = resourceGroup().location
 
 @description('Delivery attempts before an event is dead-lettered.')
 @minValue(1)
@@ -35,13 +34,25 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
 
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: 'eventgrid-deadletter'
+}
+
 resource app 'Microsoft.Web/sites@2023-12-01' existing = {
   name: functionAppName
 }
 
 resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   name: '${storageAccountName}-blob-events'
-  location: location
+  // A system topic lives where its source does (the storage account may not be in the
+  // resource group's region).
+  location: storage.location
   identity: {
     type: 'SystemAssigned'
   }
@@ -51,9 +62,10 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   }
 }
 
+// The topic's identity writes dead letters, to their container only.
 resource deadLetterRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, topic.id, blobDataContributor)
-  scope: storage
+  name: guid(deadLetterContainer.id, topic.id, blobDataContributor)
+  scope: deadLetterContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataContributor)
     principalId: topic.identity.principalId
@@ -108,7 +120,7 @@ resource blobCreated 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-0
           endpointType: 'StorageBlob'
           properties: {
             resourceId: storage.id
-            blobContainerName: 'eventgrid-deadletter'
+            blobContainerName: deadLetterContainer.name
           }
         }
       }

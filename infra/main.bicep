@@ -12,7 +12,7 @@
 
 targetScope = 'resourceGroup'
 
-@description('Prefix of every resource name: 3-11 lowercase letters and digits.')
+@description('Prefix of every resource name: 3-11 lowercase letters and digits, starting with a letter (Key Vault names must).')
 @minLength(3)
 @maxLength(11)
 param prefix string
@@ -47,7 +47,7 @@ param fhirServiceResourceId string = ''
 @description('Name of the deployment package blob in the deployments container (fhir-bulk-<sha256>.zip).')
 param packageBlobName string
 
-@description('Object id of the principal running the deployment: it may upload packages to the deployments container. Empty: no role.')
+@description('Object id of the principal running the deployment: it may upload packages to the deployments container (and nothing else). Empty: no role.')
 param deployerObjectId string = ''
 
 @allowed([
@@ -90,9 +90,10 @@ var containers = [
   '${exportTrigger}-processed'
   '${exportTrigger}-err'
   'reports'
-  'deployments'
   'eventgrid-deadletter'
 ]
+// Packages the app runs from; the only container a deployer may write (see deployerPackageRole).
+var packageContainerName = 'deployments'
 var importQueue = 'import-work'
 var exportQueue = 'export-work'
 var tables = [
@@ -154,6 +155,14 @@ resource blobContainers 'Microsoft.Storage/storageAccounts/blobServices/containe
     }
   }
 ]
+
+resource packageContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: packageContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage
@@ -255,7 +264,7 @@ var baseSettings = [
   { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
   { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'custom' }
   { name: 'AzureWebJobsStorage__accountName', value: storage.name }
-  { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '${storage.properties.primaryEndpoints.blob}deployments/${packageBlobName}' }
+  { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '${storage.properties.primaryEndpoints.blob}${packageContainerName}/${packageBlobName}' }
   { name: 'WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID', value: 'SystemAssigned' }
   { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: insights.properties.ConnectionString }
   { name: 'FHIRBULK_STORAGE_ACCOUNT', value: storage.name }
@@ -331,9 +340,11 @@ resource appSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// The deployer may write packages, and nothing else: not the data, not the host's keys
+// (azure-webjobs-secrets), which Blob Data Contributor on the account would give.
 resource deployerPackageRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerObjectId)) {
-  name: guid(storage.id, deployerObjectId, roles.blobDataContributor)
-  scope: storage
+  name: guid(packageContainer.id, deployerObjectId, roles.blobDataContributor)
+  scope: packageContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.blobDataContributor)
     principalId: deployerObjectId
@@ -341,9 +352,14 @@ resource deployerPackageRole 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
+// ARM evaluates a conditional module's scope even when the condition is false
+// (Azure/bicep#11463): without a FHIR service id, the scope is this resource group.
+var fhirServiceScopeId = empty(fhirServiceResourceId) ? resourceGroup().id : fhirServiceResourceId
+var fhirServiceScope = split(fhirServiceScopeId, '/')
+
 module fhirRole 'modules/fhir-data-contributor.bicep' = if (!empty(fhirServiceResourceId)) {
   name: 'fhir-data-contributor'
-  scope: resourceGroup(split(fhirServiceResourceId, '/')[2], split(fhirServiceResourceId, '/')[4])
+  scope: resourceGroup(fhirServiceScope[2], fhirServiceScope[4])
   params: {
     fhirServiceResourceId: fhirServiceResourceId
     principalId: app.identity.principalId
@@ -354,4 +370,4 @@ output functionAppName string = app.name
 output storageAccountName string = storage.name
 output hostName string = app.properties.defaultHostName
 output keyVaultName string = vault.name
-output packageUrl string = '${storage.properties.primaryEndpoints.blob}deployments/${packageBlobName}'
+output packageUrl string = '${storage.properties.primaryEndpoints.blob}${packageContainerName}/${packageBlobName}'

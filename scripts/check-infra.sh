@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of what deploys (no Azure subscription needed), run by scripts/test.sh:
 #   - every Bicep file parses (pycep-parser, the parser checkov itself uses);
+#   - the rules of scripts/check-infra-rules.py: conditional module scopes, the Event Grid
+#     topic's location, every resource name for every prefix deploy.sh accepts, role scopes;
 #   - checkov's Bicep policies pass (each skip is written, with its reason, beside the resource);
 #   - shellcheck on every script and on the az stand-in of the deploy dry run.
 # The deploy.sh dry run and the package/glibc checks are cargo tests (tests/deploy.rs,
@@ -26,6 +28,7 @@ for path in sys.argv[1:]:
 sys.exit(1 if failed else 0)
 PY
 
+"$BIN/python" scripts/check-infra-rules.py "$ROOT"
 "$BIN/checkov" --directory infra --framework bicep --compact --quiet --skip-download
 "$BIN/shellcheck" scripts/*.sh tests/deploy/bin/az
-echo "check-infra.sh: Bicep parses, checkov passes, shellcheck is clean" >&2
+echo "check-infra.sh: Bicep parses and follows the rules, checkov passes, shellcheck is clean" >&2

@@ -77,7 +77,8 @@ missing=()
 [ -n "$PREFIX" ] || missing+=(--prefix)
 [ -n "$FHIR_URL" ] || missing+=(--fhir-url)
 [ ${#missing[@]} -eq 0 ] || { usage >&2; fail "missing ${missing[*]}"; }
-[[ "$PREFIX" =~ ^[a-z0-9]{3,11}$ ]] || fail "--prefix '$PREFIX' must be 3-11 lowercase letters and digits (it starts the storage account name)"
+PREFIX_RULE='^[a-z][a-z0-9]{2,10}$'
+[[ "$PREFIX" =~ $PREFIX_RULE ]] || fail "--prefix '$PREFIX' must be 3-11 lowercase letters and digits starting with a letter (it starts the storage account and Key Vault names)"
 [[ "$FHIR_URL" =~ ^https?://[^/]+ ]] || fail "--fhir-url '$FHIR_URL' is not an http(s) URL"
 case "$AUTH" in
   managed-identity) FHIR_AUTH=managed-identity ;;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the zip the Function App runs from: host.json, functions/*/function.json and the
-# `handler` binary, built with cargo-zigbuild against glibc 2.28 so that it runs on the
-# Functions Linux image (whose glibc is older than a current build machine's).
+# Builds the zip the Function App runs from, laid out as the Functions host reads it: host.json,
+# the `handler` binary and one folder per function (`<Name>/function.json`, from the
+# repository's functions/<Name>/), all at the root: the host looks only one folder deep
+# (tests/integration/packaged.rs reads and runs the package the same way). The handler is
+# built with cargo-zigbuild against glibc 2.28 so that it runs on the Functions Linux image
+# (whose glibc is older than a current build machine's).
 # The zip is deterministic (sorted entries, fixed times), so the same source gives the same
 # SHA-256, which scripts/deploy.sh uses to skip uploading a package that is already deployed.
 # Output: target/package/fhir-bulk.zip (path printed on stdout).
@@ -23,7 +26,7 @@ entries = [("host.json", "host.json", 0o644)]
 for name in sorted(os.listdir("functions")):
     path = os.path.join("functions", name, "function.json")
     if os.path.isfile(path):
-        entries.append((path, f"functions/{name}/function.json", 0o644))
+        entries.append((path, f"{name}/function.json", 0o644))
 entries.append((binary, "handler", 0o755))
 tmp = out + ".tmp"
 with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:

@@ -1,6 +1,7 @@
 //! The deployment package (`scripts/package.sh`, which `scripts/test.sh` runs first): it holds
-//! host.json, every function folder and an executable `handler` that needs no glibc newer
-//! than the Functions Linux image's (2.28).
+//! host.json, every function folder at its root (where the host looks) and an executable
+//! `handler` that needs no glibc newer than the Functions Linux image's (2.28). How the host
+//! reads and runs it: tests/integration/packaged.rs.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +31,7 @@ fn the_package_holds_the_host_config_every_function_and_the_handler() {
     assert!(names.contains(&"host.json".to_string()));
     for f in FUNCTION_NAMES {
         assert!(
-            names.contains(&format!("functions/{f}/function.json")),
+            names.contains(&format!("{f}/function.json")),
             "{f} missing from the package: {names:?}"
         );
     }
