@@ -18,20 +18,20 @@ pub use storage::{AZURITE_CONNECTION_STRING, StorageSettings, parse_connection_s
 
 /// Where a setting's raw value comes from: the process environment, or a map in tests.
 pub trait SettingSource {
-    fn get(&self, name: &str) -> Option<String>;
+    fn get(&self, name: &'static str) -> Option<String>;
 }
 
 /// The real process environment.
 pub struct ProcessEnv;
 
 impl SettingSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
+    fn get(&self, name: &'static str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.trim().is_empty())
     }
 }
 
 impl SettingSource for HashMap<String, String> {
-    fn get(&self, name: &str) -> Option<String> {
+    fn get(&self, name: &'static str) -> Option<String> {
         HashMap::get(self, name)
             .cloned()
             .filter(|v| !v.trim().is_empty())
@@ -39,10 +39,35 @@ impl SettingSource for HashMap<String, String> {
 }
 
 impl SettingSource for HashMap<&str, &str> {
-    fn get(&self, name: &str) -> Option<String> {
+    fn get(&self, name: &'static str) -> Option<String> {
         HashMap::get(self, name)
             .map(|v| v.to_string())
             .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// The settings as the app sees them once App Service has resolved its Key Vault references:
+/// a value still reading `@Microsoft.KeyVault(...)` was not resolved, and is never used as the
+/// value (a client secret that is the reference text would fail sign-in with a misleading
+/// error). The first such setting read is remembered.
+struct KeyVaultResolved<'a> {
+    src: &'a dyn SettingSource,
+    unresolved: std::cell::Cell<Option<&'static str>>,
+}
+
+/// How an app setting holding a Key Vault reference begins.
+const KEY_VAULT_REFERENCE: &str = "@Microsoft.KeyVault(";
+
+impl SettingSource for KeyVaultResolved<'_> {
+    fn get(&self, name: &'static str) -> Option<String> {
+        let value = self.src.get(name)?;
+        if value.trim_start().starts_with(KEY_VAULT_REFERENCE) {
+            if self.unresolved.get().is_none() {
+                self.unresolved.set(Some(name));
+            }
+            return None;
+        }
+        Some(value)
     }
 }
 
@@ -259,11 +284,31 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn SettingSource) -> Result<Self, SettingError> {
-        let r = Reader(src);
-        let fhir = FhirSettings::read(&r)?;
-        let work = WorkSettings::read(&r)?;
-        let import = ImportSettings::read(&r, work)?;
-        let export = ExportSettings::read(&r, work)?;
+        let resolved = KeyVaultResolved {
+            src,
+            unresolved: std::cell::Cell::new(None),
+        };
+        let settings = Self::read(&Reader(&resolved));
+        if let Some(name) = resolved.unresolved.get() {
+            return Err(SettingError {
+                name,
+                value: "@Microsoft.KeyVault(...)".into(),
+                reason: "App Service did not resolve this Key Vault reference (the app's identity may \
+                    lack Key Vault Secrets User on the vault, the role may still be applying, or the \
+                    secret may be missing); see the setting's Key Vault reference status in the portal \
+                    (Configuration > Application settings), then refresh the references or restart \
+                    the app (scripts/deploy.sh does both)"
+                    .into(),
+            });
+        }
+        settings
+    }
+
+    fn read(r: &Reader) -> Result<Self, SettingError> {
+        let fhir = FhirSettings::read(r)?;
+        let work = WorkSettings::read(r)?;
+        let import = ImportSettings::read(r, work)?;
+        let export = ExportSettings::read(r, work)?;
         let serve = ServeSettings {
             port: r.number(ENV_PORT, DEFAULT_PORT, 1)?,
             workers: r.number(ENV_WORKERS, DEFAULT_WORKERS, 1)?,
@@ -278,9 +323,9 @@ impl Settings {
                 1,
             )?),
         };
-        let http = HttpSettings::read(&r, serve.port)?;
+        let http = HttpSettings::read(r, serve.port)?;
         Ok(Settings {
-            storage: StorageSettings::read(&r)?,
+            storage: StorageSettings::read(r)?,
             http,
             fhir,
             import,
@@ -516,7 +561,7 @@ impl Reader<'_> {
     }
 
     /// A text setting with its default.
-    fn text(&self, name: &str, default: &str) -> String {
+    fn text(&self, name: &'static str, default: &str) -> String {
         self.0.get(name).unwrap_or_else(|| default.into())
     }
 
@@ -631,5 +676,35 @@ mod tests {
             s.storage.endpoint("table").as_str(),
             "https://bulkstore01.table.core.windows.net/"
         );
+    }
+
+    #[test]
+    fn an_unresolved_key_vault_reference_is_refused_with_what_to_do() {
+        let reference = "@Microsoft.KeyVault(VaultName=fb-kv-abc;SecretName=fhir-client-secret)";
+        let src = HashMap::from([
+            (ENV_STORAGE_CONNECTION_STRING, AZURITE_CONNECTION_STRING),
+            (ENV_FHIR_URL, "https://fhir.example.com"),
+            (ENV_FHIR_AUTH, "client-secret"),
+            (ENV_FHIR_TENANT_ID, "tenant"),
+            (ENV_FHIR_CLIENT_ID, "client"),
+            (ENV_FHIR_CLIENT_SECRET, reference),
+        ]);
+        let err = Settings::from_source(&src).unwrap_err();
+        assert_eq!(err.name, ENV_FHIR_CLIENT_SECRET);
+        let said = err.to_string();
+        assert!(
+            said.contains("did not resolve this Key Vault reference"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("fhir-client-secret"),
+            "the reference is not echoed: {said}"
+        );
+        // Any setting, not only the secret.
+        let src = HashMap::from([
+            (ENV_STORAGE_CONNECTION_STRING, AZURITE_CONNECTION_STRING),
+            (ENV_FHIR_URL, reference),
+        ]);
+        assert_eq!(Settings::from_source(&src).unwrap_err().name, ENV_FHIR_URL);
     }
 }
