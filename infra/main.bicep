@@ -44,8 +44,8 @@ param fhirClientSecret string = ''
 @description('Resource id of an Azure Health Data Services FHIR service: the app gets FHIR Data Contributor on it. Empty for other servers.')
 param fhirServiceResourceId string = ''
 
-@description('Name of the deployment package blob in the deployments container (fhir-bulk-<sha256>.zip).')
-param packageBlobName string
+@description('The package blob the app runs (fhir-bulk-<sha256>.zip in the deployments container). scripts/deploy.sh passes the one running now and switches to a new one only after uploading it; empty (first deployment): no package yet.')
+param packageBlobName string = ''
 
 @description('Object id of the principal running the deployment: it may upload packages to the deployments container (and nothing else). Empty: no role.')
 param deployerObjectId string = ''
@@ -264,7 +264,6 @@ var baseSettings = [
   { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
   { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'custom' }
   { name: 'AzureWebJobsStorage__accountName', value: storage.name }
-  { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '${storage.properties.primaryEndpoints.blob}${packageContainerName}/${packageBlobName}' }
   { name: 'WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID', value: 'SystemAssigned' }
   { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: insights.properties.ConnectionString }
   { name: 'FHIRBULK_STORAGE_ACCOUNT', value: storage.name }
@@ -274,6 +273,9 @@ var baseSettings = [
   { name: 'FHIRBULK_FHIR_URL', value: fhirUrl }
   { name: 'FHIRBULK_FHIR_AUDIENCE', value: audience }
   { name: 'FHIRBULK_FHIR_AUTH', value: fhirAuth }
+]
+var packageSettings = empty(packageBlobName) ? [] : [
+  { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '${storage.properties.primaryEndpoints.blob}${packageContainerName}/${packageBlobName}' }
 ]
 var secretSettings = useSecret ? [
       { name: 'FHIRBULK_FHIR_TENANT_ID', value: fhirTenantId }
@@ -306,7 +308,7 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
       http20Enabled: true
       minimumElasticInstanceCount: 1
       functionAppScaleLimit: maxInstances
-      appSettings: concat(baseSettings, secretSettings)
+      appSettings: concat(baseSettings, packageSettings, secretSettings)
     }
   }
 }
@@ -370,4 +372,6 @@ output functionAppName string = app.name
 output storageAccountName string = storage.name
 output hostName string = app.properties.defaultHostName
 output keyVaultName string = vault.name
-output packageUrl string = '${storage.properties.primaryEndpoints.blob}${packageContainerName}/${packageBlobName}'
+output functionAppId string = app.id
+output insightsName string = insights.name
+output packageContainerUrl string = '${storage.properties.primaryEndpoints.blob}${packageContainerName}/'
