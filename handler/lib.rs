@@ -11,3 +11,4 @@ pub mod import;
 pub mod protocol;
 pub mod serve;
 pub mod storage;
+pub mod telemetry;

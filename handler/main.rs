@@ -5,29 +5,37 @@
 //! - `handler serve`: the same functions standalone, with a blob watcher and queue pollers.
 //! - `handler upload CONTAINER PATH [BLOB]`: uploads a file, or a directory's files, through the Blob API.
 //! - `handler summary [--expect N] [--wait SECS]`: waits for imports, prints what landed.
+//!
+//! Logs: JSON lines under the host, text otherwise (`telemetry`).
 
 use std::path::Path;
 use std::time::Duration;
 
 use fhir_bulk::config::Settings;
 use fhir_bulk::storage::{BlobStore, StorageCredentials};
+use fhir_bulk::telemetry::{self, LogFormat};
 use fhir_bulk::{app, cli, functions, serve};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
-use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: handler [host | serve | upload CONTAINER PATH [BLOB] | summary [--expect N] [--wait SECS]]
 Settings come from FHIRBULK_* environment variables; see README.md.";
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Under the Functions host, JSON lines for Application Insights; text for a terminal.
+    let default = match args.first().map(String::as_str) {
+        None | Some("host") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+    };
+    match LogFormat::from_env(default) {
+        Ok(format) => telemetry::init(format),
+        Err(e) => {
+            eprintln!("handler: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = run(&args).await {
         eprintln!("handler: {e:#}");
         std::process::exit(1);

@@ -209,6 +209,20 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
   }
 }
 
+// The operations dashboard: Application Insights > Workbooks > "fhir-bulk operations". Its
+// queries read only the log events and fields handler/telemetry.rs declares (tested).
+resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
+  name: guid(resourceGroup().id, prefix, 'fhir-bulk-operations')
+  location: location
+  kind: 'shared'
+  properties: {
+    displayName: 'fhir-bulk operations (${prefix})'
+    category: 'workbook'
+    sourceId: insights.id
+    serializedData: loadTextContent('workbook.json')
+  }
+}
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: the app resolves its Key Vault reference over the public endpoint (no VNet); access is Entra ID RBAC only
   // checkov:skip=CKV_AZURE_189: same reason
@@ -374,4 +388,5 @@ output hostName string = app.properties.defaultHostName
 output keyVaultName string = vault.name
 output functionAppId string = app.id
 output insightsName string = insights.name
+output workbookId string = workbook.id
 output packageContainerUrl string = '${storage.properties.primaryEndpoints.blob}${packageContainerName}/'

@@ -143,6 +143,39 @@ fn host_json_runs_the_handler_binary_as_a_custom_handler() {
         max_dequeue > u64::from(fhir_bulk::config::DEFAULT_MAX_WORK_ATTEMPTS),
         "the engine must give up (with a recorded reason) before the host poisons the message"
     );
+    // Invocations arrive in the host's request format (the default): no forwarding setting,
+    // whose name changed (enableForwardingHttpRequest, now enableProxyingHttpRequest).
+    let custom = host["customHandler"].as_object().unwrap();
+    assert!(
+        custom.keys().all(|k| k == "description"),
+        "customHandler: {custom:?}"
+    );
+}
+
+/// Telemetry a user pays for: request telemetry is sampled; the handler's log lines (traces,
+/// which the workbook counts) and exceptions never are; the host's per-invocation
+/// "Executing/Executed" traces are off (Function at Warning) while the handler's stdout
+/// (Host.Function.Console) is kept.
+#[test]
+fn host_json_samples_requests_but_never_errors_or_the_handler_s_logs() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json")).unwrap();
+    let host: Value = serde_json::from_str(&text).unwrap();
+    let sampling = &host["logging"]["applicationInsights"]["samplingSettings"];
+    assert_eq!(sampling["isEnabled"], true);
+    let excluded: Vec<&str> = sampling["excludedTypes"]
+        .as_str()
+        .unwrap()
+        .split(';')
+        .collect();
+    assert!(
+        excluded.contains(&"Exception") && excluded.contains(&"Trace"),
+        "{sampling}"
+    );
+    let levels = &host["logging"]["logLevel"];
+    assert_eq!(levels["Function"], "Warning");
+    assert_eq!(levels["Host.Function.Console"], "Information");
+    assert_eq!(levels["Host.Results"], "Information");
 }
 
 /// The Bicep keeps in step with the functions: every `%SETTING%` a binding reads and every

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tracing::info;
 
 #[derive(Debug)]
 struct State {
@@ -80,6 +81,7 @@ impl AdaptiveLimiter {
 
     pub fn record(&self, signal: Signal) {
         let mut s = self.state.lock().expect("limiter lock");
+        let before = s.limit.floor() as usize;
         match signal {
             Signal::Healthy(rtt) => {
                 let spike = s
@@ -97,6 +99,15 @@ impl AdaptiveLimiter {
             }
             Signal::Backpressure => s.limit = (s.limit * 0.9).max(self.min as f64),
             Signal::Neutral => {}
+        }
+        let after = s.limit.floor() as usize;
+        if after != before {
+            // Charted (telemetry::CHARTED_EVENTS); whole steps only, so a few lines a minute.
+            info!(
+                message = "FHIR concurrency changed.",
+                limit = after as u64,
+                in_flight = s.in_flight as u64
+            );
         }
         drop(s);
         self.notify.notify_waiters();

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tracing::{info, warn};
 
 use super::AppState;
 use crate::export::Exporter;
@@ -16,7 +17,17 @@ use crate::protocol::invocation::InvocationResponse;
 pub const BINDING: &str = "timer";
 
 /// One sweep over imports and exports, as a log line (`Err` when a table could not be read).
+/// It also samples each work queue's backlog for the operations workbook.
 pub async fn sweep(importer: &Importer, exporter: &Exporter) -> Result<String, String> {
+    for queue in [&importer.queue, &exporter.queue] {
+        match queue.approximate_count().await {
+            // Charted (telemetry::CHARTED_EVENTS).
+            Ok(messages) => info!(message = "Work backlog.", queue = queue.name(), messages),
+            Err(e) => {
+                warn!(message = "Cannot read a work queue's backlog.", queue = queue.name(), error = %e)
+            }
+        }
+    }
     let imports = importer.reconcile().await.map_err(|e| e.to_string())?;
     let exports = exporter.reconcile().await.map_err(|e| e.to_string())?;
     Ok(format!(

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use azure_core::http::{ClientOptions, StatusCode};
 use azure_storage_queue::models::{
-    QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
+    QueueClientGetPropertiesResultHeaders, QueueClientReceiveMessagesOptions,
+    QueueClientSendMessageOptions, QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 
@@ -95,6 +96,19 @@ impl WorkQueue {
             self.sent.notify_one();
         }
         Ok(())
+    }
+
+    /// The service's approximate count of messages on the queue, hidden ones included.
+    pub async fn approximate_count(&self) -> StorageResult<u64> {
+        let response = self
+            .client
+            .get_properties(None)
+            .await
+            .map_err(|e| StorageError::sdk("read queue properties", &self.name, e))?;
+        let count = response
+            .approximate_messages_count()
+            .map_err(|e| StorageError::sdk("read queue properties", &self.name, e))?;
+        Ok(count.unwrap_or(0).max(0) as u64)
     }
 
     /// Takes up to `max` messages, hiding them for `visibility`.

@@ -12,3 +12,4 @@ mod security;
 mod standin;
 mod storage;
 mod support;
+mod telemetry;

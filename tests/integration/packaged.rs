@@ -13,7 +13,8 @@
 //!
 //! The host's own part (checking function keys, polling queues, validating Event Grid
 //! subscriptions) is not run here: the test checks what it reads for it (every HTTP trigger
-//! asks for a function key; every setting a binding names is one the Bicep defines).
+//! asks for a function key); that the Bicep defines every setting a binding names is
+//! tests/layout.rs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -123,31 +124,6 @@ impl AppRoot {
             "{function} has one trigger: {bindings:?}"
         );
         triggers[0]
-    }
-
-    /// Every `%SETTING%` and `connection` a binding names.
-    fn settings_named(&self) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
-        for (function, metadata) in &self.functions {
-            for binding in metadata["bindings"].as_array().unwrap() {
-                for (key, value) in binding.as_object().unwrap() {
-                    let Some(text) = value.as_str() else { continue };
-                    if key == "connection" {
-                        names.insert(text.to_string());
-                    }
-                    let mut rest = text;
-                    while let Some(start) = rest.find('%') {
-                        let after = &rest[start + 1..];
-                        let end = after
-                            .find('%')
-                            .unwrap_or_else(|| panic!("{function}: unclosed % in {text:?}"));
-                        names.insert(after[..end].to_string());
-                        rest = &after[end + 1..];
-                    }
-                }
-            }
-        }
-        names
     }
 }
 
@@ -417,16 +393,6 @@ fn the_package_is_laid_out_as_the_host_reads_it() {
                 "{function}: the host asks for a function key"
             );
         }
-    }
-    // Every setting a binding names is an app setting infra/main.bicep defines (a connection
-    // may be given as its `__` properties).
-    let bicep = std::fs::read_to_string(repo_root().join("infra/main.bicep")).unwrap();
-    for setting in root.settings_named() {
-        assert!(
-            bicep.contains(&format!("name: '{setting}'"))
-                || bicep.contains(&format!("name: '{setting}__")),
-            "function.json names the app setting {setting}, which infra/main.bicep does not define"
-        );
     }
     assert!(
         root.host["customHandler"]["description"]["defaultExecutablePath"]

@@ -121,6 +121,8 @@ pub struct Handler {
     pub base: String,
     /// A client that sends the handler's key (`TEST_API_KEY`) with every request.
     pub client: reqwest::Client,
+    /// The handler's stdout lines, when started with `start_logged`.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The key tests start `handler serve` with (`FHIRBULK_API_KEYS`).
@@ -128,8 +130,17 @@ pub const TEST_API_KEY: &str = "integration-test-key-0123456789";
 
 impl Handler {
     pub fn start(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::spawn(azurite, fhir_url, extra_env, false)
+    }
+
+    /// `start`, keeping the handler's stdout (its log lines) in `logs`.
+    pub fn start_logged(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::spawn(azurite, fhir_url, extra_env, true)
+    }
+
+    fn spawn(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)], capture: bool) -> Self {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_handler"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
             .arg("serve")
             .env(
                 "FHIRBULK_STORAGE_CONNECTION_STRING",
@@ -141,8 +152,26 @@ impl Handler {
             .env("RUST_LOG", "warn")
             .env("FHIRBULK_API_KEYS", TEST_API_KEY)
             .envs(extra_env.iter().copied())
+            .stdout(if capture {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::inherit()
+            })
             .spawn()
             .expect("the handler binary starts");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
         let base = format!("http://127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -165,6 +194,7 @@ impl Handler {
             child,
             base,
             client,
+            logs,
         }
     }
 
