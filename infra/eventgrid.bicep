@@ -1,5 +1,5 @@
-// fhir-bulk, stage 2 of 2: Event Grid delivers BlobCreated events of the input containers to
-// the functions. Deployed after the code, because a subscription to an Azure Function endpoint
+// fhir-bulk, template 2 of 2 (scripts/deploy.sh stage 3): Event Grid delivers BlobCreated
+// events of the input containers to the functions. Deployed after the code, because a subscription to an Azure Function endpoint
 // is validated against the function, which exists only once the host has loaded the package.
 //
 // Each subscription takes only BlobCreated, only from its own container (the subject filter

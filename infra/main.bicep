@@ -1,6 +1,6 @@
-// fhir-bulk, stage 1 of 2: everything but the Event Grid subscriptions (infra/eventgrid.bicep,
-// deployed once the functions exist). scripts/deploy.sh deploys both; re-running it with the
-// same inputs changes nothing.
+// fhir-bulk, template 1 of 2 (scripts/deploy.sh stage 1): everything but the Event Grid
+// subscriptions (infra/eventgrid.bicep, deployed once the functions exist). scripts/deploy.sh
+// deploys both, the package in between; re-running it with the same inputs changes nothing.
 //
 // Hosting: Elastic Premium (EP1) on Linux. It runs custom handlers with a documented
 // configuration (FUNCTIONS_WORKER_RUNTIME=custom), has no cold start (one always-ready
