@@ -162,11 +162,13 @@ fi
 
 # The package the app runs now (none before the first deployment): stage 1 keeps it, and the
 # switch to the new one comes after its upload.
-APP=$(az functionapp list --resource-group "$GROUP" --query "[?starts_with(name, '$PREFIX-func-')].name | [0]" --output tsv)
+# Read through the REST API: the CLI's own settings commands may redact values.
+APP_ID=$(az functionapp list --resource-group "$GROUP" --query "[?starts_with(name, '$PREFIX-func-')].id | [0]" --output tsv)
+APP=${APP_ID##*/}
 RUNNING=''
-if [ -n "$APP" ]; then
-  RUNNING=$(az functionapp config appsettings list --resource-group "$GROUP" --name "$APP" \
-    --query "[?name=='WEBSITE_RUN_FROM_PACKAGE'].value | [0]" --output tsv)
+if [ -n "$APP_ID" ]; then
+  RUNNING=$(az rest --method post --url "https://management.azure.com$APP_ID/config/appsettings/list?api-version=2022-03-01" \
+    --query properties.WEBSITE_RUN_FROM_PACKAGE --output tsv)
   RUNNING=${RUNNING##*/}
 fi
 
