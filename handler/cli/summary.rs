@@ -16,14 +16,7 @@ pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyho
     let deadline = Instant::now() + wait;
     let files = loop {
         let files = importer.ledger.files(None).await?;
-        let finished = files
-            .iter()
-            .filter(|f| {
-                f.str("status")
-                    .and_then(FileStatus::parse)
-                    .is_some_and(FileStatus::is_terminal)
-            })
-            .count();
+        let finished = files.iter().filter(|f| f.data.status.is_terminal()).count();
         if files.len() >= expect_files && finished == files.len() {
             break files;
         }
@@ -41,19 +34,17 @@ pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyho
     let mut first_start: Option<OffsetDateTime> = None;
     let mut last_end: Option<OffsetDateTime> = None;
     let mut failed = Vec::new();
-    for f in &files {
-        totals.add(Counts::read(f));
-        let parse = |n: &str| {
-            f.str(n)
-                .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
-        };
-        if let Some(s) = parse("started").or_else(|| parse("created")) {
+    for row in &files {
+        let f = &row.data;
+        totals.add(f.counts);
+        let parse = |t: Option<&str>| t.and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
+        if let Some(s) = parse(f.started.as_deref()).or_else(|| parse(Some(&f.created))) {
             first_start = Some(first_start.map_or(s, |x| x.min(s)));
         }
-        if let Some(e) = parse("finished") {
+        if let Some(e) = parse(f.finished.as_deref()) {
             last_end = Some(last_end.map_or(e, |x| x.max(e)));
         }
-        if f.str("status") != Some(FileStatus::Loaded.as_str()) {
+        if f.status != FileStatus::Loaded {
             failed.push(f.clone());
         }
     }
@@ -85,13 +76,15 @@ pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyho
     for f in &failed {
         println!(
             "  {}/{}: {} — {}{}",
-            f.str("container").unwrap_or(""),
-            f.str("blob").unwrap_or(""),
-            f.str("status").unwrap_or(""),
-            f.str("reason")
+            f.container,
+            f.blob,
+            f.status.as_str(),
+            f.reason
+                .as_ref()
                 .map(|r| format!("{r}; "))
                 .unwrap_or_default(),
-            f.str("errorReport")
+            f.error_report
+                .as_ref()
                 .map(|r| format!("details in {r}"))
                 .unwrap_or_default()
         );

@@ -37,7 +37,7 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
     };
     let Some(file) = rows
         .iter()
-        .find(|r| r.str("container") == Some(container) && r.str("blob") == Some(blob))
+        .find(|r| r.data.container == container && r.data.blob == blob)
     else {
         return (
             404,
@@ -50,27 +50,34 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
             ),
         );
     };
-    let key = file.str("PartitionKey").unwrap_or_default();
-    let parts = importer.ledger.parts(key).await.unwrap_or_default();
+    let parts = importer
+        .ledger
+        .parts(&file.partition_key)
+        .await
+        .unwrap_or_default();
     (200, file_view(file, &parts))
 }
 
 /// Recent imports, newest first, optionally only those with `status`.
 pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
-    if let Some(unknown) = status.filter(|s| FileStatus::parse(s).is_none()) {
-        let known: Vec<&str> = FileStatus::ALL.iter().map(|s| s.as_str()).collect();
-        return (
-            400,
-            operation_outcome(
-                "error",
-                "invalid",
-                &format!(
-                    "status={unknown:?} is not an import status; use one of {}",
-                    known.join(", ")
+    let status = match status.map(|s| (s, FileStatus::parse(s))) {
+        None => None,
+        Some((_, Some(known))) => Some(known),
+        Some((unknown, None)) => {
+            let known: Vec<&str> = FileStatus::ALL.iter().map(|s| s.as_str()).collect();
+            return (
+                400,
+                operation_outcome(
+                    "error",
+                    "invalid",
+                    &format!(
+                        "status={unknown:?} is not an import status; use one of {}",
+                        known.join(", ")
+                    ),
                 ),
-            ),
-        );
-    }
+            );
+        }
+    };
     match importer.ledger.files(status).await {
         Ok(rows) => {
             let items: Vec<Value> = rows.iter().map(|r| file_view(r, &[])).collect();

@@ -15,8 +15,8 @@ use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ledger::{
-    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileStatus, GAVE_UP, Ledger, PROGRESS_AT,
-    SUPERSEDED, file_key, now_rfc3339, part_row,
+    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
+    Ledger, PartEnd, file_key, now_rfc3339, part_row,
 };
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
@@ -25,7 +25,7 @@ use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::reports::report_blob;
 use crate::storage::{
-    BlobStore, BlobVersion, Entity, MoveOutcome, TransactionOp, TransactionOutcome, WorkQueue,
+    BlobStore, BlobVersion, Entity, MoveOutcome, Row, TransactionOp, TransactionOutcome, WorkQueue,
 };
 
 const REGISTRATION_CONCURRENCY: usize = 16;
@@ -165,41 +165,60 @@ impl Importer {
             FileKind::Ndjson => cut_ranges(props.size, self.settings.ndjson_range_bytes),
             _ => vec![(0, props.size)],
         };
-        let mut file = Entity::new(&key, FILE_ROW);
-        file.set_str("container", container);
-        file.set_str("blob", blob);
-        file.set_str("etag", props.etag.clone());
-        file.set_str("kind", kind.as_str());
-        file.set_str("status", FileStatus::Registering.as_str());
-        file.set_i64("parts", ranges.len() as i64);
-        file.set_i64("size", props.size as i64);
-        file.set_str("created", now_rfc3339());
-        Counts::default().write(&mut file);
+        let mut file = Row::new(
+            &key,
+            FILE_ROW,
+            ImportFile {
+                container: container.to_string(),
+                blob: blob.to_string(),
+                etag: props.etag.clone(),
+                kind,
+                status: FileStatus::Registering,
+                parts: ranges.len() as i64,
+                size: props.size as i64,
+                created: now_rfc3339(),
+                started: None,
+                finished: None,
+                outcome: None,
+                result: None,
+                error_report: None,
+                reason: None,
+                counts: Counts::default(),
+            },
+        );
         let parts: Vec<Entity> = ranges
             .iter()
             .enumerate()
             .map(|(part, (start, end))| {
-                let mut row = Entity::new(&key, &part_row(part as u32));
-                row.set_str("status", "pending");
-                row.set_i64("start", *start as i64);
-                row.set_i64("end", *end as i64);
-                Counts::default().write(&mut row);
-                row
+                Row::new(
+                    &key,
+                    &part_row(part as u32),
+                    ImportPart::pending(*start as i64, *end as i64),
+                )
+                .to_entity()
             })
             .collect();
         // The file row and its parts go in transactions of up to 100 rows, the file row in the
         // first: a file row is never without its first parts, and every transaction is
         // all-or-nothing, so a repeat finds each one whole or absent.
         let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
-        let mut ops = vec![TransactionOp::Insert(&file)];
+        let file_entity = file.to_entity();
+        let mut ops = vec![TransactionOp::Insert(&file_entity)];
         ops.extend(first.iter().map(TransactionOp::Insert));
         match self.ledger.transact(&ops).await? {
             TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
             TransactionOutcome::Refused { status: 409, .. } => {
-                file = self.ledger.file(&key).await?.unwrap_or_default();
-                let status = file.str("status").unwrap_or_default().to_string();
-                if status != FileStatus::Registering.as_str() {
-                    return Ok(Registration::AlreadyRegistered { file: key, status });
+                let Some(found) = self.ledger.file(&key).await? else {
+                    return Err(ImportError::transient(format!(
+                        "the imports table refused {container}/{blob} as a duplicate, then had no row for it"
+                    )));
+                };
+                file = found;
+                if file.data.status != FileStatus::Registering {
+                    return Ok(Registration::AlreadyRegistered {
+                        file: key,
+                        status: file.data.status.as_str().to_string(),
+                    });
                 }
                 // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
             }
@@ -244,7 +263,7 @@ impl Importer {
             .try_collect::<Vec<()>>()
             .await?;
         // With the ETag from the insert: a worker that already moved the file on wins.
-        file.set_str("status", FileStatus::Queued.as_str());
+        file.data.status = FileStatus::Queued;
         self.ledger.replace_if_unchanged(&mut file).await?;
         info!(
             message = "Import registered.",
@@ -283,19 +302,20 @@ impl Importer {
             warn!(message = "Work item for an unknown import; dropped.", import = %work.file_id());
             return Ok(());
         };
-        let status = file.str("status").and_then(FileStatus::parse);
-        if status.is_some_and(FileStatus::is_terminal) {
+        if file.data.status.is_terminal() {
             return Ok(());
         }
         let Some(part) = part else {
             return Ok(());
         };
-        if part.str("status") != Some("done") {
+        if !part.data.is_done() {
             // The first part to start marks the file as loading, in the part's claim.
-            let starting = matches!(status, Some(FileStatus::Queued | FileStatus::Registering));
+            let starting = matches!(
+                file.data.status,
+                FileStatus::Queued | FileStatus::Registering
+            );
             if starting {
-                file.set_str("status", FileStatus::Loading.as_str());
-                file.set_str("started", now_rfc3339());
+                file.data.start_loading();
             }
             let starting = starting.then(|| file.clone());
             let result = match work.kind {
@@ -311,11 +331,11 @@ impl Importer {
                 Err(ImportError::Superseded) => return Ok(()),
                 Err(ImportError::Replaced(reason)) => {
                     info!(message = "Import superseded by a newer upload.", import = %work.file_id());
-                    self.close_part(work, SUPERSEDED, &reason).await?
+                    self.close_part(work, PartEnd::Superseded, &reason).await?
                 }
                 Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
                     warn!(message = "File rejected.", import = %work.file_id(), reason = %reason);
-                    self.close_part(work, "rejected", &reason).await?
+                    self.close_part(work, PartEnd::Rejected, &reason).await?
                 }
                 Err(ImportError::Transient(why)) => {
                     return self.retry_later(work, why, delivered).await;
@@ -339,11 +359,13 @@ impl Importer {
         delivered: OffsetDateTime,
     ) -> Result<(), ImportError> {
         let part = self.ledger.part(&work.file, work.part).await?;
-        let Some(part) = part.filter(|p| p.str("status") != Some("done")) else {
+        let Some(part) = part.filter(|p| !p.data.is_done()) else {
             return Ok(());
         };
         let progress_at = part
-            .str(PROGRESS_AT)
+            .data
+            .progress_at
+            .as_deref()
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
             .unwrap_or(delivered);
         let stalled_for = OffsetDateTime::now_utc() - progress_at;
@@ -380,14 +402,14 @@ impl Importer {
     async fn give_up(
         &self,
         work: &ImportWork,
-        part: Entity,
+        part: Row<ImportPart>,
         why: &Transient,
-    ) -> Result<Entity, ImportError> {
-        let left = jobs::unloaded(self, work, &part).await?;
+    ) -> Result<Row<ImportPart>, ImportError> {
+        let left = jobs::unloaded(self, work, &part.data).await?;
         let hours = self.settings.work.stalled_after.as_secs_f64() / 3600.0;
         let record = ErrorRecord {
             part: work.part,
-            position: GAVE_UP.to_string(),
+            position: PartEnd::GaveUp.as_str().to_string(),
             line: left.first_line,
             entry: None,
             zip_entry: None,
@@ -399,12 +421,12 @@ impl Importer {
             ),
         };
         warn!(message = "Import part given up.", import = %work.file_id(), part = work.part, not_loaded = left.count);
-        let mut counts = Counts::read(&part);
+        let mut counts = part.data.counts;
         counts.not_loaded += left.count;
         if let Some(lines) = left.lines {
             counts.lines = lines;
         }
-        self.end_part(work, part, record, counts, GAVE_UP, &why.reason)
+        self.end_part(work, part, record, counts, PartEnd::GaveUp, &why.reason)
             .await
     }
 
@@ -412,12 +434,12 @@ impl Importer {
     async fn close_part(
         &self,
         work: &ImportWork,
-        how: &str,
+        how: PartEnd,
         reason: &str,
-    ) -> Result<Entity, ImportError> {
+    ) -> Result<Row<ImportPart>, ImportError> {
         let record = ErrorRecord {
             part: work.part,
-            position: how.to_string(),
+            position: how.as_str().to_string(),
             line: None,
             entry: None,
             zip_entry: None,
@@ -425,14 +447,17 @@ impl Importer {
             status: 0,
             diagnostics: reason.to_string(),
         };
-        let part = self
-            .ledger
-            .part(&work.file, work.part)
-            .await?
-            .unwrap_or_default();
+        let part = match self.ledger.part(&work.file, work.part).await? {
+            Some(part) => part,
+            None => Row::new(
+                &work.file,
+                &part_row(work.part),
+                ImportPart::pending(work.start as i64, work.end as i64),
+            ),
+        };
         // A rejected file counts as one failure; a superseded one keeps what it counted.
-        let mut counts = Counts::read(&part);
-        if how != SUPERSEDED {
+        let mut counts = part.data.counts;
+        if how != PartEnd::Superseded {
             counts.failed += 1;
         }
         self.end_part(work, part, record, counts, how, reason).await
@@ -444,17 +469,14 @@ impl Importer {
     async fn end_part(
         &self,
         work: &ImportWork,
-        mut part: Entity,
+        mut part: Row<ImportPart>,
         record: ErrorRecord,
         counts: Counts,
-        how: &str,
+        how: PartEnd,
         reason: &str,
-    ) -> Result<Entity, ImportError> {
+    ) -> Result<Row<ImportPart>, ImportError> {
         self.ledger.write_errors(&work.file, &[record]).await?;
-        counts.write(&mut part);
-        part.set_str("status", "done");
-        part.set_str(how, reason);
-        part.etag.clear();
+        part.data.end(how, reason, counts);
         part.etag = self.ledger.upsert(&part).await?;
         Ok(part)
     }
@@ -472,15 +494,15 @@ impl Importer {
     async fn finalize_if_complete(
         &self,
         work: &ImportWork,
-        part: Option<Entity>,
-        file: Option<Entity>,
+        part: Option<Row<ImportPart>>,
+        file: Option<Row<ImportFile>>,
     ) -> Result<(), ImportError> {
         let parts = match (work.kind, part) {
             (FileKind::Ndjson, _) => self.ledger.parts(&work.file).await?,
             (_, Some(part)) => vec![part],
             (_, None) => self.ledger.part(&work.file, 0).await?.into_iter().collect(),
         };
-        if parts.iter().any(|p| p.str("status") != Some("done")) {
+        if parts.iter().any(|p| !p.data.is_done()) {
             return Ok(());
         }
         let file = match file {
@@ -490,11 +512,7 @@ impl Importer {
         let Some(mut file) = file else {
             return Ok(());
         };
-        if file
-            .str("status")
-            .and_then(FileStatus::parse)
-            .is_some_and(FileStatus::is_terminal)
-        {
+        if file.data.status.is_terminal() {
             return Ok(());
         }
         let mut totals = Counts::default();
@@ -503,12 +521,12 @@ impl Importer {
         let mut superseded = None;
         for p in &parts {
             line_base.push(totals.lines);
-            totals.add(Counts::read(p));
-            if let Some(r) = p.str("rejected") {
-                rejected = Some(r.to_string());
+            totals.add(p.data.counts);
+            if let Some(r) = &p.data.rejected {
+                rejected = Some(r.clone());
             }
-            if let Some(r) = p.str(SUPERSEDED) {
-                superseded = Some(r.to_string());
+            if let Some(r) = &p.data.superseded {
+                superseded = Some(r.clone());
             }
         }
         let source = format!("{}/{}", work.container, work.blob);
@@ -565,18 +583,16 @@ impl Importer {
         self.blobs
             .upload(reports, &result_name, Bytes::from(result.to_string()))
             .await?;
-        file.set_str("status", status.as_str());
-        file.set_str("finished", now_rfc3339());
-        file.set_str("outcome", outcome.describe());
-        file.set_str("result", format!("{reports}/{result_name}"));
-        if let Some(r) = &error_report {
-            file.set_str("errorReport", r.clone());
-        }
-        if let Some(r) = &reason {
-            file.set_str("reason", r.clone());
-        }
-        totals.write(&mut file);
-        file.etag.clear();
+        file.data.finish(
+            status,
+            FileEnding {
+                outcome: outcome.describe(),
+                result: format!("{reports}/{result_name}"),
+                error_report,
+                reason,
+                counts: totals,
+            },
+        );
         self.ledger.upsert(&file).await?;
         info!(
             message = "Import finished.",

@@ -4,20 +4,24 @@
 //! partition, keyed by position, so writing them again (a redelivered work item) overwrites
 //! instead of duplicating.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::work::FileKind;
 use crate::storage::table::encode_key;
 use crate::storage::{
-    Entity, QueryPages, StorageResult, TableClient, TransactionOp, TransactionOutcome, odata_string,
+    Entity, QueryPages, Row, StorageResult, TableClient, TableRow, TransactionOp,
+    TransactionOutcome, odata_string,
 };
 
 pub const FILE_ROW: &str = "file";
 
 /// Lifecycle of an imported file, as stored in `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FileStatus {
     /// Recorded; work items are being enqueued.
     Registering,
@@ -106,7 +110,8 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Counters kept per part and summed per file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Counts {
     /// Resources the server accepted.
     pub loaded: i64,
@@ -121,34 +126,13 @@ pub struct Counts {
     pub not_loaded: i64,
 }
 
-/// When a part's checkpoint last moved (RFC 3339), or its work first started.
-pub const PROGRESS_AT: &str = "progressAt";
-
-/// Set on a part stopped because a newer upload replaced its file (the reason).
-pub const SUPERSEDED: &str = "superseded";
-
 /// The position of the error record of a part given up on.
 pub const GAVE_UP: &str = "gave-up";
 
+/// The counters' properties, stored as `Edm.Int64`.
+const COUNT_PROPERTIES: [&str; 5] = ["loaded", "failed", "present", "lines", "notLoaded"];
+
 impl Counts {
-    pub fn read(e: &Entity) -> Self {
-        Counts {
-            loaded: e.i64("loaded"),
-            failed: e.i64("failed"),
-            present: e.i64("present"),
-            lines: e.i64("lines"),
-            not_loaded: e.i64("notLoaded"),
-        }
-    }
-
-    pub fn write(&self, e: &mut Entity) {
-        e.set_i64("loaded", self.loaded);
-        e.set_i64("failed", self.failed);
-        e.set_i64("present", self.present);
-        e.set_i64("lines", self.lines);
-        e.set_i64("notLoaded", self.not_loaded);
-    }
-
     pub fn add(&mut self, other: Counts) {
         self.loaded += other.loaded;
         self.failed += other.failed;
@@ -156,6 +140,210 @@ impl Counts {
         self.lines += other.lines;
         self.not_loaded += other.not_loaded;
     }
+}
+
+/// The `file` row of an import: one per file version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportFile {
+    pub container: String,
+    pub blob: String,
+    pub etag: String,
+    pub kind: FileKind,
+    pub status: FileStatus,
+    /// Work items (part rows) of the file.
+    #[serde(default)]
+    pub parts: i64,
+    #[serde(default)]
+    pub size: i64,
+    /// When it was registered, started and finished (RFC 3339).
+    #[serde(default)]
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// Where the input went (`bundlesprocessed/x.json`), or why it did not move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// `reports/...` blob of the result JSON, and of the error report when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_report: Option<String>,
+    /// Why the file was rejected or superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Summed over the parts once they are all done.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+impl TableRow for ImportFile {
+    const KIND: &'static str = "import file row";
+    const INT64: &'static [&'static str] = &[
+        "parts",
+        "size",
+        COUNT_PROPERTIES[0],
+        COUNT_PROPERTIES[1],
+        COUNT_PROPERTIES[2],
+        COUNT_PROPERTIES[3],
+        COUNT_PROPERTIES[4],
+    ];
+}
+
+impl ImportFile {
+    /// The first part to start marks the file as loading.
+    pub fn start_loading(&mut self) {
+        self.status = FileStatus::Loading;
+        self.started = Some(now_rfc3339());
+    }
+
+    /// Closes the file: its final status, where the input and the reports went, its totals.
+    pub fn finish(&mut self, status: FileStatus, ending: FileEnding) {
+        self.status = status;
+        self.finished = Some(now_rfc3339());
+        self.outcome = Some(ending.outcome);
+        self.result = Some(ending.result);
+        self.error_report = ending.error_report;
+        self.reason = ending.reason;
+        self.counts = ending.counts;
+    }
+}
+
+/// How a file ended (`ImportFile::finish`).
+pub struct FileEnding {
+    pub outcome: String,
+    pub result: String,
+    pub error_report: Option<String>,
+    pub reason: Option<String>,
+    pub counts: Counts,
+}
+
+/// Where a part's work is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartStatus {
+    Pending,
+    Loading,
+    Done,
+}
+
+/// A `part-NNNNN` row: one work item of a file, with its checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportPart {
+    pub status: PartStatus,
+    /// The byte range `[start, end)` the part owns.
+    #[serde(default)]
+    pub start: i64,
+    #[serde(default)]
+    pub end: i64,
+    /// Checkpoint: the next byte to read (NDJSON), lines done, the next zip entry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub line: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub entry: i64,
+    /// Pieces of a large Bundle already sent, as `"0,1,4"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub piece: String,
+    /// When the checkpoint last moved, or the work first started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<String>,
+    /// Why a part ended without finishing its work: one of these is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<String>,
+    #[serde(default, rename = "gave-up", skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+impl TableRow for ImportPart {
+    const KIND: &'static str = "import part row";
+    const INT64: &'static [&'static str] = &[
+        "start",
+        "end",
+        "offset",
+        "line",
+        "entry",
+        COUNT_PROPERTIES[0],
+        COUNT_PROPERTIES[1],
+        COUNT_PROPERTIES[2],
+        COUNT_PROPERTIES[3],
+        COUNT_PROPERTIES[4],
+    ];
+}
+
+/// Why a part ended without finishing its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartEnd {
+    /// The file cannot be read (it and the reason go to `<container>err`).
+    Rejected,
+    /// A newer upload replaced the file.
+    Superseded,
+    /// The work failed for `FHIRBULK_WORK_STALLED_SECS` without progress.
+    GaveUp,
+}
+
+impl PartEnd {
+    /// As the position of the part's error record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartEnd::Rejected => "rejected",
+            PartEnd::Superseded => "superseded",
+            PartEnd::GaveUp => GAVE_UP,
+        }
+    }
+}
+
+impl ImportPart {
+    /// A part not started: it owns `[start, end)`.
+    pub fn pending(start: i64, end: i64) -> Self {
+        ImportPart {
+            status: PartStatus::Pending,
+            start,
+            end,
+            offset: 0,
+            line: 0,
+            entry: 0,
+            piece: String::new(),
+            progress_at: None,
+            rejected: None,
+            superseded: None,
+            gave_up: None,
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.status == PartStatus::Done
+    }
+
+    /// Ends the part with its final counts and why.
+    pub fn end(&mut self, how: PartEnd, reason: &str, counts: Counts) {
+        self.status = PartStatus::Done;
+        self.counts = counts;
+        let slot = match how {
+            PartEnd::Rejected => &mut self.rejected,
+            PartEnd::Superseded => &mut self.superseded,
+            PartEnd::GaveUp => &mut self.gave_up,
+        };
+        *slot = Some(reason.to_string());
+    }
+
+    /// Records that the checkpoint moved now.
+    pub fn stamp_progress(&mut self) {
+        self.progress_at = Some(now_rfc3339());
+    }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// One failed line or entry, as stored and as reported.
@@ -256,12 +444,20 @@ impl Ledger {
         &self.imports
     }
 
-    pub async fn file(&self, key: &str) -> StorageResult<Option<Entity>> {
-        self.tables.get(&self.imports, key, FILE_ROW).await
+    pub async fn file(&self, key: &str) -> StorageResult<Option<Row<ImportFile>>> {
+        self.tables
+            .get(&self.imports, key, FILE_ROW)
+            .await?
+            .map(Row::from_entity)
+            .transpose()
     }
 
-    pub async fn part(&self, key: &str, part: u32) -> StorageResult<Option<Entity>> {
-        self.tables.get(&self.imports, key, &part_row(part)).await
+    pub async fn part(&self, key: &str, part: u32) -> StorageResult<Option<Row<ImportPart>>> {
+        self.tables
+            .get(&self.imports, key, &part_row(part))
+            .await?
+            .map(Row::from_entity)
+            .transpose()
     }
 
     /// The file row and one part row, read together in one query (each with its ETag).
@@ -269,7 +465,7 @@ impl Ledger {
         &self,
         key: &str,
         part: u32,
-    ) -> StorageResult<(Option<Entity>, Option<Entity>)> {
+    ) -> StorageResult<(Option<Row<ImportFile>>, Option<Row<ImportPart>>)> {
         let part_key = part_row(part);
         let filter = format!(
             "PartitionKey eq '{}' and (RowKey eq '{FILE_ROW}' or RowKey eq '{part_key}')",
@@ -278,8 +474,8 @@ impl Ledger {
         let (mut file, mut part) = (None, None);
         for row in self.tables.query(&self.imports, &filter).await? {
             match row.str("RowKey") {
-                Some(FILE_ROW) => file = Some(row),
-                Some(rk) if rk == part_key => part = Some(row),
+                Some(FILE_ROW) => file = Some(Row::from_entity(row)?),
+                Some(rk) if rk == part_key => part = Some(Row::from_entity(row)?),
                 _ => {}
             }
         }
@@ -291,21 +487,34 @@ impl Ledger {
         self.tables.transact(&self.imports, ops).await
     }
 
-    pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {
-        self.tables.upsert(&self.imports, row).await
+    /// Writes a row whatever is there; returns its new ETag.
+    pub async fn upsert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<String> {
+        self.tables.upsert(&self.imports, &row.to_entity()).await
     }
 
-    /// Replaces a row if it is unchanged since it was read; `Ok(false)` when someone else won.
-    pub async fn replace_if_unchanged(&self, row: &mut Entity) -> StorageResult<bool> {
-        self.tables.replace_if_unchanged(&self.imports, row).await
+    /// Replaces a row if it is unchanged since it was read (its ETag moves on); `Ok(false)`
+    /// when someone else won.
+    pub async fn replace_if_unchanged<R: TableRow>(&self, row: &mut Row<R>) -> StorageResult<bool> {
+        let mut entity = row.to_entity();
+        let replaced = self
+            .tables
+            .replace_if_unchanged(&self.imports, &mut entity)
+            .await?;
+        row.etag = entity.etag;
+        Ok(replaced)
     }
 
-    pub async fn parts(&self, key: &str) -> StorageResult<Vec<Entity>> {
+    pub async fn parts(&self, key: &str) -> StorageResult<Vec<Row<ImportPart>>> {
         let filter = format!(
             "PartitionKey eq '{}' and RowKey ge 'part-' and RowKey lt 'part.'",
             odata_string(key)
         );
-        self.tables.query(&self.imports, &filter).await
+        self.tables
+            .query(&self.imports, &filter)
+            .await?
+            .into_iter()
+            .map(Row::from_entity)
+            .collect()
     }
 
     pub async fn write_errors(&self, key: &str, records: &[ErrorRecord]) -> StorageResult<()> {
@@ -323,13 +532,19 @@ impl Ledger {
     }
 
     /// File rows, newest first, optionally only those with `status`.
-    pub async fn files(&self, status: Option<&str>) -> StorageResult<Vec<Entity>> {
+    pub async fn files(&self, status: Option<FileStatus>) -> StorageResult<Vec<Row<ImportFile>>> {
         let mut filter = format!("RowKey eq '{FILE_ROW}'");
         if let Some(s) = status {
-            filter.push_str(&format!(" and status eq '{}'", odata_string(s)));
+            filter.push_str(&format!(" and status eq '{}'", s.as_str()));
         }
-        let mut rows = self.tables.query(&self.imports, &filter).await?;
-        rows.sort_by(|a, b| b.str("created").cmp(&a.str("created")));
+        let mut rows = self
+            .tables
+            .query(&self.imports, &filter)
+            .await?
+            .into_iter()
+            .map(Row::<ImportFile>::from_entity)
+            .collect::<StorageResult<Vec<_>>>()?;
+        rows.sort_by(|a, b| b.data.created.cmp(&a.data.created));
         Ok(rows)
     }
 }
@@ -349,46 +564,38 @@ impl ErrorPages<'_> {
 }
 
 /// The public view of a file row (what `GET /imports/...` answers).
-pub fn file_view(file: &Entity, parts: &[Entity]) -> Value {
-    let counts = Counts::read(file);
-    let finished = file
-        .str("status")
-        .and_then(FileStatus::parse)
-        .is_some_and(FileStatus::is_terminal);
+pub fn file_view(file: &Row<ImportFile>, parts: &[Row<ImportPart>]) -> Value {
+    let f = &file.data;
+    let counts = f.counts;
     // A finished file has every part done; a list (no part rows read) does not say otherwise.
-    let done = if finished {
-        Some(file.i64("parts").max(0) as usize)
+    let done = if f.status.is_terminal() {
+        Some(f.parts.max(0) as usize)
     } else if parts.is_empty() {
         None
     } else {
-        Some(
-            parts
-                .iter()
-                .filter(|p| p.str("status") == Some("done"))
-                .count(),
-        )
+        Some(parts.iter().filter(|p| p.data.is_done()).count())
     };
     serde_json::json!({
-        "id": file.str("PartitionKey").map(crate::import::work::import_id),
-        "container": file.str("container"),
-        "blob": file.str("blob"),
-        "etag": file.str("etag"),
-        "kind": file.str("kind"),
-        "status": file.str("status"),
-        "reason": file.str("reason"),
-        "parts": { "total": file.i64("parts"), "done": done },
+        "id": crate::import::work::import_id(&file.partition_key),
+        "container": f.container,
+        "blob": f.blob,
+        "etag": f.etag,
+        "kind": f.kind,
+        "status": f.status,
+        "reason": f.reason,
+        "parts": { "total": f.parts, "done": done },
         "resources": {
             "loaded": counts.loaded,
             "failed": counts.failed,
             "alreadyPresent": counts.present,
             "notLoaded": counts.not_loaded,
         },
-        "created": file.str("created"),
-        "started": file.str("started"),
-        "finished": file.str("finished"),
-        "outcome": file.str("outcome"),
-        "result": file.str("result"),
-        "errorReport": file.str("errorReport"),
+        "created": f.created,
+        "started": f.started,
+        "finished": f.finished,
+        "outcome": f.outcome,
+        "result": f.result,
+        "errorReport": f.error_report,
     })
 }
 
@@ -426,6 +633,124 @@ mod tests {
         }
         assert!(FileStatus::Rejected.is_terminal());
         assert!(!FileStatus::Loading.is_terminal());
+    }
+
+    /// An entity as the Table service returns it: every property a string or a number, 64-bit
+    /// integers as strings with their annotation, the service's own properties beside.
+    fn as_read(props: serde_json::Value) -> Entity {
+        let mut e = Entity::new("ndjson%2Fa.ndjson#0x1", "x");
+        for (k, v) in props.as_object().unwrap() {
+            e.props.insert(k.clone(), v.clone());
+        }
+        e.props
+            .insert("Timestamp".into(), "2026-12-06T10:00:00.1234567Z".into());
+        e.props
+            .insert("odata.etag".into(), "W/\"datetime'2026'\"".into());
+        e.etag = "W/\"datetime'2026'\"".into();
+        e
+    }
+
+    /// Rows written by the version before typed rows (session 10) are read: a deployed app is
+    /// updated with imports in flight.
+    #[test]
+    fn rows_in_the_format_of_the_previous_version_are_read() {
+        let file = as_read(serde_json::json!({
+            "PartitionKey": "ndjson%2Fa.ndjson#0x1", "RowKey": "file",
+            "container": "ndjson", "blob": "a.ndjson", "etag": "\"0x1\"", "kind": "ndjson-gz",
+            "status": "completed-with-errors",
+            "parts": "3", "parts@odata.type": "Edm.Int64",
+            "size": "1099511627776", "size@odata.type": "Edm.Int64",
+            "created": "2026-12-06T09:00:00Z", "started": "2026-12-06T09:00:01Z",
+            "finished": "2026-12-06T09:10:00Z", "outcome": "ndjsonerr/a.ndjson",
+            "result": "reports/ndjson/a.ndjson/abc/result.json",
+            "errorReport": "reports/ndjson/a.ndjson/abc/errors.ndjson",
+            "loaded": "10", "loaded@odata.type": "Edm.Int64",
+            "failed": "2", "failed@odata.type": "Edm.Int64",
+            "present": "0", "present@odata.type": "Edm.Int64",
+            "lines": "12", "lines@odata.type": "Edm.Int64",
+            "notLoaded": "1", "notLoaded@odata.type": "Edm.Int64",
+        }));
+        let row = Row::<ImportFile>::from_entity(file).unwrap();
+        let f = &row.data;
+        assert_eq!(f.kind, FileKind::NdjsonGz);
+        assert_eq!(f.status, FileStatus::CompletedWithErrors);
+        assert_eq!((f.parts, f.size), (3, 1 << 40));
+        assert_eq!(
+            f.counts,
+            Counts {
+                loaded: 10,
+                failed: 2,
+                present: 0,
+                lines: 12,
+                not_loaded: 1
+            }
+        );
+        assert_eq!(
+            f.error_report.as_deref(),
+            Some("reports/ndjson/a.ndjson/abc/errors.ndjson")
+        );
+        assert!(row.written_at.is_some());
+        // A file row just registered (no counts yet, as rows of older versions were).
+        let fresh = as_read(serde_json::json!({
+            "PartitionKey": "k", "RowKey": "file", "container": "bundles", "blob": "b.json",
+            "etag": "0x2", "kind": "bundle", "status": "registering", "parts": 1, "size": 10,
+            "created": "2026-12-06T09:00:00Z",
+        }));
+        let fresh = Row::<ImportFile>::from_entity(fresh).unwrap();
+        assert_eq!(fresh.data.counts, Counts::default());
+        assert_eq!(fresh.data.started, None);
+
+        let part = as_read(serde_json::json!({
+            "PartitionKey": "k", "RowKey": "part-00002", "status": "loading",
+            "start": "67108864", "start@odata.type": "Edm.Int64",
+            "end": "100663296", "end@odata.type": "Edm.Int64",
+            "offset": "70000000", "offset@odata.type": "Edm.Int64",
+            "line": "5000", "line@odata.type": "Edm.Int64",
+            "piece": "0,1,4", "progressAt": "2026-12-06T09:05:00Z",
+            "loaded": "4990", "loaded@odata.type": "Edm.Int64",
+            "failed": "10", "failed@odata.type": "Edm.Int64",
+        }));
+        let part = Row::<ImportPart>::from_entity(part).unwrap();
+        let p = &part.data;
+        assert_eq!(p.status, PartStatus::Loading);
+        assert_eq!(
+            (p.start, p.end, p.offset, p.line, p.entry),
+            (64 << 20, 96 << 20, 70_000_000, 5000, 0)
+        );
+        assert_eq!(p.piece, "0,1,4");
+        assert_eq!(p.counts.loaded, 4990);
+        assert_eq!(part.row_key, "part-00002");
+        let ended = as_read(serde_json::json!({
+            "PartitionKey": "k", "RowKey": "part-00000", "status": "done",
+            "start": "0", "end": "10", "gave-up": "HTTP 503 for 24 h",
+        }));
+        let ended = Row::<ImportPart>::from_entity(ended).unwrap();
+        assert!(ended.data.is_done());
+        assert_eq!(ended.data.gave_up.as_deref(), Some("HTTP 503 for 24 h"));
+    }
+
+    /// And written in the same format: the properties, the Int64 annotations, nothing else.
+    #[test]
+    fn rows_are_written_in_the_same_format() {
+        let mut part = Row::new("k", &part_row(1), ImportPart::pending(0, 1 << 40));
+        part.data.end(
+            PartEnd::GaveUp,
+            "why",
+            Counts {
+                loaded: 3,
+                ..Counts::default()
+            },
+        );
+        let e = part.to_entity();
+        assert_eq!(e.props["status"], "done");
+        assert_eq!(e.props["end"], "1099511627776");
+        assert_eq!(e.props["end@odata.type"], "Edm.Int64");
+        assert_eq!(e.props["loaded"], "3");
+        assert_eq!(e.props["gave-up"], "why");
+        assert!(!e.props.contains_key("offset") && !e.props.contains_key("piece"));
+        assert!(!e.props.contains_key("rejected") && !e.props.contains_key("progressAt"));
+        let back = Row::<ImportPart>::from_entity(e).unwrap();
+        assert_eq!(back.data.counts.loaded, 3);
     }
 
     #[test]

@@ -15,10 +15,10 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::engine::Importer;
-use super::ledger::{Counts, FileStatus};
-use super::work::{FileKind, ImportError, ImportWork, import_id};
+use super::ledger::{Counts, FileEnding, FileStatus, ImportFile, ImportPart};
+use super::work::{ImportError, ImportWork, import_id};
 use crate::storage::reports::report_blob;
-use crate::storage::{BlobVersion, Entity};
+use crate::storage::{BlobVersion, Row};
 
 /// What one sweep did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -51,12 +51,12 @@ impl Importer {
             FileStatus::Loading,
             FileStatus::Finalizing,
         ] {
-            for file in self.ledger.files(Some(status.as_str())).await? {
-                if file.written_at().is_none_or(|at| at > stale) {
+            for file in self.ledger.files(Some(status)).await? {
+                if file.written_at.is_none_or(|at| at > stale) {
                     continue;
                 }
                 if let Err(e) = self.reconcile_file(&file, status, stale, &mut sweep).await {
-                    warn!(message = "Cannot reconcile an import; the next sweep tries again.", import = %import_id(file.str("PartitionKey").unwrap_or_default()), error = %e);
+                    warn!(message = "Cannot reconcile an import; the next sweep tries again.", import = %import_id(&file.partition_key), error = %e);
                 }
             }
         }
@@ -74,25 +74,22 @@ impl Importer {
 
     async fn reconcile_file(
         &self,
-        file: &Entity,
+        file: &Row<ImportFile>,
         status: FileStatus,
         stale: OffsetDateTime,
         sweep: &mut Sweep,
     ) -> Result<(), ImportError> {
-        let key = file.str("PartitionKey").unwrap_or_default();
-        let container = file.str("container").unwrap_or_default();
-        let blob = file.str("blob").unwrap_or_default();
-        let etag = file.str("etag").unwrap_or_default();
-        let size = file.i64("size").max(0) as u64;
+        let key = file.partition_key.as_str();
+        let f = &file.data;
+        let (container, blob, etag) = (f.container.as_str(), f.blob.as_str(), f.etag.as_str());
+        let size = f.size.max(0) as u64;
         if status == FileStatus::Registering {
             self.register(container, blob, BlobVersion::new(etag, size))
                 .await?;
             sweep.registered += 1;
             return Ok(());
         }
-        let Some(kind) = FileKind::parse(file.str("kind").unwrap_or_default()) else {
-            return Ok(());
-        };
+        let kind = f.kind;
         // The work finished and wrote its result, but the rows did not keep up: close the
         // import from the result rather than load a file that is no longer there.
         let current = self.blobs.properties(container, blob).await?;
@@ -103,10 +100,10 @@ impl Importer {
             return Ok(());
         }
         let parts = self.ledger.parts(key).await?;
-        let work_of = |part: &Entity| {
+        let work_of = |part: &Row<ImportPart>| {
             let number = part
-                .str("RowKey")
-                .and_then(|rk| rk.strip_prefix("part-"))
+                .row_key
+                .strip_prefix("part-")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
             ImportWork {
@@ -116,16 +113,13 @@ impl Importer {
                 etag: etag.to_string(),
                 kind,
                 part: number,
-                start: part.i64("start").max(0) as u64,
-                end: part.i64("end").max(0) as u64,
+                start: part.data.start.max(0) as u64,
+                end: part.data.end.max(0) as u64,
                 size,
                 retry: 0,
             }
         };
-        let pending: Vec<&Entity> = parts
-            .iter()
-            .filter(|p| p.str("status") != Some("done"))
-            .collect();
+        let pending: Vec<&Row<ImportPart>> = parts.iter().filter(|p| !p.data.is_done()).collect();
         if pending.is_empty() {
             if let Some(part) = parts.first() {
                 self.finish(&work_of(part)).await?;
@@ -134,7 +128,7 @@ impl Importer {
             return Ok(());
         }
         for part in pending {
-            if part.written_at().is_none_or(|at| at > stale) {
+            if part.written_at.is_none_or(|at| at > stale) {
                 continue;
             }
             let text = serde_json::to_string(&work_of(part)).expect("work items serialise");
@@ -145,10 +139,9 @@ impl Importer {
     }
 
     /// Closes an import from the result JSON its work wrote; `false` when there is none.
-    async fn close_from_result(&self, file: &Entity) -> Result<bool, ImportError> {
-        let key = file.str("PartitionKey").unwrap_or_default();
-        let container = file.str("container").unwrap_or_default();
-        let blob = file.str("blob").unwrap_or_default();
+    async fn close_from_result(&self, file: &Row<ImportFile>) -> Result<bool, ImportError> {
+        let key = file.partition_key.as_str();
+        let (container, blob) = (file.data.container.as_str(), file.data.blob.as_str());
         let reports = &self.settings.reports_container;
         let name = report_blob(container, blob, &import_id(key), "result.json");
         let Some((_, bytes)) = self.blobs.read_all(reports, &name).await? else {
@@ -164,31 +157,29 @@ impl Importer {
                 .map(str::to_string)
         };
         let count = |name: &str| result["resources"][name].as_i64().unwrap_or(0);
-        let Some(status) =
-            text("status").filter(|s| FileStatus::parse(s).is_some_and(FileStatus::is_terminal))
+        let Some(status) = text("status")
+            .and_then(|s| FileStatus::parse(&s))
+            .filter(|s| s.is_terminal())
         else {
             return Ok(false);
         };
         let mut row = file.clone();
-        row.set_str("status", status);
-        row.set_str("finished", crate::import::ledger::now_rfc3339());
-        row.set_str("outcome", text("input").unwrap_or_default());
-        row.set_str("result", format!("{reports}/{name}"));
-        if let Some(report) = text("errorReport") {
-            row.set_str("errorReport", report);
-        }
-        if let Some(reason) = text("reason") {
-            row.set_str("reason", reason);
-        }
-        Counts {
-            loaded: count("loaded"),
-            failed: count("failed"),
-            present: count("alreadyPresent"),
-            lines: result["linesRead"].as_i64().unwrap_or(0),
-            not_loaded: count("notLoaded"),
-        }
-        .write(&mut row);
-        row.etag.clear();
+        row.data.finish(
+            status,
+            FileEnding {
+                outcome: text("input").unwrap_or_default(),
+                result: format!("{reports}/{name}"),
+                error_report: text("errorReport"),
+                reason: text("reason"),
+                counts: Counts {
+                    loaded: count("loaded"),
+                    failed: count("failed"),
+                    present: count("alreadyPresent"),
+                    lines: result["linesRead"].as_i64().unwrap_or(0),
+                    not_loaded: count("notLoaded"),
+                },
+            },
+        );
         self.ledger.upsert(&row).await?;
         Ok(true)
     }

@@ -5,6 +5,7 @@ pub mod blob;
 pub mod credentials;
 pub mod queue;
 pub mod reports;
+pub mod row;
 pub mod shared_key;
 pub mod table;
 mod table_transaction;
@@ -12,6 +13,7 @@ mod table_transaction;
 pub use blob::{BlobBody, BlobEntry, BlobStore, BlobVersion, MoveOutcome, block_id};
 pub use credentials::StorageCredentials;
 pub use queue::{ReceivedWork, WorkQueue};
+pub use row::{Row, TableRow};
 pub use table::{Entity, QueryPages, TableClient, odata_string};
 pub use table_transaction::{TransactionOp, TransactionOutcome};
 

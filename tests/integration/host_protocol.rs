@@ -16,6 +16,7 @@ use crate::fixtures::{patient_bundle, patient_id};
 use crate::support::{Azurite, FhirServer, fhir_count};
 use fhir_bulk::config::Settings;
 use fhir_bulk::functions::{AppState, host_router};
+use fhir_bulk::import::ledger::{FileStatus, PartStatus};
 
 async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value) {
     let req = Request::post(format!("/{function}"))
@@ -260,17 +261,14 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
 
     // The rows fall behind: back to loading, nothing counted, the part pending.
     let key = importer.ledger.files(None).await.unwrap()[0]
-        .str("PartitionKey")
-        .unwrap()
-        .to_string();
+        .partition_key
+        .clone();
     let mut file = importer.ledger.file(&key).await.unwrap().unwrap();
-    file.set_str("status", "loading");
-    file.set_i64("loaded", 0);
-    file.etag.clear();
+    file.data.status = FileStatus::Loading;
+    file.data.counts.loaded = 0;
     importer.ledger.upsert(&file).await.unwrap();
     let mut part = importer.ledger.part(&key, 0).await.unwrap().unwrap();
-    part.set_str("status", "loading");
-    part.etag.clear();
+    part.data.status = PartStatus::Loading;
     importer.ledger.upsert(&part).await.unwrap();
     let sweep = importer
         .reconcile_stale_after(Duration::ZERO)

@@ -18,13 +18,13 @@ use super::bundle_text::bundle_kind;
 use super::encoding::utf8_text;
 use super::engine::Importer;
 use super::fence::VersionFence;
-use super::ledger::{Counts, ErrorRecord, PROGRESS_AT, now_rfc3339};
+use super::ledger::{Counts, ErrorRecord, ImportFile, ImportPart, PartStatus};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
 use super::work::{FileKind, ImportError, ImportWork};
-use crate::storage::{Entity, TransactionOp, TransactionOutcome};
+use crate::storage::{Row, TransactionOp, TransactionOutcome};
 
 mod zip_entries;
 
@@ -36,7 +36,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 struct PartProgress<'a> {
     importer: &'a Importer,
     work: &'a ImportWork,
-    row: Entity,
+    row: Row<ImportPart>,
     counts: Counts,
     pending: Vec<ErrorRecord>,
     last_save: Instant,
@@ -48,9 +48,9 @@ struct PartProgress<'a> {
 }
 
 impl<'a> PartProgress<'a> {
-    fn new(importer: &'a Importer, work: &'a ImportWork, row: Entity) -> Self {
+    fn new(importer: &'a Importer, work: &'a ImportWork, row: Row<ImportPart>) -> Self {
         PartProgress {
-            counts: Counts::read(&row),
+            counts: row.data.counts,
             importer,
             work,
             row,
@@ -67,27 +67,19 @@ impl<'a> PartProgress<'a> {
         }
     }
 
-    fn cursor(&self, name: &str) -> i64 {
-        self.row.i64(name)
-    }
-
-    fn set_cursor(&mut self, name: &str, value: i64) {
-        self.row.set_i64(name, value);
-    }
-
-    /// A set of piece numbers stored as `"0,1,4"`.
-    fn piece_set(&self, name: &str) -> BTreeSet<usize> {
+    /// The pieces of a Bundle already sent (`piece`, stored as `"0,1,4"`).
+    fn pieces(&self) -> BTreeSet<usize> {
         self.row
-            .str(name)
-            .unwrap_or_default()
+            .data
+            .piece
             .split(',')
             .filter_map(|p| p.parse().ok())
             .collect()
     }
 
-    fn set_piece_set(&mut self, name: &str, set: &BTreeSet<usize>) {
+    fn set_pieces(&mut self, set: &BTreeSet<usize>) {
         let text: Vec<String> = set.iter().map(usize::to_string).collect();
-        self.row.set_str(name, text.join(","));
+        self.row.data.piece = text.join(",");
     }
 
     /// Records refused lines (`per_line`) or Bundle entries as errors.
@@ -133,7 +125,7 @@ impl<'a> PartProgress<'a> {
                 .await?;
             self.pending.clear();
         }
-        self.counts.write(&mut self.row);
+        self.row.data.counts = self.counts;
         self.stamp_progress();
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
         if !self
@@ -151,7 +143,7 @@ impl<'a> PartProgress<'a> {
     /// Records when the checkpoint last moved (`progressAt`), if it moved since the last save.
     fn stamp_progress(&mut self) {
         if std::mem::take(&mut self.advanced) {
-            self.row.set_str(PROGRESS_AT, now_rfc3339());
+            self.row.data.stamp_progress();
         }
     }
 
@@ -163,8 +155,8 @@ impl<'a> PartProgress<'a> {
     }
 
     /// Marks the part done and returns its saved row.
-    async fn finish(mut self) -> Result<Entity, ImportError> {
-        self.row.set_str("status", "done");
+    async fn finish(mut self) -> Result<Row<ImportPart>, ImportError> {
+        self.row.data.status = PartStatus::Done;
         self.save().await?;
         Ok(self.row)
     }
@@ -175,20 +167,18 @@ impl<'a> PartProgress<'a> {
 async fn claim<'a>(
     importer: &'a Importer,
     work: &'a ImportWork,
-    row: Entity,
-    file: Option<Entity>,
+    row: Row<ImportPart>,
+    file: Option<Row<ImportFile>>,
 ) -> Result<PartProgress<'a>, ImportError> {
     let mut progress = PartProgress::new(importer, work, row);
-    progress.row.set_str("status", "loading");
+    progress.row.data.status = PartStatus::Loading;
     // The clock of `FHIRBULK_WORK_STALLED_SECS` starts when the part's work first starts.
-    progress.advanced = progress.row.str(PROGRESS_AT).is_none();
+    progress.advanced = progress.row.data.progress_at.is_none();
     if let Some(file) = file {
-        progress.counts.write(&mut progress.row);
+        progress.row.data.counts = progress.counts;
         progress.stamp_progress();
-        let ops = [
-            TransactionOp::Replace(&file),
-            TransactionOp::Replace(&progress.row),
-        ];
+        let (file, part) = (file.to_entity(), progress.row.to_entity());
+        let ops = [TransactionOp::Replace(&file), TransactionOp::Replace(&part)];
         match importer.ledger.transact(&ops).await? {
             TransactionOutcome::Applied(etags) => {
                 progress.row.etag = etags[1].clone();
@@ -217,9 +207,9 @@ async fn claim<'a>(
 pub async fn run_bundle(
     importer: &Importer,
     work: &ImportWork,
-    row: Entity,
-    file: Option<Entity>,
-) -> Result<Entity, ImportError> {
+    row: Row<ImportPart>,
+    file: Option<Row<ImportFile>>,
+) -> Result<Row<ImportPart>, ImportError> {
     let settings = &importer.settings;
     let size = work.end;
     if size > settings.max_bundle_file_bytes {
@@ -270,7 +260,7 @@ trait PieceSink: Send {
 #[async_trait]
 impl PieceSink for PartProgress<'_> {
     fn pieces_done(&self) -> BTreeSet<usize> {
-        self.piece_set("piece")
+        self.pieces()
     }
 
     fn planned(&mut self, present: i64, refused: Vec<RefusedEntry>) {
@@ -285,7 +275,7 @@ impl PieceSink for PartProgress<'_> {
     ) -> Result<(), ImportError> {
         self.counts.loaded += outcome.loaded;
         self.refuse(outcome.refused, false);
-        self.set_piece_set("piece", all);
+        self.set_pieces(all);
         self.advanced = true;
         self.save_if_due().await
     }
@@ -362,8 +352,8 @@ impl LinesSink for PartProgress<'_> {
     async fn lines_done(&mut self, done: LinesDone) -> Result<(), ImportError> {
         self.counts.loaded += done.loaded;
         self.refuse(done.refused, true);
-        self.set_cursor("offset", done.next_offset as i64);
-        self.set_cursor("line", done.last_line);
+        self.row.data.offset = done.next_offset as i64;
+        self.row.data.line = done.last_line;
         self.advanced = true;
         self.save_if_due().await
     }
@@ -387,12 +377,12 @@ fn pump_options(
 pub async fn run_ndjson_range(
     importer: &Importer,
     work: &ImportWork,
-    row: Entity,
-    file: Option<Entity>,
-) -> Result<Entity, ImportError> {
+    row: Row<ImportPart>,
+    file: Option<Row<ImportFile>>,
+) -> Result<Row<ImportPart>, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
-    let (mut reader, parts) = range_reader(importer, work, &progress.row).await?;
-    let line_base = progress.cursor("line");
+    let (mut reader, parts) = range_reader(importer, work, &progress.row.data).await?;
+    let line_base = progress.row.data.line;
     pump_lines(
         &importer.fhir,
         &importer.batch_budget,
@@ -411,7 +401,7 @@ pub async fn run_ndjson_range(
 async fn range_reader(
     importer: &Importer,
     work: &ImportWork,
-    row: &Entity,
+    row: &ImportPart,
 ) -> Result<(LineReader<BlobChunks>, usize), ImportError> {
     let size = match work.size {
         0 => importer
@@ -423,7 +413,7 @@ async fn range_reader(
         known => known,
     };
     let parts = cut_ranges(size, importer.settings.ndjson_range_bytes).len();
-    let resume_at = row.i64("offset") as u64;
+    let resume_at = row.offset as u64;
     let reader_start = if resume_at > 0 {
         resume_at
     } else {
@@ -461,10 +451,10 @@ pub struct Unloaded {
 pub async fn unloaded(
     importer: &Importer,
     work: &ImportWork,
-    row: &Entity,
+    row: &ImportPart,
 ) -> Result<Unloaded, ImportError> {
-    let counts = Counts::read(row);
-    let lines_done = row.i64("line");
+    let counts = row.counts;
+    let lines_done = row.line;
     let from_lines = |count: i64, lines: i64| Unloaded {
         count,
         lines: Some(lines),
@@ -497,14 +487,14 @@ pub async fn unloaded(
             })
         }
         FileKind::Zip => {
-            let left = zip_entries::entries_left(importer, work, row.i64("entry")).await?;
+            let left = zip_entries::entries_left(importer, work, row.entry).await?;
             Ok(Unloaded {
                 count: left,
                 lines: None,
                 first_line: None,
                 description: format!(
                     "{left} zip entries, from entry {} of the archive on, were",
-                    row.i64("entry")
+                    row.entry
                 ),
             })
         }
@@ -547,11 +537,11 @@ async fn count_lines<S: ChunkStream>(
 pub async fn run_ndjson_gz(
     importer: &Importer,
     work: &ImportWork,
-    row: Entity,
-    file: Option<Entity>,
-) -> Result<Entity, ImportError> {
+    row: Row<ImportPart>,
+    file: Option<Row<ImportFile>>,
+) -> Result<Row<ImportPart>, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
-    let lines_done = progress.cursor("line");
+    let lines_done = progress.row.data.line;
     progress.counts.lines = load_unseekable(
         importer,
         &mut progress,

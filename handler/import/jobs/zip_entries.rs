@@ -12,6 +12,7 @@ use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
 use zip::ZipArchive;
 
+use super::super::ledger::{ImportFile, ImportPart};
 use super::{
     PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
 };
@@ -25,18 +26,18 @@ use crate::import::work::{FileKind, ImportError, ImportWork};
 use crate::import::zip::{
     EntryInfo, EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry,
 };
-use crate::storage::Entity;
+use crate::storage::Row;
 
 pub async fn run_zip(
     importer: &Importer,
     work: &ImportWork,
-    row: Entity,
-    file: Option<Entity>,
-) -> Result<Entity, ImportError> {
+    row: Row<ImportPart>,
+    file: Option<Row<ImportFile>>,
+) -> Result<Row<ImportPart>, ImportError> {
     let settings = &importer.settings;
     let mut progress = claim(importer, work, row, file).await?;
     let (archive, directory, plans) = open_archive(importer, work).await?;
-    let start_entry = progress.cursor("entry");
+    let start_entry = progress.row.data.entry;
     // A Bundle entry holds its text and then its rewritten entries, about twice its size,
     // until sent: the entries in flight together stay within the Bundle budget's MiB at that
     // rate (a larger entry goes alone). Synthea-sized 8.5 MB Bundles go one at a time.
@@ -103,13 +104,13 @@ pub async fn run_zip(
         }
         progress.zip_entry = Some((index as i64, name.clone()));
         let lines_done = if (index as i64) == start_entry {
-            progress.cursor("line")
+            progress.row.data.line
         } else {
             0
         };
         // The line checkpoint is this entry's: a resume must start here, not at a skipped
         // entry before it.
-        progress.set_cursor("entry", index as i64);
+        progress.row.data.entry = index as i64;
         let stream = stream_entry(archive, index, gzip, limit);
         let result =
             match load_unseekable(importer, &mut progress, stream, lines_done, "zip entry").await {
@@ -258,8 +259,8 @@ async fn record(progress: &mut PartProgress<'_>, done: EntryDone) -> Result<(), 
         }
         Err(reason) => progress.refuse_entry(reason),
     }
-    progress.set_cursor("entry", done.index as i64 + 1);
-    progress.set_cursor("line", 0);
+    progress.row.data.entry = done.index as i64 + 1;
+    progress.row.data.line = 0;
     progress.advanced = true;
     progress.save_if_due().await
 }
