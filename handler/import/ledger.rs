@@ -13,8 +13,8 @@ use time::format_description::well_known::Rfc3339;
 use super::work::FileKind;
 use crate::storage::table::encode_key;
 use crate::storage::{
-    Entity, QueryPages, Row, StorageResult, TableClient, TableRow, TransactionOp,
-    TransactionOutcome, odata_string,
+    QueryPages, Row, StorageResult, TableClient, TableRow, TransactionOp, TransactionOutcome,
+    odata_string,
 };
 
 pub const FILE_ROW: &str = "file";
@@ -346,70 +346,66 @@ fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
-/// One failed line or entry, as stored and as reported.
-#[derive(Clone, Debug, PartialEq)]
+/// One failed line or entry, as stored (an `importerrors` row) and as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorRecord {
     pub part: u32,
     /// Orders records within the part; also the row key, so a rewrite replaces the record.
+    #[serde(skip)]
     pub position: String,
     /// Line number within the part (NDJSON), made absolute in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<i64>,
     /// Entry index in the Bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<i64>,
     /// Name of the zip entry, for zip files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zip_entry: Option<String>,
     /// `Type/id` when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// HTTP status from the server; 0 when refused before sending.
+    #[serde(default)]
     pub status: u16,
+    #[serde(default)]
     pub diagnostics: String,
+}
+
+impl TableRow for ErrorRecord {
+    const KIND: &'static str = "import error row";
+    const INT64: &'static [&'static str] = &["part", "line", "entry", "status"];
 }
 
 /// Table storage caps a string property at 64 KiB; server diagnostics rarely need more.
 const MAX_DIAGNOSTICS_CHARS: usize = 8_000;
 
 impl ErrorRecord {
-    fn to_entity(&self, file_key: &str) -> Entity {
-        let mut e = Entity::new(file_key, &format!("{:05}-{}", self.part, self.position));
-        e.set_i64("part", i64::from(self.part));
-        if let Some(l) = self.line {
-            e.set_i64("line", l);
-        }
-        if let Some(i) = self.entry {
-            e.set_i64("entry", i);
-        }
-        if let Some(z) = &self.zip_entry {
-            e.set_str("zipEntry", z.clone());
-        }
-        if let Some(t) = &self.target {
-            e.set_str("target", t.clone());
-        }
-        e.set_i64("status", i64::from(self.status));
-        e.set_str(
-            "diagnostics",
-            self.diagnostics
-                .chars()
-                .take(MAX_DIAGNOSTICS_CHARS)
-                .collect::<String>(),
-        );
-        e
+    /// Its row: keyed by part and position, the diagnostics cut to what a property holds.
+    fn to_row(&self, file_key: &str) -> Row<ErrorRecord> {
+        let mut record = self.clone();
+        record.diagnostics = record
+            .diagnostics
+            .chars()
+            .take(MAX_DIAGNOSTICS_CHARS)
+            .collect();
+        Row::new(
+            file_key,
+            &format!("{:05}-{}", self.part, self.position),
+            record,
+        )
     }
 
-    fn from_entity(e: &Entity) -> Self {
-        let opt_i64 = |name: &str| e.props.contains_key(name).then(|| e.i64(name));
+    fn from_row(row: Row<ErrorRecord>) -> Self {
+        let position = row
+            .row_key
+            .split_once('-')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
         ErrorRecord {
-            part: e.i64("part") as u32,
-            position: e
-                .str("RowKey")
-                .and_then(|rk| rk.split_once('-'))
-                .map(|(_, p)| p.to_string())
-                .unwrap_or_default(),
-            line: opt_i64("line"),
-            entry: opt_i64("entry"),
-            zip_entry: e.str("zipEntry").map(str::to_string),
-            target: e.str("target").map(str::to_string),
-            status: e.i64("status") as u16,
-            diagnostics: e.str("diagnostics").unwrap_or_default().to_string(),
+            position,
+            ..row.data
         }
     }
 }
@@ -519,7 +515,9 @@ impl Ledger {
 
     pub async fn write_errors(&self, key: &str, records: &[ErrorRecord]) -> StorageResult<()> {
         for r in records {
-            self.tables.upsert(&self.errors, &r.to_entity(key)).await?;
+            self.tables
+                .upsert(&self.errors, &r.to_row(key).to_entity())
+                .await?;
         }
         Ok(())
     }
@@ -555,11 +553,13 @@ pub struct ErrorPages<'a>(QueryPages<'a>);
 impl ErrorPages<'_> {
     /// The next page of records; `None` after the last.
     pub async fn next_page(&mut self) -> StorageResult<Option<Vec<ErrorRecord>>> {
-        Ok(self
-            .0
-            .next_page()
-            .await?
-            .map(|rows| rows.iter().map(ErrorRecord::from_entity).collect()))
+        let Some(rows) = self.0.next_page().await? else {
+            return Ok(None);
+        };
+        rows.into_iter()
+            .map(|e| Row::from_entity(e).map(ErrorRecord::from_row))
+            .collect::<StorageResult<Vec<_>>>()
+            .map(Some)
     }
 }
 
@@ -602,6 +602,7 @@ pub fn file_view(file: &Row<ImportFile>, parts: &[Row<ImportPart>]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Entity;
 
     #[test]
     fn file_keys_differ_per_version_and_are_table_safe() {
@@ -765,8 +766,11 @@ mod tests {
             status: 422,
             diagnostics: "bad".into(),
         };
-        let e = r.to_entity("k");
+        let e = r.to_row("k").to_entity();
         assert_eq!(e.str("RowKey"), Some("00002-000000000017"));
-        assert_eq!(ErrorRecord::from_entity(&e), r);
+        assert_eq!(e.props["line"], "17", "as the previous version wrote it");
+        assert_eq!(e.props["status"], "422");
+        assert_eq!(e.props["zipEntry"], "data/Patient.ndjson");
+        assert_eq!(ErrorRecord::from_row(Row::from_entity(e).unwrap()), r);
     }
 }
