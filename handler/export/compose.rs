@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::fetch::{BLOCK_BYTES, staging_blob};
-use super::state::{JobStatus, WORK_PENDING, parse_work_row, type_counts};
+use super::state::{JobStatus, parse_work_row, type_counts};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
@@ -114,25 +114,25 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
         return ex.finish_when_nothing_pending(export).await; // a repeat
     }
     let rows = ex.store.work_rows_returning(export, resource_type).await?;
-    if rows.iter().any(|r| r.str("status") == Some(WORK_PENDING)) {
+    if rows.iter().any(|r| r.data.is_pending()) {
         return Ok(()); // not ready: the last of those items queues this step again
     }
     let mut staged = Vec::new();
     let mut resources = 0u64;
     for row in &rows {
-        let Some(n) = type_counts(row)
+        let Some(n) = type_counts(&row.data)
             .find(|(t, _)| t == resource_type)
             .map(|(_, n)| n)
         else {
             continue;
         };
-        let Some((batch, include)) = row.str("RowKey").and_then(parse_work_row) else {
+        let Some((batch, include)) = parse_work_row(&row.row_key) else {
             continue;
         };
         resources += n;
         staged.push(BlobEntry {
             name: staging_blob(export, batch, include),
-            size: row.i64("stagedBytes").max(0) as u64,
+            size: row.data.staged_bytes.max(0) as u64,
             etag: String::new(),
         });
     }

@@ -9,12 +9,11 @@ use tracing::info;
 use super::all::AllDefinition;
 use super::definition::ExportDefinition;
 use super::finish::MANIFEST_NAME;
-use super::gather::REFUSED_STATUS;
+use super::state::ExportJob;
 use super::state::{JobStatus, Progress};
 use super::{ExportKind, ExportWork, Exporter, valid_export_id};
 use crate::fhir::batch_response::operation_outcome;
-use crate::import::ledger::now_rfc3339;
-use crate::storage::Entity;
+use crate::storage::Row;
 
 /// Seconds a client is asked to wait between status polls.
 pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
@@ -136,10 +135,7 @@ pub async fn start(
     };
     if ex.settings.max_exports > 0 {
         let running = match ex.store.jobs().await {
-            Ok(jobs) => jobs
-                .iter()
-                .filter(|j| JobStatus::of(j).is_some_and(JobStatus::is_running))
-                .count(),
+            Ok(jobs) => jobs.iter().filter(|j| j.data.status.is_running()).count(),
             Err(e) => return Reply::unavailable(e),
         };
         if running >= ex.settings.max_exports {
@@ -158,16 +154,11 @@ pub async fn start(
     if let Err(e) = ex.enqueue(&ExportWork::Gather { export: id.clone() }).await {
         return Reply::unavailable(e);
     }
-    let mut job = Entity::new(&id, super::state::JOB_ROW);
-    job.set_str("kind", kind.as_str());
-    job.set_str("status", JobStatus::Gathering.as_str());
-    job.set_str("definition", definition.to_string());
-    job.set_str("created", now_rfc3339());
-    job.set_str("request", request);
-    if let Some(page) = query_page {
-        job.set_str("gatherNext", page);
-        job.set_i64("gatherSeq", 0);
-    }
+    let job = Row::new(
+        &id,
+        super::state::JOB_ROW,
+        ExportJob::start(kind, definition.to_string(), request, query_page),
+    );
     match ex.store.insert(&job).await {
         Ok(Some(_)) => info!(message = "Export started.", export = %id, kind = kind.as_str()),
         Ok(None) => {} // the same trigger file again: the export exists already
@@ -186,7 +177,7 @@ pub async fn start(
     .header("Content-Location", status_uri)
 }
 
-async fn load(ex: &Exporter, id: &str) -> Result<(Entity, JobStatus), Reply> {
+async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Reply> {
     if !valid_export_id(id) {
         return Err(Reply::outcome(
             404,
@@ -243,13 +234,13 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
         }
         // The server refused the definition's own search: the definition is at fault (400),
         // not the loader or the server (500).
-        JobStatus::Failed if job.i64(REFUSED_STATUS) > 0 => Reply::outcome(
+        JobStatus::Failed if job.data.refused_status > 0 => Reply::outcome(
             400,
             "invalid",
             &format!(
                 "export {id} failed: the FHIR server refused its search (HTTP {}): {}; fix the definition and start a new export",
-                job.i64(REFUSED_STATUS),
-                job.str("error").unwrap_or("no reason recorded")
+                job.data.refused_status,
+                job.data.error.as_deref().unwrap_or("no reason recorded")
             ),
         ),
         JobStatus::Failed => Reply::outcome(
@@ -257,7 +248,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
             "exception",
             &format!(
                 "export {id} failed: {}",
-                job.str("error").unwrap_or("no reason recorded")
+                job.data.error.as_deref().unwrap_or("no reason recorded")
             ),
         ),
         JobStatus::Terminated => Reply::outcome(
@@ -265,7 +256,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
             "deleted",
             &format!(
                 "export {id} was terminated at {}; files written before that stay until it is purged (DELETE /$alt-export/{id})",
-                job.str("terminated").unwrap_or_default()
+                job.data.terminated.as_deref().unwrap_or_default()
             ),
         ),
         running => {
@@ -274,22 +265,18 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 Err(e) => return Reply::unavailable(e),
             };
             let p = Progress::of(&rows);
-            let kind = ExportKind::of(&job);
+            let kind = job.data.kind;
             let progress = match (running, kind) {
                 (JobStatus::Gathering, ExportKind::Patients) => format!(
                     "gathering patients: {} found on {} pages",
-                    job.i64("idsFound"),
-                    job.i64("pages")
+                    job.data.ids_found, job.data.pages
                 ),
                 (JobStatus::Gathering, ExportKind::All) => {
                     "planning: counting resources per time window".to_string()
                 }
                 (JobStatus::Exporting, ExportKind::Patients) => format!(
                     "exporting: {} patients, {}/{} work items, {} resources",
-                    job.i64("patients"),
-                    p.finished,
-                    p.items,
-                    p.resources
+                    job.data.patients, p.finished, p.items, p.resources
                 ),
                 (JobStatus::Exporting, ExportKind::All) => format!(
                     "exporting: {}/{} searches, {} resources",
@@ -301,13 +288,13 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 "id": id,
                 "kind": kind.as_str(),
                 "status": running.as_str(),
-                "created": job.str("created").unwrap_or_default(),
+                "created": job.data.created,
                 "workItems": {"total": p.items, "finished": p.finished, "failed": p.failed},
                 "resourcesFetched": p.resources,
                 "perType": p.per_type,
             });
             if kind == ExportKind::Patients {
-                body["patients"] = job.i64("patients").max(job.i64("idsFound")).into();
+                body["patients"] = job.data.patients.max(job.data.ids_found).into();
             }
             Reply::new(202, body)
                 .header("X-Progress", progress)
@@ -329,8 +316,7 @@ pub async fn terminate(ex: &Exporter, id: &str) -> Reply {
                 json!({"id": id, "status": status.as_str(), "message": format!("export {id} had already ended ({}); nothing to terminate", status.as_str())}),
             );
         }
-        job.set_str("status", JobStatus::Terminated.as_str());
-        job.set_str("terminated", now_rfc3339());
+        job.data.terminate();
         match ex.store.replace_if_unchanged(&mut job).await {
             Ok(true) => {
                 info!(message = "Export terminated.", export = %id);
@@ -402,22 +388,19 @@ pub async fn list(ex: &Exporter, links: &Links) -> Reply {
     let mut items: Vec<Value> = jobs
         .iter()
         .map(|job| {
-            let id = job.str("PartitionKey").unwrap_or_default();
-            let created = job.str("created").unwrap_or_default();
+            let id = job.partition_key.as_str();
+            let created = job.data.created.as_str();
             let elapsed = time::OffsetDateTime::parse(
                 created,
                 &time::format_description::well_known::Rfc3339,
             )
             .map(|t| ((now - t).as_seconds_f64() / 60.0 * 100.0).round() / 100.0)
             .unwrap_or(0.0);
-            let input: Value = job
-                .str("definition")
-                .and_then(|d| serde_json::from_str(d).ok())
-                .unwrap_or(Value::Null);
+            let input: Value = serde_json::from_str(&job.data.definition).unwrap_or(Value::Null);
             json!({
                 "instanceId": id,
                 "createdDateTime": created,
-                "status": job.str("status").unwrap_or_default(),
+                "status": job.data.status.as_str(),
                 "elapsedtimeinminutes": elapsed,
                 "input": input,
                 "statusQueryGetUri": links.status(id),

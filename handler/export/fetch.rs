@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::page::stage_page;
-use super::state::{WORK_DONE, WORK_FAILED, WORK_PENDING, work_row};
+use super::state::{WorkStatus, work_row};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::import::ledger::now_rfc3339;
@@ -65,7 +65,7 @@ pub async fn run(
     let Some(mut row) = ex.store.work(export, &key).await? else {
         return Ok(());
     };
-    if row.str("status") != Some(WORK_PENDING) {
+    if !row.data.is_pending() {
         // A repeat of a finished item: the first delivery may have died before scheduling.
         return ex.after_work_item(export, &row).await;
     }
@@ -134,20 +134,18 @@ pub async fn run(
     let staged_bytes = staging.commit().await?;
     let resources: u64 = types.values().sum();
     let types: Map<String, Value> = types.into_iter().map(|(t, n)| (t, n.into())).collect();
-    row.set_str(
-        "status",
-        if failure.is_some() {
-            WORK_FAILED
-        } else {
-            WORK_DONE
-        },
-    );
-    row.set_i64("resources", resources as i64);
-    row.set_i64("pages", pages);
-    row.set_i64("skipped", skipped);
-    row.set_i64("stagedBytes", staged_bytes as i64);
-    row.set_str("types", Value::Object(types).to_string());
-    row.set_str("finished", now_rfc3339());
+    let w = &mut row.data;
+    w.status = if failure.is_some() {
+        WorkStatus::Failed
+    } else {
+        WorkStatus::Done
+    };
+    w.resources = resources as i64;
+    w.pages = pages;
+    w.skipped = skipped;
+    w.staged_bytes = staged_bytes as i64;
+    w.types = Some(Value::Object(types).to_string());
+    w.finished = Some(now_rfc3339());
     if let Some(f) = &failure {
         warn!(
             message = "Export work item failed; the export will complete with errors.",
@@ -156,12 +154,11 @@ pub async fn run(
             include,
             status = f.status
         );
-        row.set_i64("errorStatus", f.status as i64);
+        w.error_status = i64::from(f.status);
         // Stored, not logged: server diagnostics can quote resource content.
-        row.set_str("error", truncate(&f.message, 16_000));
-        row.set_str("search", truncate(search, 4_000));
+        w.error = Some(truncate(&f.message, 16_000));
+        w.search = Some(truncate(search, 4_000));
     }
-    row.etag.clear();
     ex.store.upsert(&row).await?;
     ex.after_work_item(export, &row).await
 }

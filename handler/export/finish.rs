@@ -13,10 +13,9 @@ use tracing::info;
 
 use super::compose::{OutputFile, composed};
 use super::fetch::staging_prefix;
-use super::state::{JobStatus, Progress, WORK_FAILED};
+use super::state::{ExportJob, JobStatus, Progress, WorkRow, WorkStatus};
 use super::{ExportError, Exporter};
-use crate::import::ledger::now_rfc3339;
-use crate::storage::Entity;
+use crate::storage::Row;
 
 pub const MANIFEST_NAME: &str = "_completed_run.json";
 pub const ERRORS_NAME: &str = "errors/OperationOutcome-1.ndjson";
@@ -39,8 +38,7 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
         return Ok(()); // the last work item queues this step again
     }
     if status == JobStatus::Exporting {
-        job.set_str("status", JobStatus::Composing.as_str());
-        job.set_str("composeStarted", now_rfc3339());
+        job.data.composing();
         if !ex.store.replace_if_unchanged(&mut job).await? {
             return Ok(()); // another delivery took it, or it was terminated
         }
@@ -67,13 +65,10 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
         .values()
         .map(|c| c.composed.as_str())
         .max()
-        .unwrap_or(job.str("composeStarted").unwrap_or_default())
+        .unwrap_or(job.data.compose_started.as_deref().unwrap_or_default())
         .to_string();
-    job.set_str("status", final_status.as_str());
-    job.set_str("finished", finished);
-    job.set_i64("resources", written as i64);
-    job.set_i64("duplicatesDropped", duplicates as i64);
-    job.set_i64("files", outputs.len() as i64);
+    job.data
+        .complete(final_status, finished, written, duplicates, outputs.len());
     let manifest = manifest(ex, &job, &outputs, errors.as_ref());
     let container = &ex.settings.container;
     ex.blobs
@@ -115,11 +110,11 @@ async fn clean_up(ex: &Exporter, export: &str) -> Result<(), ExportError> {
 async fn write_errors(
     ex: &Exporter,
     export: &str,
-    rows: &[Entity],
+    rows: &[Row<WorkRow>],
 ) -> Result<Option<OutputFile>, ExportError> {
-    let failed: Vec<&Entity> = rows
+    let failed: Vec<&Row<WorkRow>> = rows
         .iter()
-        .filter(|r| r.str("status") == Some(WORK_FAILED))
+        .filter(|r| r.data.status == WorkStatus::Failed)
         .collect();
     if failed.is_empty() {
         return Ok(None);
@@ -130,12 +125,12 @@ async fn write_errors(
             "resourceType": "OperationOutcome",
             "issue": [{
                 "severity": "error",
-                "code": if row.i64("errorStatus") == 0 { "exception" } else { "transient" },
+                "code": if row.data.error_status == 0 { "exception" } else { "transient" },
                 "diagnostics": format!(
                     "the search {} for work item {} stopped: {}; resources read before the failure are in the output",
-                    row.str("search").unwrap_or_default(),
-                    row.str("RowKey").unwrap_or_default(),
-                    row.str("error").unwrap_or_default()
+                    row.data.search.as_deref().unwrap_or_default(),
+                    row.row_key,
+                    row.data.error.as_deref().unwrap_or_default()
                 ),
             }],
         });
@@ -159,7 +154,7 @@ async fn write_errors(
 /// by type (types in name order, a type's files in the order written).
 pub fn manifest(
     ex: &Exporter,
-    job: &Entity,
+    job: &Row<ExportJob>,
     outputs: &[&OutputFile],
     errors: Option<&OutputFile>,
 ) -> Value {
@@ -171,30 +166,28 @@ pub fn manifest(
             "sizebytes": o.size,
         })
     };
-    let definition: Value = job
-        .str("definition")
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or(Value::Null);
+    let j = &job.data;
+    let definition: Value = serde_json::from_str(&j.definition).unwrap_or(Value::Null);
     json!({
-        "transactionTime": job.str("created").unwrap_or_default(),
-        "request": job.str("request").unwrap_or_default(),
+        "transactionTime": j.created,
+        "request": j.request,
         "requiresAccessToken": true,
         "output": outputs.iter().map(|o| file(o)).collect::<Vec<_>>(),
         "error": errors.map(file).into_iter().collect::<Vec<_>>(),
         "extension": {
-            "id": job.str("PartitionKey").unwrap_or_default(),
-            "kind": super::ExportKind::of(job).as_str(),
-            "status": job.str("status").unwrap_or_default(),
+            "id": job.partition_key,
+            "kind": j.kind.as_str(),
+            "status": j.status.as_str(),
             "definition": definition,
-            "patients": job.i64("patients"),
-            "batches": job.i64("batches"),
-            "workItems": job.i64("workItems"),
-            "resources": job.i64("resources"),
-            "duplicatesDropped": job.i64("duplicatesDropped"),
-            "started": job.str("created").unwrap_or_default(),
-            "planned": job.str("gathered").unwrap_or_default(),
-            "composeStarted": job.str("composeStarted").unwrap_or_default(),
-            "finished": job.str("finished").unwrap_or_default(),
+            "patients": j.patients,
+            "batches": j.batches,
+            "workItems": j.work_items,
+            "resources": j.resources,
+            "duplicatesDropped": j.duplicates_dropped,
+            "started": j.created,
+            "planned": j.gathered.as_deref().unwrap_or_default(),
+            "composeStarted": j.compose_started.as_deref().unwrap_or_default(),
+            "finished": j.finished.as_deref().unwrap_or_default(),
             "container": ex.settings.container,
         }
     })

@@ -16,10 +16,10 @@ use tracing::{info, warn};
 use super::definition::ExportDefinition;
 use super::patients::{batch_ids, dedupe, next_link, patient_ids};
 use super::schedule::WorkItem;
+use super::state::ExportJob;
 use super::state::JobStatus;
 use super::{ExportError, ExportKind, Exporter};
-use crate::import::ledger::now_rfc3339;
-use crate::storage::Entity;
+use crate::storage::Row;
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(3);
 /// Deliveries after which a gather step for an export with no job row is dropped (the start
@@ -37,7 +37,7 @@ pub(crate) fn ids_blob(export: &str, seq: i64) -> String {
 async fn job_when_recorded(
     ex: &Exporter,
     export: &str,
-) -> Result<Option<(Entity, JobStatus)>, ExportError> {
+) -> Result<Option<(Row<ExportJob>, JobStatus)>, ExportError> {
     let deadline = Instant::now() + JOB_ROW_WAIT;
     loop {
         if let Some(found) = ex.job(export).await? {
@@ -70,8 +70,8 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         JobStatus::Exporting => return ex.schedule_ready_types(export).await,
         _ => return Ok(()),
     }
-    if ExportKind::of(&job) == ExportKind::All {
-        return match ex.all_definition(&job) {
+    if job.data.kind == ExportKind::All {
+        return match ex.all_definition(&job.data) {
             Ok(d) => super::windows::plan(ex, export, job, &d, attempt).await,
             Err(e) => {
                 fail(
@@ -84,7 +84,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
             }
         };
     }
-    let definition = match ex.definition(&job) {
+    let definition = match ex.definition(&job.data) {
         Ok(d) => d,
         Err(e) => {
             return fail(
@@ -96,7 +96,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
             .await;
         }
     };
-    let mut next = job.str("gatherNext").unwrap_or_default().to_string();
+    let mut next = job.data.gather_next.clone();
     let mut found = Vec::new();
     let mut pages = 0i64;
     let mut skipped = 0i64;
@@ -126,7 +126,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         pages += 1;
         next = next_link(&page).unwrap_or_default().to_string();
         if next.is_empty() || last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            let seq = job.i64("gatherSeq");
+            let seq = job.data.gather_seq;
             let text = found.join("\n");
             ex.blobs
                 .upload(
@@ -135,11 +135,12 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
                     Bytes::from(text),
                 )
                 .await?;
-            job.set_i64("gatherSeq", seq + 1);
-            job.set_i64("pages", job.i64("pages") + pages);
-            job.set_i64("idsFound", job.i64("idsFound") + found.len() as i64);
-            job.set_i64("referencesSkipped", job.i64("referencesSkipped") + skipped);
-            job.set_str("gatherNext", next.clone());
+            let j = &mut job.data;
+            j.gather_seq = seq + 1;
+            j.pages += pages;
+            j.ids_found += found.len() as i64;
+            j.references_skipped += skipped;
+            j.gather_next = next.clone();
             if !ex.store.replace_if_unchanged(&mut job).await? {
                 // Terminated, or another delivery of this step moved on: leave it to that one.
                 return Ok(());
@@ -157,11 +158,11 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
 async fn plan(
     ex: &Exporter,
     export: &str,
-    mut job: Entity,
+    mut job: Row<ExportJob>,
     definition: &ExportDefinition,
 ) -> Result<(), ExportError> {
     let mut all = Vec::new();
-    for seq in 0..job.i64("gatherSeq") {
+    for seq in 0..job.data.gather_seq {
         if let Some((_, bytes)) = ex
             .blobs
             .read_all(&ex.settings.container, &ids_blob(export, seq))
@@ -184,8 +185,8 @@ async fn plan(
         patients = ids.len(),
         batches = batches.len()
     );
-    job.set_i64("patients", ids.len() as i64);
-    job.set_i64("batches", batches.len() as i64);
+    job.data.patients = ids.len() as i64;
+    job.data.batches = batches.len() as i64;
     let includes = &definition.include;
     let item = |n: usize| {
         let (batch, include) = (n / includes.len(), n % includes.len());
@@ -204,23 +205,14 @@ async fn plan(
 /// with the reason on the job row.
 /// Ends the export as failed for `why`; `refused` is the FHIR server's 4xx when it refused the
 /// definition's own search (the status answers 400 then: the definition is to be fixed).
-/// The job row's record of the FHIR server's status when it refused the export's search.
-pub(crate) const REFUSED_STATUS: &str = "refusedStatus";
-
 pub(crate) async fn fail(
     ex: &Exporter,
-    mut job: Entity,
+    mut job: Row<ExportJob>,
     why: &str,
     refused: Option<u16>,
 ) -> Result<(), ExportError> {
-    let export = job.str("PartitionKey").unwrap_or_default().to_string();
-    warn!(message = "Export failed while planning.", export = %export);
-    job.set_str("status", JobStatus::Failed.as_str());
-    job.set_str("error", why);
-    if let Some(status) = refused {
-        job.set_i64(REFUSED_STATUS, i64::from(status));
-    }
-    job.set_str("finished", now_rfc3339());
+    warn!(message = "Export failed while planning.", export = %job.partition_key);
+    job.data.fail(why, refused);
     ex.store.replace_if_unchanged(&mut job).await?;
     Ok(())
 }

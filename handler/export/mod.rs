@@ -39,10 +39,10 @@ use url::Url;
 
 use crate::config::ExportSettings;
 use crate::fhir::FhirClient;
-use crate::storage::{BlobStore, Entity, StorageError, WorkQueue};
+use crate::storage::{BlobStore, Row, StorageError, WorkQueue};
 use all::AllDefinition;
 use definition::ExportDefinition;
-use state::{ExportStore, JobStatus};
+use state::{ExportJob, ExportStore, JobStatus};
 
 /// One queued step of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,9 +106,11 @@ pub struct Exporter {
 }
 
 /// What an export exports, recorded on its job row (`kind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportKind {
     /// `$alt-export`: the patients a query finds, and the include searches for them.
+    #[default]
     Patients,
     /// `$alt-export-all`: every resource of one type, optionally in a `_lastUpdated` range.
     All,
@@ -119,15 +121,6 @@ impl ExportKind {
         match self {
             ExportKind::Patients => "patients",
             ExportKind::All => "all",
-        }
-    }
-
-    /// The kind of a job row (rows without one are patient exports).
-    pub fn of(job: &Entity) -> Self {
-        if job.str("kind") == Some(ExportKind::All.as_str()) {
-            ExportKind::All
-        } else {
-            ExportKind::Patients
         }
     }
 }
@@ -191,14 +184,14 @@ impl Exporter {
     }
 
     /// The patient-export definition stored with an export.
-    pub(crate) fn definition(&self, job: &Entity) -> Result<ExportDefinition, String> {
-        ExportDefinition::parse(job.str("definition").unwrap_or_default(), self.fhir.base())
+    pub(crate) fn definition(&self, job: &ExportJob) -> Result<ExportDefinition, String> {
+        ExportDefinition::parse(&job.definition, self.fhir.base())
     }
 
     /// The export-all definition stored with an export (its `_till` already fixed).
-    pub(crate) fn all_definition(&self, job: &Entity) -> Result<AllDefinition, String> {
+    pub(crate) fn all_definition(&self, job: &ExportJob) -> Result<AllDefinition, String> {
         AllDefinition::parse(
-            job.str("definition").unwrap_or_default(),
+            &job.definition,
             self.fhir.base(),
             self.fhir.audience(),
             time::OffsetDateTime::now_utc(),
@@ -246,9 +239,12 @@ impl Exporter {
     }
 
     /// The job row, and its status, if the export exists.
-    pub(crate) async fn job(&self, id: &str) -> Result<Option<(Entity, JobStatus)>, StorageError> {
+    pub(crate) async fn job(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Row<ExportJob>, JobStatus)>, StorageError> {
         Ok(self.store.job(id).await?.map(|job| {
-            let status = JobStatus::of(&job).unwrap_or(JobStatus::Failed);
+            let status = job.data.status;
             (job, status)
         }))
     }

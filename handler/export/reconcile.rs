@@ -10,9 +10,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::state::{JobStatus, WORK_PENDING, parse_work_row};
+use super::state::{ExportJob, JobStatus, parse_work_row};
 use super::{ExportError, ExportWork, Exporter};
-use crate::storage::Entity;
+use crate::storage::Row;
 
 impl Exporter {
     /// How long an export's rows may go unwritten before its work is taken for lost: the
@@ -31,10 +31,11 @@ impl Exporter {
         let stale = OffsetDateTime::now_utc() - stale_after;
         let mut queued = 0;
         for job in self.store.jobs().await? {
-            let Some(status) = JobStatus::of(&job).filter(|s| s.is_running()) else {
+            let status = job.data.status;
+            if !status.is_running() {
                 continue;
-            };
-            let export = job.str("PartitionKey").unwrap_or_default().to_string();
+            }
+            let export = job.partition_key.clone();
             match self.requeue_lost(&export, &job, status, stale).await {
                 Ok(n) => queued += n,
                 Err(e) => {
@@ -51,11 +52,11 @@ impl Exporter {
     async fn requeue_lost(
         &self,
         export: &str,
-        job: &Entity,
+        job: &Row<ExportJob>,
         status: JobStatus,
         stale: OffsetDateTime,
     ) -> Result<usize, ExportError> {
-        if job.written_at().is_none_or(|at| at > stale) {
+        if job.written_at.is_none_or(|at| at > stale) {
             return Ok(0);
         }
         if status == JobStatus::Gathering {
@@ -68,23 +69,20 @@ impl Exporter {
         let rows = self.store.work_rows(export).await?;
         if rows
             .iter()
-            .any(|r| r.written_at().is_none_or(|at| at > stale))
+            .any(|r| r.written_at.is_none_or(|at| at > stale))
         {
             return Ok(0); // some of its work is alive
         }
         let mut queued = 0;
-        for row in rows
-            .iter()
-            .filter(|r| r.str("status") == Some(WORK_PENDING))
-        {
-            let Some((batch, include)) = row.str("RowKey").and_then(parse_work_row) else {
+        for row in rows.iter().filter(|r| r.data.is_pending()) {
+            let Some((batch, include)) = parse_work_row(&row.row_key) else {
                 continue;
             };
             self.enqueue(&ExportWork::Fetch {
                 export: export.to_string(),
                 batch,
                 include,
-                search: row.str("search").unwrap_or_default().to_string(),
+                search: row.data.search.clone().unwrap_or_default(),
             })
             .await?;
             queued += 1;

@@ -7,13 +7,9 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::info;
 
 use super::compose::composed_types;
-use super::state::{
-    JobStatus, RETURNS_ANY_TYPE, RETURNS_OWN_TYPE, WORK_PENDING, ready_types, returns_other_types,
-    work_row,
-};
+use super::state::{ExportJob, JobStatus, Returns, WorkRow, ready_types, work_row};
 use super::{ExportError, ExportWork, Exporter};
-use crate::import::ledger::now_rfc3339;
-use crate::storage::{Entity, StorageError};
+use crate::storage::{Row, StorageError};
 
 /// Work items registered at once.
 const REGISTRATION_CONCURRENCY: usize = 16;
@@ -39,7 +35,7 @@ impl Exporter {
     pub(crate) async fn register_work(
         &self,
         export: &str,
-        mut job: Entity,
+        mut job: Row<ExportJob>,
         count: usize,
         item: impl Fn(usize) -> WorkItem + Sync,
     ) -> Result<(), ExportError> {
@@ -47,16 +43,10 @@ impl Exporter {
         futures::stream::iter(0..count)
             .map(|n| async move {
                 let item = item(n);
-                let mut row = Entity::new(export, &work_row(item.batch, item.include));
-                row.set_str("status", WORK_PENDING);
-                row.set_str("type", item.resource_type);
-                row.set_str(
-                    "returns",
-                    if returns_other_types(&item.search) {
-                        RETURNS_ANY_TYPE
-                    } else {
-                        RETURNS_OWN_TYPE
-                    },
+                let row = Row::new(
+                    export,
+                    &work_row(item.batch, item.include),
+                    WorkRow::pending(&item.resource_type, &item.search),
                 );
                 self.store.insert(&row).await?;
                 self.enqueue(&ExportWork::Fetch {
@@ -70,9 +60,7 @@ impl Exporter {
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
-        job.set_str("status", JobStatus::Exporting.as_str());
-        job.set_str("gathered", now_rfc3339());
-        job.set_i64("workItems", count as i64);
+        job.data.exporting(count);
         if !self.store.replace_if_unchanged(&mut job).await? {
             return Ok(()); // terminated meanwhile, or another delivery registered first
         }
@@ -90,7 +78,7 @@ impl Exporter {
     pub(crate) async fn after_work_item(
         &self,
         export: &str,
-        row: &Entity,
+        row: &Row<WorkRow>,
     ) -> Result<(), ExportError> {
         if !matches!(
             self.job(export).await?,
@@ -98,12 +86,11 @@ impl Exporter {
         ) {
             return Ok(());
         }
-        if row.str("returns") == Some(RETURNS_ANY_TYPE) {
+        if row.data.returns == Returns::AnyType {
             return self.schedule_ready_types(export).await;
         }
-        if let Some(resource_type) = row.str("type")
-            && !self.store.may_still_return(export, resource_type).await?
-        {
+        let resource_type = &row.data.resource_type;
+        if !resource_type.is_empty() && !self.store.may_still_return(export, resource_type).await? {
             self.enqueue_compose_type(export, resource_type).await?;
         }
         self.finish_when_nothing_pending(export).await
@@ -120,7 +107,7 @@ impl Exporter {
                 self.enqueue_compose_type(export, &resource_type).await?;
             }
         }
-        if !rows.iter().any(|r| r.str("status") == Some(WORK_PENDING)) {
+        if !rows.iter().any(|r| r.data.is_pending()) {
             self.enqueue_finish(export).await?;
         }
         Ok(())

@@ -5,14 +5,17 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::storage::{Entity, StorageResult, TableClient, odata_string};
+use super::ExportKind;
+use crate::storage::{Row, StorageResult, TableClient, TableRow, odata_string};
 
 pub const JOB_ROW: &str = "job";
 const WORK_ROW_PREFIX: &str = "w-";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum JobStatus {
     /// Paging the query for patient ids.
     Gathering,
@@ -60,9 +63,265 @@ impl JobStatus {
             JobStatus::Gathering | JobStatus::Exporting | JobStatus::Composing
         )
     }
+}
 
-    pub fn of(job: &Entity) -> Option<Self> {
-        job.str("status").and_then(Self::parse)
+/// A status this version does not know reads as failed (nothing will move it on).
+fn lenient_status<'de, D: Deserializer<'de>>(d: D) -> Result<JobStatus, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(JobStatus::parse(&text).unwrap_or(JobStatus::Failed))
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// The `job` row of an export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportJob {
+    /// Rows without one are patient exports.
+    #[serde(default)]
+    pub kind: ExportKind,
+    #[serde(deserialize_with = "lenient_status")]
+    pub status: JobStatus,
+    /// The definition as JSON text.
+    #[serde(default)]
+    pub definition: String,
+    /// Started (RFC 3339): the manifest's `transactionTime`.
+    #[serde(default)]
+    pub created: String,
+    /// The request that started it, for the manifest.
+    #[serde(default)]
+    pub request: String,
+    /// Gathering: the next page of the patient query, the id blobs written, what was seen.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gather_next: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gather_seq: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pages: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ids_found: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub references_skipped: i64,
+    /// Planned: patients, id batches and work items.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub patients: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batches: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub work_items: i64,
+    /// Export-all: the `_lastUpdated` windows planned, as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<String>,
+    /// Phases (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gathered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<String>,
+    /// Composed: resources written, duplicates dropped, files.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resources: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_dropped: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files: i64,
+    /// Failed: why, and the FHIR server's 4xx when it refused the export's own search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_status: i64,
+}
+
+impl TableRow for ExportJob {
+    const KIND: &'static str = "export job row";
+    const INT64: &'static [&'static str] = &[
+        "gatherSeq",
+        "pages",
+        "idsFound",
+        "referencesSkipped",
+        "patients",
+        "batches",
+        "workItems",
+        "resources",
+        "duplicatesDropped",
+        "files",
+        "refusedStatus",
+    ];
+}
+
+impl ExportJob {
+    /// A new export, gathering; `first_page` is the patient query's first page (patient
+    /// exports).
+    pub fn start(
+        kind: ExportKind,
+        definition: String,
+        request: &str,
+        first_page: Option<String>,
+    ) -> Self {
+        ExportJob {
+            kind,
+            status: JobStatus::Gathering,
+            definition,
+            created: crate::import::ledger::now_rfc3339(),
+            request: request.to_string(),
+            gather_next: first_page.unwrap_or_default(),
+            gather_seq: 0,
+            pages: 0,
+            ids_found: 0,
+            references_skipped: 0,
+            patients: 0,
+            batches: 0,
+            work_items: 0,
+            ranges: None,
+            gathered: None,
+            compose_started: None,
+            finished: None,
+            terminated: None,
+            resources: 0,
+            duplicates_dropped: 0,
+            files: 0,
+            error: None,
+            refused_status: 0,
+        }
+    }
+
+    /// Planned: `work_items` are registered and exporting.
+    pub fn exporting(&mut self, work_items: usize) {
+        self.status = JobStatus::Exporting;
+        self.gathered = Some(crate::import::ledger::now_rfc3339());
+        self.work_items = work_items as i64;
+    }
+
+    pub fn composing(&mut self) {
+        self.status = JobStatus::Composing;
+        self.compose_started = Some(crate::import::ledger::now_rfc3339());
+    }
+
+    /// Ended with its files written.
+    pub fn complete(
+        &mut self,
+        status: JobStatus,
+        finished: String,
+        resources: u64,
+        duplicates: u64,
+        files: usize,
+    ) {
+        self.status = status;
+        self.finished = Some(finished);
+        self.resources = resources as i64;
+        self.duplicates_dropped = duplicates as i64;
+        self.files = files as i64;
+    }
+
+    /// Ended without files: `why`, and the server's 4xx when it refused the export's search.
+    pub fn fail(&mut self, why: &str, refused: Option<u16>) {
+        self.status = JobStatus::Failed;
+        self.error = Some(why.to_string());
+        if let Some(status) = refused {
+            self.refused_status = i64::from(status);
+        }
+        self.finished = Some(crate::import::ledger::now_rfc3339());
+    }
+
+    pub fn terminate(&mut self) {
+        self.status = JobStatus::Terminated;
+        self.terminated = Some(crate::import::ledger::now_rfc3339());
+    }
+}
+
+/// Where a work item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkStatus {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// What types a work item's search can return: `own-type` searches return only the type they
+/// search; `any-type` ones (`_include`, `_revinclude`) may return others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Returns {
+    #[default]
+    OwnType,
+    AnyType,
+}
+
+/// A `w-<batch>-<include>` row: one search of an export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkRow {
+    pub status: WorkStatus,
+    /// The type searched.
+    #[serde(rename = "type", default)]
+    pub resource_type: String,
+    #[serde(default)]
+    pub returns: Returns,
+    /// Finished: what it fetched, staged and skipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resources: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pages: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub staged_bytes: i64,
+    /// Resources per type fetched, as a JSON object's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// Failed: the server's status (0: no answer), the reason (stored, never logged: server
+    /// diagnostics can quote resource content) and the search.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub error_status: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
+}
+
+impl TableRow for WorkRow {
+    const KIND: &'static str = "export work row";
+    const INT64: &'static [&'static str] = &[
+        "resources",
+        "pages",
+        "skipped",
+        "stagedBytes",
+        "errorStatus",
+    ];
+}
+
+impl WorkRow {
+    pub fn pending(resource_type: &str, search: &str) -> Self {
+        WorkRow {
+            status: WorkStatus::Pending,
+            resource_type: resource_type.to_string(),
+            returns: if returns_other_types(search) {
+                Returns::AnyType
+            } else {
+                Returns::OwnType
+            },
+            resources: 0,
+            pages: 0,
+            skipped: 0,
+            staged_bytes: 0,
+            types: None,
+            finished: None,
+            error_status: 0,
+            error: None,
+            search: None,
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.status == WorkStatus::Pending
     }
 }
 
@@ -76,15 +335,9 @@ pub fn parse_work_row(key: &str) -> Option<(u32, u32)> {
     Some((batch.parse().ok()?, include.parse().ok()?))
 }
 
-/// Status of a work item row.
-pub const WORK_PENDING: &str = "pending";
-pub const WORK_DONE: &str = "done";
-pub const WORK_FAILED: &str = "failed";
-
-/// A work row's `returns`: what types its search can return. `own-type` searches return only
-/// the type they search (`type`); `any-type` ones (`_include`, `_revinclude`) may return others.
-pub const RETURNS_OWN_TYPE: &str = "own-type";
-pub const RETURNS_ANY_TYPE: &str = "any-type";
+/// How a work row's status and `returns` are stored, for table filters.
+const WORK_PENDING: &str = "pending";
+const RETURNS_ANY_TYPE: &str = "any-type";
 
 /// Whether a relative search can return resources of other types than the one it searches.
 pub fn returns_other_types(search: &str) -> bool {
@@ -108,19 +361,20 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn of(rows: &[Entity]) -> Self {
+    pub fn of(rows: &[Row<WorkRow>]) -> Self {
         let mut p = Progress::default();
         for row in rows {
+            let row = &row.data;
             p.items += 1;
-            match row.str("status") {
-                Some(WORK_DONE) => p.finished += 1,
-                Some(WORK_FAILED) => {
+            match row.status {
+                WorkStatus::Done => p.finished += 1,
+                WorkStatus::Failed => {
                     p.finished += 1;
                     p.failed += 1;
                 }
-                _ => {}
+                WorkStatus::Pending => {}
             }
-            p.resources += row.i64("resources").max(0) as u64;
+            p.resources += row.resources.max(0) as u64;
             for (t, n) in type_counts(row) {
                 let total = p.per_type.get(&t).and_then(Value::as_u64).unwrap_or(0) + n;
                 p.per_type.insert(t, total.into());
@@ -156,8 +410,12 @@ fn returning(resource_type: &str) -> String {
 }
 
 /// Resources per type a finished work row fetched (its `types`), types with none left out.
-pub fn type_counts(row: &Entity) -> impl Iterator<Item = (String, u64)> {
-    let types = match row.str("types").and_then(|t| serde_json::from_str(t).ok()) {
+pub fn type_counts(row: &WorkRow) -> impl Iterator<Item = (String, u64)> {
+    let types = match row
+        .types
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+    {
         Some(Value::Object(types)) => types,
         _ => Map::new(),
     };
@@ -169,19 +427,21 @@ pub fn type_counts(row: &Entity) -> impl Iterator<Item = (String, u64)> {
 
 /// Whether a work row's search may return resources of `resource_type` (what
 /// `ExportStore::may_still_return` asks the table).
-pub fn may_return(row: &Entity, resource_type: &str) -> bool {
-    row.str("type") == Some(resource_type) || row.str("returns") == Some(RETURNS_ANY_TYPE)
+pub fn may_return(row: &WorkRow, resource_type: &str) -> bool {
+    row.resource_type == resource_type || row.returns == Returns::AnyType
 }
 
 /// The types that finished work rows returned and no pending row may still return: those
 /// whose files can be composed.
-pub fn ready_types(rows: &[Entity]) -> BTreeSet<String> {
-    let pending: Vec<&Entity> = rows
+pub fn ready_types(rows: &[Row<WorkRow>]) -> BTreeSet<String> {
+    let pending: Vec<&WorkRow> = rows
         .iter()
-        .filter(|r| r.str("status") == Some(WORK_PENDING))
+        .map(|r| &r.data)
+        .filter(|r| r.is_pending())
         .collect();
     rows.iter()
-        .filter(|r| r.str("status") != Some(WORK_PENDING))
+        .map(|r| &r.data)
+        .filter(|r| !r.is_pending())
         .flat_map(type_counts)
         .map(|(t, _)| t)
         .filter(|t| !pending.iter().any(|r| may_return(r, t)))
@@ -207,31 +467,55 @@ impl ExportStore {
         self.tables.create_table(&self.table).await
     }
 
-    pub async fn job(&self, id: &str) -> StorageResult<Option<Entity>> {
-        self.tables.get(&self.table, id, JOB_ROW).await
+    pub async fn job(&self, id: &str) -> StorageResult<Option<Row<ExportJob>>> {
+        self.tables
+            .get(&self.table, id, JOB_ROW)
+            .await?
+            .map(Row::from_entity)
+            .transpose()
     }
 
-    pub async fn work(&self, id: &str, row: &str) -> StorageResult<Option<Entity>> {
-        self.tables.get(&self.table, id, row).await
+    pub async fn work(&self, id: &str, row: &str) -> StorageResult<Option<Row<WorkRow>>> {
+        self.tables
+            .get(&self.table, id, row)
+            .await?
+            .map(Row::from_entity)
+            .transpose()
     }
 
     /// Inserts a row; `Ok(None)` when it already exists.
-    pub async fn insert(&self, row: &Entity) -> StorageResult<Option<String>> {
-        self.tables.insert_new(&self.table, row).await
+    pub async fn insert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<Option<String>> {
+        self.tables.insert_new(&self.table, &row.to_entity()).await
     }
 
-    /// Replaces a row if nobody changed it since it was read; `Ok(false)` if somebody did.
-    pub async fn replace_if_unchanged(&self, row: &mut Entity) -> StorageResult<bool> {
-        self.tables.replace_if_unchanged(&self.table, row).await
+    /// Replaces a row if nobody changed it since it was read (its ETag moves on); `Ok(false)`
+    /// if somebody did.
+    pub async fn replace_if_unchanged<R: TableRow>(&self, row: &mut Row<R>) -> StorageResult<bool> {
+        let mut entity = row.to_entity();
+        let replaced = self
+            .tables
+            .replace_if_unchanged(&self.table, &mut entity)
+            .await?;
+        row.etag = entity.etag;
+        Ok(replaced)
     }
 
-    pub async fn upsert(&self, row: &Entity) -> StorageResult<String> {
-        self.tables.upsert(&self.table, row).await
+    pub async fn upsert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<String> {
+        self.tables.upsert(&self.table, &row.to_entity()).await
+    }
+
+    async fn work_query(&self, filter: &str) -> StorageResult<Vec<Row<WorkRow>>> {
+        self.tables
+            .query(&self.table, filter)
+            .await?
+            .into_iter()
+            .map(Row::from_entity)
+            .collect()
     }
 
     /// Every work row of an export.
-    pub async fn work_rows(&self, id: &str) -> StorageResult<Vec<Entity>> {
-        self.tables.query(&self.table, &work_filter(id, None)).await
+    pub async fn work_rows(&self, id: &str) -> StorageResult<Vec<Row<WorkRow>>> {
+        self.work_query(&work_filter(id, None)).await
     }
 
     /// Whether any work item of an export is still pending (one small query).
@@ -259,16 +543,19 @@ impl ExportStore {
         &self,
         id: &str,
         resource_type: &str,
-    ) -> StorageResult<Vec<Entity>> {
-        let filter = work_filter(id, Some(&returning(resource_type)));
-        self.tables.query(&self.table, &filter).await
+    ) -> StorageResult<Vec<Row<WorkRow>>> {
+        self.work_query(&work_filter(id, Some(&returning(resource_type))))
+            .await
     }
 
     /// Every job row (one per export).
-    pub async fn jobs(&self) -> StorageResult<Vec<Entity>> {
+    pub async fn jobs(&self) -> StorageResult<Vec<Row<ExportJob>>> {
         self.tables
             .query(&self.table, &format!("RowKey eq '{JOB_ROW}'"))
-            .await
+            .await?
+            .into_iter()
+            .map(Row::from_entity)
+            .collect()
     }
 
     /// Deletes every row of an export, the job row last.
@@ -290,8 +577,16 @@ impl ExportStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Entity;
 
-    fn row(key: &str, status: &str, resource_type: &str, returns: &str, types: &str) -> Entity {
+    /// A work row as the Table service returns it (every version so far wrote it so).
+    fn row(
+        key: &str,
+        status: &str,
+        resource_type: &str,
+        returns: &str,
+        types: &str,
+    ) -> Row<WorkRow> {
         let mut row = Entity::new("export", key);
         row.set_str("status", status);
         row.set_str("type", resource_type);
@@ -299,7 +594,7 @@ mod tests {
         if !types.is_empty() {
             row.set_str("types", types);
         }
-        row
+        Row::from_entity(row).unwrap()
     }
 
     #[test]
@@ -330,30 +625,24 @@ mod tests {
         let rows = [
             row(
                 "w-000000-000",
-                WORK_DONE,
+                "done",
                 "Patient",
-                RETURNS_OWN_TYPE,
+                "own-type",
                 r#"{"Patient":2}"#,
             ),
-            row(
-                "w-000001-000",
-                WORK_PENDING,
-                "Patient",
-                RETURNS_OWN_TYPE,
-                "",
-            ),
+            row("w-000001-000", "pending", "Patient", "own-type", ""),
             row(
                 "w-000000-001",
-                WORK_FAILED,
+                "failed",
                 "Observation",
-                RETURNS_OWN_TYPE,
+                "own-type",
                 r#"{"Observation":5}"#,
             ),
             row(
                 "w-000000-002",
-                WORK_DONE,
+                "done",
                 "Condition",
-                RETURNS_OWN_TYPE,
+                "own-type",
                 r#"{"Condition":0}"#,
             ),
         ];
@@ -364,18 +653,94 @@ mod tests {
             "Patient waits for its pending batch; a type with no resources needs no file"
         );
         let mut with_include = rows.to_vec();
-        with_include.push(row(
-            "w-000000-003",
-            WORK_PENDING,
-            "Encounter",
-            RETURNS_ANY_TYPE,
-            "",
-        ));
+        with_include.push(row("w-000000-003", "pending", "Encounter", "any-type", ""));
         assert!(
             ready_types(&with_include).is_empty(),
             "a pending _include search may still return Observations"
         );
-        assert!(may_return(&with_include[4], "Observation"));
-        assert!(!may_return(&rows[0], "Observation"));
+        assert!(may_return(&with_include[4].data, "Observation"));
+        assert!(!may_return(&rows[0].data, "Observation"));
+    }
+
+    /// Job and work rows written by the previous version (session 10) are read: a deployed
+    /// app is updated with exports in flight. And written back in the same format.
+    #[test]
+    fn rows_in_the_format_of_the_previous_version_are_read_and_written() {
+        let mut job = Entity::new("0123456789abcdef0123456789abcdef", JOB_ROW);
+        job.set_str("kind", "patients");
+        job.set_str("status", "exporting");
+        job.set_str("definition", r#"{"query":"Patient"}"#);
+        job.set_str("created", "2026-12-06T09:00:00Z");
+        job.set_str("request", "https://x/$alt-export");
+        job.set_str("gatherNext", "");
+        job.set_i64("gatherSeq", 2);
+        job.set_i64("idsFound", 42);
+        job.set_i64("patients", 42);
+        job.set_i64("workItems", 6);
+        job.set_str("gathered", "2026-12-06T09:00:05Z");
+        job.props
+            .insert("Timestamp".into(), "2026-12-06T09:00:05.5Z".into());
+        let read = Row::<ExportJob>::from_entity(job.clone()).unwrap();
+        let j = &read.data;
+        assert_eq!(
+            (j.kind, j.status),
+            (ExportKind::Patients, JobStatus::Exporting)
+        );
+        assert_eq!((j.gather_seq, j.ids_found, j.work_items), (2, 42, 6));
+        assert_eq!(j.gathered.as_deref(), Some("2026-12-06T09:00:05Z"));
+        let written = read.to_entity();
+        for name in [
+            "kind",
+            "status",
+            "definition",
+            "created",
+            "request",
+            "gathered",
+        ] {
+            assert_eq!(written.props[name], job.props[name], "{name}");
+        }
+        for name in ["gatherSeq", "idsFound", "patients", "workItems"] {
+            assert_eq!(written.props[name], job.props[name], "{name}");
+            assert_eq!(written.props[&format!("{name}@odata.type")], "Edm.Int64");
+        }
+        // Older rows had no kind; an unknown status reads as failed.
+        let mut old = Entity::new("x", JOB_ROW);
+        old.set_str("status", "paused");
+        let old = Row::<ExportJob>::from_entity(old).unwrap();
+        assert_eq!(
+            (old.data.kind, old.data.status),
+            (ExportKind::Patients, JobStatus::Failed)
+        );
+
+        let mut work = Entity::new("x", &work_row(1, 0));
+        work.set_str("status", "failed");
+        work.set_str("type", "Observation");
+        work.set_str("returns", "own-type");
+        work.set_i64("resources", 7);
+        work.set_i64("stagedBytes", 1 << 33);
+        work.set_i64("errorStatus", 503);
+        work.set_str("error", "unavailable");
+        work.set_str("search", "Observation?patient=a");
+        work.set_str("types", r#"{"Observation":7}"#);
+        let read = Row::<WorkRow>::from_entity(work.clone()).unwrap();
+        assert_eq!(read.data.status, WorkStatus::Failed);
+        assert_eq!(
+            (read.data.staged_bytes, read.data.error_status),
+            (1 << 33, 503)
+        );
+        let written = read.to_entity();
+        for name in [
+            "status",
+            "type",
+            "returns",
+            "resources",
+            "stagedBytes",
+            "errorStatus",
+            "error",
+            "search",
+            "types",
+        ] {
+            assert_eq!(written.props[name], work.props[name], "{name}");
+        }
     }
 }

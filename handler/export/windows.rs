@@ -13,8 +13,9 @@ use time::{Duration, OffsetDateTime};
 
 use super::all::{AllDefinition, Parallel, format_instant, parse_instant};
 use super::schedule::WorkItem;
+use super::state::ExportJob;
 use super::{ExportError, Exporter};
-use crate::storage::Entity;
+use crate::storage::Row;
 
 /// Count searches in flight at once while planning.
 const COUNT_CONCURRENCY: usize = 8;
@@ -104,11 +105,11 @@ fn ranges_from_json(text: &str) -> Option<Vec<TimeRange>> {
 pub async fn plan(
     ex: &Exporter,
     export: &str,
-    mut job: Entity,
+    mut job: Row<ExportJob>,
     definition: &AllDefinition,
     attempt: u32,
 ) -> Result<(), ExportError> {
-    let ranges = match job.str("ranges").and_then(ranges_from_json) {
+    let ranges = match job.data.ranges.as_deref().and_then(ranges_from_json) {
         Some(recorded) => recorded,
         None => {
             let ranges = match (definition.parallel, definition.since, definition.till) {
@@ -127,7 +128,7 @@ pub async fn plan(
                     count: 0,
                 }],
             };
-            job.set_str("ranges", ranges_to_json(&ranges));
+            job.data.ranges = Some(ranges_to_json(&ranges));
             if !ex.store.replace_if_unchanged(&mut job).await? {
                 return Ok(()); // terminated, or another delivery planned first
             }
