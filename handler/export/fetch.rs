@@ -157,7 +157,6 @@ pub async fn run(
         w.error_status = i64::from(f.status);
         // Stored, not logged: server diagnostics can quote resource content.
         w.error = Some(truncate(&f.message, 16_000));
-        w.search = Some(truncate(search, 4_000));
     }
     ex.store.upsert(&row).await?;
     ex.after_work_item(export, &row).await

@@ -128,7 +128,13 @@ async fn write_errors(
                 "code": if row.data.error_status == 0 { "exception" } else { "transient" },
                 "diagnostics": format!(
                     "the search {} for work item {} stopped: {}; resources read before the failure are in the output",
-                    row.data.search.as_deref().unwrap_or_default(),
+                    row.data
+                        .search
+                        .as_deref()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(4_000)
+                        .collect::<String>(),
                     row.row_key,
                     row.data.error.as_deref().unwrap_or_default()
                 ),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::state::{ExportJob, JobStatus, parse_work_row};
+use super::state::{ExportJob, JobStatus, WorkStatus, parse_work_row};
 use super::{ExportError, ExportWork, Exporter};
 use crate::storage::Row;
 
@@ -78,11 +78,22 @@ impl Exporter {
             let Some((batch, include)) = parse_work_row(&row.row_key) else {
                 continue;
             };
+            let Some(search) = row.data.search.clone().filter(|s| !s.is_empty()) else {
+                // A row of a version that did not keep the search: end it as failed, so the
+                // export completes and its errors file says what is missing.
+                let mut failed = row.clone();
+                failed.data.status = WorkStatus::Failed;
+                failed.data.error = Some(
+                    "the queued step of this search was lost, and its row (written by an earlier version) does not record the search; export again to get its resources".into(),
+                );
+                self.store.upsert(&failed).await?;
+                continue;
+            };
             self.enqueue(&ExportWork::Fetch {
                 export: export.to_string(),
                 batch,
                 include,
-                search: row.data.search.clone().unwrap_or_default(),
+                search,
             })
             .await?;
             queued += 1;

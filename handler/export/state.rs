@@ -277,12 +277,13 @@ pub struct WorkRow {
     pub types: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
-    /// Failed: the server's status (0: no answer), the reason (stored, never logged: server
-    /// diagnostics can quote resource content) and the search.
+    /// Failed: the server's status (0: no answer) and the reason (stored, never logged:
+    /// server diagnostics can quote resource content).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub error_status: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The relative search (stored from the start: a lost fetch step is queued again with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<String>,
 }
@@ -316,7 +317,8 @@ impl WorkRow {
             finished: None,
             error_status: 0,
             error: None,
-            search: None,
+            // Kept so that the sweep can queue a lost fetch step again (`export::reconcile`).
+            search: Some(search.to_string()),
         }
     }
 

@@ -290,6 +290,94 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
     assert!(first_log(&body).starts_with("requeued 0 parts"), "{body}");
 }
 
+/// An export whose fetch steps were lost after planning gets them again from the sweep, each
+/// with its own search, and exports exactly what the server has. Fails before work rows kept
+/// their search: the sweep queued the lost fetches with an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
+    use fhir_bulk::export::ExportKind;
+    use fhir_bulk::export::control::{self, Links};
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let client = reqwest::Client::new();
+    for n in 1..=3 {
+        let patient: Value = serde_json::from_str(&crate::fixtures::patient_line(n)).unwrap();
+        let url = format!("{}/Patient/{}", fhir.base_url, patient_id(n));
+        let resp = client.put(url).json(&patient).send().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    let state = host_state(&azurite, &fhir).await;
+    let exporter = &state.exporter;
+    let definition =
+        r#"{"query": "Patient", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}"#;
+    let started = control::start(
+        exporter,
+        ExportKind::Patients,
+        definition,
+        &Links::default(),
+        "test",
+        None,
+    )
+    .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_string();
+    let run = |m: &fhir_bulk::storage::ReceivedWork| json!({"Data": {"work": m.text}, "Metadata": {"DequeueCount": 1, "Id": m.id}});
+    // The gather step runs and plans; the fetch steps it queued are lost.
+    let gather = exporter
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(gather.len(), 1);
+    assert_eq!(invoke(&state, "ExportWorker", run(&gather[0])).await.0, 200);
+    exporter.queue.delete(&gather[0]).await.unwrap();
+    let lost = exporter
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!lost.is_empty(), "the fetch steps were queued");
+    for m in &lost {
+        exporter.queue.delete(m).await.unwrap();
+    }
+    let queued = exporter
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(queued >= 1, "{queued}");
+    for _ in 0..20 {
+        for m in exporter
+            .queue
+            .receive(32, Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            assert_eq!(invoke(&state, "ExportWorker", run(&m)).await.0, 200);
+            exporter.queue.delete(&m).await.unwrap();
+        }
+        let status = control::status(exporter, &id).await;
+        if status.status == 200 {
+            let outputs = status.body["output"].as_array().unwrap();
+            let patients: u64 = outputs
+                .iter()
+                .filter(|o| o["type"] == "Patient")
+                .map(|o| o["count"].as_u64().unwrap())
+                .sum();
+            assert_eq!(patients, 3, "{}", status.body);
+            assert!(
+                status.body["error"].as_array().unwrap().is_empty(),
+                "{}",
+                status.body
+            );
+            return;
+        }
+    }
+    panic!(
+        "the export did not complete after the sweep: {}",
+        control::status(exporter, &id).await.body
+    );
+}
+
 /// The same for exports: an export whose queued steps were lost is given them again by the
 /// sweep, and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
