@@ -9,7 +9,7 @@ use crate::export::state::ExportStore;
 use crate::fhir::FhirClient;
 use crate::functions::AppState;
 use crate::import::Importer;
-use crate::import::ledger::Ledger;
+use crate::import::state::ImportStore;
 use crate::storage::{BlobStore, StorageCredentials, TableClient, WorkQueue};
 
 pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
@@ -21,7 +21,7 @@ pub async fn build_state(settings: &Settings) -> anyhow::Result<AppState> {
         settings.import.clone(),
         blobs.clone(),
         WorkQueue::new(&credentials, &settings.import.queue)?,
-        Ledger::new(tables.clone(), &settings.import.table),
+        ImportStore::new(tables.clone(), &settings.import.table),
         fhir.clone(),
     );
     importer.ensure_resources().await.map_err(|e| {

@@ -9,13 +9,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::functions::AppState;
-use crate::import::ledger::{Counts, FileStatus};
+use crate::import::state::{Counts, FileStatus};
 
 pub async fn run(state: &AppState, expect_files: usize, wait: Duration) -> anyhow::Result<bool> {
     let importer = &state.importer;
     let deadline = Instant::now() + wait;
     let files = loop {
-        let files = importer.ledger.files(None).await?;
+        let files = importer.store.files(None).await?;
         let finished = files.iter().filter(|f| f.data.status.is_terminal()).count();
         if files.len() >= expect_files && finished == files.len() {
             break files;

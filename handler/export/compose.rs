@@ -23,7 +23,7 @@ use super::fetch::{BLOCK_BYTES, staging_blob};
 use super::state::{JobStatus, parse_work_row, type_counts};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
-use crate::import::ledger::now_rfc3339;
+use crate::clock::now_rfc3339;
 use crate::import::ndjson::{ChunkStream, LineReader};
 use crate::import::sources::{BlobChunks, gunzip};
 use crate::storage::{BlobEntry, BlobStore, block_id};

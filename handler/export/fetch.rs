@@ -23,7 +23,7 @@ use super::page::stage_page;
 use super::state::{WorkStatus, work_row};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
-use crate::import::ledger::now_rfc3339;
+use crate::clock::now_rfc3339;
 use crate::storage::{BlobStore, block_id};
 
 /// Staged output is sent in blocks of about this size.

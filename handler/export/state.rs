@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::ExportKind;
+use crate::clock::now_rfc3339;
 use crate::storage::{Row, StorageResult, TableClient, TableRow, odata_string};
 
 pub const JOB_ROW: &str = "job";
@@ -167,7 +168,7 @@ impl ExportJob {
             kind,
             status: JobStatus::Gathering,
             definition,
-            created: crate::import::ledger::now_rfc3339(),
+            created: now_rfc3339(),
             request: request.to_string(),
             gather_next: first_page.unwrap_or_default(),
             gather_seq: 0,
@@ -193,13 +194,13 @@ impl ExportJob {
     /// Planned: `work_items` are registered and exporting.
     pub fn exporting(&mut self, work_items: usize) {
         self.status = JobStatus::Exporting;
-        self.gathered = Some(crate::import::ledger::now_rfc3339());
+        self.gathered = Some(now_rfc3339());
         self.work_items = work_items as i64;
     }
 
     pub fn composing(&mut self) {
         self.status = JobStatus::Composing;
-        self.compose_started = Some(crate::import::ledger::now_rfc3339());
+        self.compose_started = Some(now_rfc3339());
     }
 
     /// Ended with its files written.
@@ -225,12 +226,12 @@ impl ExportJob {
         if let Some(status) = refused {
             self.refused_status = i64::from(status);
         }
-        self.finished = Some(crate::import::ledger::now_rfc3339());
+        self.finished = Some(now_rfc3339());
     }
 
     pub fn terminate(&mut self) {
         self.status = JobStatus::Terminated;
-        self.terminated = Some(crate::import::ledger::now_rfc3339());
+        self.terminated = Some(now_rfc3339());
     }
 }
 

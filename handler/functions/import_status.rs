@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::AppState;
 use crate::fhir::batch_response::operation_outcome;
 use crate::import::Importer;
-use crate::import::ledger::{FileStatus, file_view};
+use crate::import::state::{FileStatus, file_view};
 use crate::protocol::invocation::{
     HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
 };
@@ -22,7 +22,7 @@ pub const RESPONSE_BINDING: &str = "res";
 
 /// The newest import of `container/blob`.
 pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u16, Value) {
-    let rows = match importer.ledger.files(None).await {
+    let rows = match importer.store.files(None).await {
         Ok(rows) => rows,
         Err(e) => {
             return (
@@ -51,7 +51,7 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
         );
     };
     let parts = importer
-        .ledger
+        .store
         .parts(&file.partition_key)
         .await
         .unwrap_or_default();
@@ -78,7 +78,7 @@ pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
             );
         }
     };
-    match importer.ledger.files(status).await {
+    match importer.store.files(status).await {
         Ok(rows) => {
             let items: Vec<Value> = rows.iter().map(|r| file_view(r, &[])).collect();
             (200, json!({ "count": items.len(), "imports": items }))

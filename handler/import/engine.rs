@@ -1,4 +1,4 @@
-//! The import engine: registering a created blob (fast, idempotent: ledger rows + work items),
+//! The import engine: registering a created blob (fast, idempotent: rows in the imports table + work items),
 //! running one work item to its end, and finalising a file once all its parts are done
 //! (reports written, file moved to `<container>processed` or `<container>err`).
 
@@ -14,13 +14,14 @@ use tracing::{debug, info, warn};
 use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
-use super::ledger::{
-    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
-    Ledger, PartEnd, file_key, now_rfc3339, part_row,
-};
 use super::ndjson::cut_ranges;
 use super::report::{error_outcome, result_json};
+use super::state::{
+    Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
+    ImportStore, PartEnd, file_key, part_row,
+};
 use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
+use crate::clock::now_rfc3339;
 use crate::config::ImportSettings;
 use crate::fhir::FhirClient;
 use crate::storage::reports::report_blob;
@@ -51,7 +52,7 @@ pub struct Importer {
     pub settings: ImportSettings,
     pub blobs: BlobStore,
     pub queue: WorkQueue,
-    pub ledger: Ledger,
+    pub store: ImportStore,
     pub fhir: Arc<FhirClient>,
     pub resolver: FhirSearchResolver,
     /// Bundle bytes being read and planned, in MiB (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
@@ -65,7 +66,7 @@ impl Importer {
         settings: ImportSettings,
         blobs: BlobStore,
         queue: WorkQueue,
-        ledger: Ledger,
+        store: ImportStore,
         fhir: Arc<FhirClient>,
     ) -> Self {
         let resolver = FhirSearchResolver::new(fhir.clone());
@@ -75,7 +76,7 @@ impl Importer {
             settings,
             blobs,
             queue,
-            ledger,
+            store,
             fhir,
             resolver,
         }
@@ -110,7 +111,7 @@ impl Importer {
             .ensure_container(&self.settings.reports_container)
             .await?;
         self.queue.ensure().await?;
-        self.ledger.ensure_tables().await?;
+        self.store.ensure_tables().await?;
         Ok(())
     }
 
@@ -205,10 +206,10 @@ impl Importer {
         let file_entity = file.to_entity();
         let mut ops = vec![TransactionOp::Insert(&file_entity)];
         ops.extend(first.iter().map(TransactionOp::Insert));
-        match self.ledger.transact(&ops).await? {
+        match self.store.transact(&ops).await? {
             TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
             TransactionOutcome::Refused { status: 409, .. } => {
-                let Some(found) = self.ledger.file(&key).await? else {
+                let Some(found) = self.store.file(&key).await? else {
                     return Err(ImportError::transient(format!(
                         "the imports table refused {container}/{blob} as a duplicate, then had no row for it"
                     )));
@@ -264,7 +265,7 @@ impl Importer {
             .await?;
         // With the ETag from the insert: a worker that already moved the file on wins.
         file.data.status = FileStatus::Queued;
-        self.ledger.replace_if_unchanged(&mut file).await?;
+        self.store.replace_if_unchanged(&mut file).await?;
         info!(
             message = "Import registered.",
             import = %import_id(&key),
@@ -282,7 +283,7 @@ impl Importer {
     /// Inserts part rows in one transaction; rows already there (a repeat) are fine.
     async fn insert_parts(&self, rows: &[Entity]) -> Result<(), ImportError> {
         let ops: Vec<TransactionOp> = rows.iter().map(TransactionOp::Insert).collect();
-        match self.ledger.transact(&ops).await? {
+        match self.store.transact(&ops).await? {
             TransactionOutcome::Applied(_) | TransactionOutcome::Refused { status: 409, .. } => {
                 Ok(())
             }
@@ -297,7 +298,7 @@ impl Importer {
     /// delivered again.
     pub async fn run(&self, work: &ImportWork) -> Result<(), ImportError> {
         let delivered = OffsetDateTime::now_utc();
-        let (file, part) = self.ledger.file_and_part(&work.file, work.part).await?;
+        let (file, part) = self.store.file_and_part(&work.file, work.part).await?;
         let Some(mut file) = file else {
             warn!(message = "Work item for an unknown import; dropped.", import = %work.file_id());
             return Ok(());
@@ -358,7 +359,7 @@ impl Importer {
         why: Transient,
         delivered: OffsetDateTime,
     ) -> Result<(), ImportError> {
-        let part = self.ledger.part(&work.file, work.part).await?;
+        let part = self.store.part(&work.file, work.part).await?;
         let Some(part) = part.filter(|p| !p.data.is_done()) else {
             return Ok(());
         };
@@ -447,7 +448,7 @@ impl Importer {
             status: 0,
             diagnostics: reason.to_string(),
         };
-        let part = match self.ledger.part(&work.file, work.part).await? {
+        let part = match self.store.part(&work.file, work.part).await? {
             Some(part) => part,
             None => Row::new(
                 &work.file,
@@ -475,9 +476,9 @@ impl Importer {
         how: PartEnd,
         reason: &str,
     ) -> Result<Row<ImportPart>, ImportError> {
-        self.ledger.write_errors(&work.file, &[record]).await?;
+        self.store.write_errors(&work.file, &[record]).await?;
         part.data.end(how, reason, counts);
-        part.etag = self.ledger.upsert(&part).await?;
+        part.etag = self.store.upsert(&part).await?;
         Ok(part)
     }
 
@@ -486,7 +487,7 @@ impl Importer {
         self.finalize_if_complete(work, None, None).await
     }
 
-    /// When every part is done: write the reports, move the file, close the ledger row.
+    /// When every part is done: write the reports, move the file, close the file row.
     /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
     /// `part` and `file` are the rows this worker already holds: a single-part file (every
     /// Bundle and zip) needs no further reads. The file row is only passed by the worker that
@@ -498,16 +499,16 @@ impl Importer {
         file: Option<Row<ImportFile>>,
     ) -> Result<(), ImportError> {
         let parts = match (work.kind, part) {
-            (FileKind::Ndjson, _) => self.ledger.parts(&work.file).await?,
+            (FileKind::Ndjson, _) => self.store.parts(&work.file).await?,
             (_, Some(part)) => vec![part],
-            (_, None) => self.ledger.part(&work.file, 0).await?.into_iter().collect(),
+            (_, None) => self.store.part(&work.file, 0).await?.into_iter().collect(),
         };
         if parts.iter().any(|p| !p.data.is_done()) {
             return Ok(());
         }
         let file = match file {
             Some(f) if work.kind != FileKind::Ndjson => Some(f),
-            _ => self.ledger.file(&work.file).await?,
+            _ => self.store.file(&work.file).await?,
         };
         let Some(mut file) = file else {
             return Ok(());
@@ -561,7 +562,7 @@ impl Importer {
                 per_line: work.kind != FileKind::Bundle,
                 line_base: &line_base,
             };
-            let chunks = report.chunks(self.ledger.error_pages(&work.file));
+            let chunks = report.chunks(self.store.error_pages(&work.file));
             self.blobs.upload_blocks(reports, &name, chunks).await?;
             error_report = Some(format!("{reports}/{name}"));
         }
@@ -593,7 +594,7 @@ impl Importer {
                 counts: totals,
             },
         );
-        self.ledger.upsert(&file).await?;
+        self.store.upsert(&file).await?;
         info!(
             message = "Import finished.",
             import = %work.file_id(),

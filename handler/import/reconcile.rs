@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::engine::Importer;
-use super::ledger::{Counts, FileEnding, FileStatus, ImportFile, ImportPart};
+use super::state::{Counts, FileEnding, FileStatus, ImportFile, ImportPart};
 use super::work::{ImportError, ImportWork, import_id};
 use crate::storage::reports::report_blob;
 use crate::storage::{BlobVersion, Row};
@@ -51,7 +51,7 @@ impl Importer {
             FileStatus::Loading,
             FileStatus::Finalizing,
         ] {
-            for file in self.ledger.files(Some(status)).await? {
+            for file in self.store.files(Some(status)).await? {
                 if file.written_at.is_none_or(|at| at > stale) {
                     continue;
                 }
@@ -99,7 +99,7 @@ impl Importer {
             sweep.closed_from_result += 1;
             return Ok(());
         }
-        let parts = self.ledger.parts(key).await?;
+        let parts = self.store.parts(key).await?;
         let work_of = |part: &Row<ImportPart>| {
             let number = part
                 .row_key
@@ -180,7 +180,7 @@ impl Importer {
                 },
             },
         );
-        self.ledger.upsert(&row).await?;
+        self.store.upsert(&row).await?;
         Ok(true)
     }
 }

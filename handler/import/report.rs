@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::ledger::{Counts, ErrorRecord, GAVE_UP};
+use super::state::{Counts, ErrorRecord, GAVE_UP};
 
 const EXT: &str = "https://github.com/fhir-bulk/fhir-bulk/StructureDefinition";
 

@@ -60,7 +60,7 @@ pub struct ImportWork {
     pub retry: u32,
 }
 
-/// The short id of an import (a file version's ledger key): 12 hex digits of its SHA-256.
+/// The short id of an import (a file version's partition key in the imports table): 12 hex digits of its SHA-256.
 pub fn import_id(file_key: &str) -> String {
     crate::storage::short_hash(file_key)
 }

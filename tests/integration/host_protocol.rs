@@ -16,7 +16,7 @@ use crate::fixtures::{patient_bundle, patient_id};
 use crate::support::{Azurite, FhirServer, fhir_count};
 use fhir_bulk::config::Settings;
 use fhir_bulk::functions::{AppState, host_router};
-use fhir_bulk::import::ledger::{FileStatus, PartStatus};
+use fhir_bulk::import::state::{FileStatus, PartStatus};
 
 async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value) {
     let req = Request::post(format!("/{function}"))
@@ -260,16 +260,16 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
     assert_eq!(view["status"], "loaded", "{view}");
 
     // The rows fall behind: back to loading, nothing counted, the part pending.
-    let key = importer.ledger.files(None).await.unwrap()[0]
+    let key = importer.store.files(None).await.unwrap()[0]
         .partition_key
         .clone();
-    let mut file = importer.ledger.file(&key).await.unwrap().unwrap();
+    let mut file = importer.store.file(&key).await.unwrap().unwrap();
     file.data.status = FileStatus::Loading;
     file.data.counts.loaded = 0;
-    importer.ledger.upsert(&file).await.unwrap();
-    let mut part = importer.ledger.part(&key, 0).await.unwrap().unwrap();
+    importer.store.upsert(&file).await.unwrap();
+    let mut part = importer.store.part(&key, 0).await.unwrap().unwrap();
     part.data.status = PartStatus::Loading;
-    importer.ledger.upsert(&part).await.unwrap();
+    importer.store.upsert(&part).await.unwrap();
     let sweep = importer
         .reconcile_stale_after(Duration::ZERO)
         .await

@@ -18,11 +18,11 @@ use super::bundle_text::bundle_kind;
 use super::encoding::utf8_text;
 use super::engine::Importer;
 use super::fence::VersionFence;
-use super::ledger::{Counts, ErrorRecord, ImportFile, ImportPart, PartStatus};
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
 use super::sources::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
+use super::state::{Counts, ErrorRecord, ImportFile, ImportPart, PartStatus};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::storage::{Row, TransactionOp, TransactionOutcome};
 
@@ -120,7 +120,7 @@ impl<'a> PartProgress<'a> {
     async fn save(&mut self) -> Result<(), ImportError> {
         if !self.pending.is_empty() {
             self.importer
-                .ledger
+                .store
                 .write_errors(&self.work.file, &self.pending)
                 .await?;
             self.pending.clear();
@@ -130,7 +130,7 @@ impl<'a> PartProgress<'a> {
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
         if !self
             .importer
-            .ledger
+            .store
             .replace_if_unchanged(&mut self.row)
             .await?
         {
@@ -179,7 +179,7 @@ async fn claim<'a>(
         progress.stamp_progress();
         let (file, part) = (file.to_entity(), progress.row.to_entity());
         let ops = [TransactionOp::Replace(&file), TransactionOp::Replace(&part)];
-        match importer.ledger.transact(&ops).await? {
+        match importer.store.transact(&ops).await? {
             TransactionOutcome::Applied(etags) => {
                 progress.row.etag = etags[1].clone();
                 progress.last_save = Instant::now();

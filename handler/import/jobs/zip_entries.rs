@@ -12,7 +12,7 @@ use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
 use zip::ZipArchive;
 
-use super::super::ledger::{ImportFile, ImportPart};
+use super::super::state::{ImportFile, ImportPart};
 use super::{
     PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
 };

@@ -1,16 +1,16 @@
-//! The `imports` table: one partition per uploaded file version (container, blob, ETag), with a
-//! `file` row (status, counts, timings, outcome) and one `part-NNNNN` row per work item holding
-//! its checkpoint. Entry and line errors go to the `importerrors` table under the same
+//! Import state, typed: the `imports` table has one partition per uploaded file version
+//! (container, blob, ETag), with a `file` row ([`ImportFile`]: status, counts, timings,
+//! outcome) and one `part-NNNNN` row per work item ([`ImportPart`], holding its checkpoint);
+//! each is converted to and from its entity by `storage::row`. Entry and line errors go to the `importerrors` table under the same
 //! partition, keyed by position, so writing them again (a redelivered work item) overwrites
 //! instead of duplicating.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::work::FileKind;
+use crate::clock::now_rfc3339;
 use crate::storage::table::encode_key;
 use crate::storage::{
     QueryPages, Row, StorageResult, TableClient, TableRow, TransactionOp, TransactionOutcome,
@@ -101,12 +101,6 @@ pub fn file_key(container: &str, blob: &str, etag: &str) -> String {
 
 pub fn part_row(part: u32) -> String {
     format!("part-{part:05}")
-}
-
-pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Counters kept per part and summed per file.
@@ -410,17 +404,17 @@ impl ErrorRecord {
     }
 }
 
-/// Access to the two tables of the import ledger.
+/// Reads and writes the two tables of imports (`imports`, `importerrors`).
 #[derive(Clone)]
-pub struct Ledger {
+pub struct ImportStore {
     tables: TableClient,
     imports: String,
     errors: String,
 }
 
-impl Ledger {
+impl ImportStore {
     pub fn new(tables: TableClient, imports_table: &str) -> Self {
-        Ledger {
+        ImportStore {
             tables,
             imports: imports_table.to_string(),
             errors: format!("{imports_table}errors"),
@@ -547,7 +541,7 @@ impl Ledger {
     }
 }
 
-/// The pages of a file's error records (`Ledger::error_pages`).
+/// The pages of a file's error records (`ImportStore::error_pages`).
 pub struct ErrorPages<'a>(QueryPages<'a>);
 
 impl ErrorPages<'_> {
