@@ -8,13 +8,14 @@
 //! write the same bytes, and the job row's ETag lets one of them finish the job.
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::info;
 
 use super::compose::{OutputFile, composed};
 use super::fetch::staging_prefix;
 use super::state::{ExportJob, JobStatus, Progress, WorkRow, WorkStatus};
-use super::{ExportError, Exporter};
+use super::{ExportError, ExportKind, Exporter};
 use crate::storage::Row;
 
 pub const MANIFEST_NAME: &str = "_completed_run.json";
@@ -69,7 +70,7 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
         .to_string();
     job.data
         .complete(final_status, finished, written, duplicates, outputs.len());
-    let manifest = manifest(ex, &job, &outputs, errors.as_ref());
+    let manifest = Manifest::of(ex, &job, &outputs, errors.as_ref());
     let container = &ex.settings.container;
     ex.blobs
         .upload(
@@ -158,43 +159,83 @@ async fn write_errors(
 
 /// The Bulk Data style manifest: also the body of a finished export's status. Files are listed
 /// by type (types in name order, a type's files in the order written).
-pub fn manifest(
-    ex: &Exporter,
-    job: &Row<ExportJob>,
-    outputs: &[&OutputFile],
-    errors: Option<&OutputFile>,
-) -> Value {
-    let file = |o: &OutputFile| {
-        json!({
-            "type": o.resource_type,
-            "url": ex.blobs.url(&ex.settings.container, &o.name),
-            "count": o.count,
-            "sizebytes": o.size,
-        })
-    };
-    let j = &job.data;
-    let definition: Value = serde_json::from_str(&j.definition).unwrap_or(Value::Null);
-    json!({
-        "transactionTime": j.created,
-        "request": j.request,
-        "requiresAccessToken": true,
-        "output": outputs.iter().map(|o| file(o)).collect::<Vec<_>>(),
-        "error": errors.map(file).into_iter().collect::<Vec<_>>(),
-        "extension": {
-            "id": job.partition_key,
-            "kind": j.kind.as_str(),
-            "status": j.status.as_str(),
-            "definition": definition,
-            "patients": j.patients,
-            "batches": j.batches,
-            "workItems": j.work_items,
-            "resources": j.resources,
-            "duplicatesDropped": j.duplicates_dropped,
-            "started": j.created,
-            "planned": j.gathered.as_deref().unwrap_or_default(),
-            "composeStarted": j.compose_started.as_deref().unwrap_or_default(),
-            "finished": j.finished.as_deref().unwrap_or_default(),
-            "container": ex.settings.container,
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest<'a> {
+    pub transaction_time: &'a str,
+    pub request: &'a str,
+    pub requires_access_token: bool,
+    pub output: Vec<ManifestFile>,
+    pub error: Vec<ManifestFile>,
+    /// fhir-loader's fields and ours.
+    pub extension: ManifestExtension<'a>,
+}
+
+/// One file of a manifest.
+#[derive(Debug, Serialize)]
+pub struct ManifestFile {
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub url: String,
+    pub count: u64,
+    pub sizebytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestExtension<'a> {
+    pub id: &'a str,
+    pub kind: ExportKind,
+    pub status: JobStatus,
+    pub definition: Value,
+    pub patients: i64,
+    pub batches: i64,
+    pub work_items: i64,
+    pub resources: i64,
+    pub duplicates_dropped: i64,
+    pub started: &'a str,
+    pub planned: &'a str,
+    pub compose_started: &'a str,
+    pub finished: &'a str,
+    pub container: &'a str,
+}
+
+impl<'a> Manifest<'a> {
+    pub fn of(
+        ex: &'a Exporter,
+        job: &'a Row<ExportJob>,
+        outputs: &[&OutputFile],
+        errors: Option<&OutputFile>,
+    ) -> Self {
+        let file = |o: &OutputFile| ManifestFile {
+            resource_type: o.resource_type.clone(),
+            url: ex.blobs.url(&ex.settings.container, &o.name),
+            count: o.count,
+            sizebytes: o.size,
+        };
+        let j = &job.data;
+        Manifest {
+            transaction_time: &j.created,
+            request: &j.request,
+            requires_access_token: true,
+            output: outputs.iter().map(|o| file(o)).collect(),
+            error: errors.map(file).into_iter().collect(),
+            extension: ManifestExtension {
+                id: &job.partition_key,
+                kind: j.kind,
+                status: j.status,
+                definition: serde_json::from_str(&j.definition).unwrap_or(Value::Null),
+                patients: j.patients,
+                batches: j.batches,
+                work_items: j.work_items,
+                resources: j.resources,
+                duplicates_dropped: j.duplicates_dropped,
+                started: &j.created,
+                planned: j.gathered.as_deref().unwrap_or_default(),
+                compose_started: j.compose_started.as_deref().unwrap_or_default(),
+                finished: j.finished.as_deref().unwrap_or_default(),
+                container: &ex.settings.container,
+            },
         }
-    })
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::AppState;
 use crate::fhir::batch_response::operation_outcome;
 use crate::import::Importer;
-use crate::import::state::{FileStatus, file_view};
+use crate::import::state::{FileStatus, FileView};
 use crate::protocol::invocation::{
     HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
 };
@@ -55,7 +55,7 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
         .parts(&file.partition_key)
         .await
         .unwrap_or_default();
-    (200, file_view(file, &parts))
+    (200, json!(FileView::of(file, &parts)))
 }
 
 /// Recent imports, newest first, optionally only those with `status`.
@@ -80,7 +80,7 @@ pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
     };
     match importer.store.files(status).await {
         Ok(rows) => {
-            let items: Vec<Value> = rows.iter().map(|r| file_view(r, &[])).collect();
+            let items: Vec<FileView> = rows.iter().map(|r| FileView::of(r, &[])).collect();
             (200, json!({ "count": items.len(), "imports": items }))
         }
         Err(e) => (

@@ -15,7 +15,7 @@ use super::budget::MemoryBudget;
 use super::bundle::FhirSearchResolver;
 use super::jobs;
 use super::ndjson::cut_ranges;
-use super::report::{error_outcome, result_json};
+use super::report::{ImportResult, error_outcome};
 use super::state::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
     ImportStore, PartEnd, file_key, part_row,
@@ -573,16 +573,18 @@ impl Importer {
         } else {
             self.move_input(work, &target_container).await?
         };
-        let result = result_json(
-            &source,
-            status.as_str(),
-            totals,
-            &outcome.describe(),
-            error_report.as_deref(),
-            reason.as_deref(),
-        );
+        let result = ImportResult {
+            file: source,
+            status,
+            input: outcome.describe(),
+            resources: totals.into(),
+            lines_read: totals.lines,
+            error_report: error_report.clone(),
+            reason: reason.clone(),
+        };
+        let body = serde_json::to_vec(&result).expect("a result serialises");
         self.blobs
-            .upload(reports, &result_name, Bytes::from(result.to_string()))
+            .upload(reports, &result_name, Bytes::from(body))
             .await?;
         file.data.finish(
             status,

@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::engine::Importer;
-use super::state::{Counts, FileEnding, FileStatus, ImportFile, ImportPart};
+use super::report::ImportResult;
+use super::state::{FileEnding, FileStatus, ImportFile, ImportPart};
 use super::work::{ImportError, ImportWork, import_id};
 use crate::storage::reports::report_blob;
 use crate::storage::{BlobVersion, Row};
@@ -147,37 +148,23 @@ impl Importer {
         let Some((_, bytes)) = self.blobs.read_all(reports, &name).await? else {
             return Ok(false);
         };
-        let Ok(result) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        // A result that does not parse, or of a status that is not final, closes nothing.
+        let Ok(result) = serde_json::from_slice::<ImportResult>(&bytes) else {
             return Ok(false);
         };
-        let text = |name: &str| {
-            result
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        let count = |name: &str| result["resources"][name].as_i64().unwrap_or(0);
-        let Some(status) = text("status")
-            .and_then(|s| FileStatus::parse(&s))
-            .filter(|s| s.is_terminal())
-        else {
+        if !result.status.is_terminal() {
             return Ok(false);
-        };
+        }
         let mut row = file.clone();
+        let counts = result.counts();
         row.data.finish(
-            status,
+            result.status,
             FileEnding {
-                outcome: text("input").unwrap_or_default(),
+                outcome: result.input,
                 result: format!("{reports}/{name}"),
-                error_report: text("errorReport"),
-                reason: text("reason"),
-                counts: Counts {
-                    loaded: count("loaded"),
-                    failed: count("failed"),
-                    present: count("alreadyPresent"),
-                    lines: result["linesRead"].as_i64().unwrap_or(0),
-                    not_loaded: count("notLoaded"),
-                },
+                error_report: result.error_report,
+                reason: result.reason,
+                counts,
             },
         );
         self.store.upsert(&row).await?;

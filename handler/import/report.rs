@@ -2,9 +2,10 @@
 //! NDJSON of OperationOutcomes, one per refused line or entry, saying where it was (file, line
 //! or entry index, zip entry), what it was (`Type/id`), the HTTP status and the server's words.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::state::{Counts, ErrorRecord, GAVE_UP};
+use super::state::{Counts, ErrorRecord, FileStatus, GAVE_UP};
 
 const EXT: &str = "https://github.com/fhir-bulk/fhir-bulk/StructureDefinition";
 
@@ -52,35 +53,88 @@ pub fn error_outcome(source: &str, record: &ErrorRecord, line: Option<i64>) -> V
     json!({"resourceType": "OperationOutcome", "extension": extension, "issue": [issue]})
 }
 
-/// The result JSON of a finished import: its counts, where the input file is now (moved to
-/// `<container>processed`/`err`, `replaced` or `deleted`) and where its error report is.
-pub fn result_json(
-    source: &str,
-    status: &str,
-    counts: Counts,
-    input: &str,
-    errors: Option<&str>,
-    reason: Option<&str>,
-) -> Value {
-    json!({
-        "file": source,
-        "status": status,
-        "input": input,
-        "resources": {
-            "loaded": counts.loaded,
-            "failed": counts.failed,
-            "alreadyPresent": counts.present,
-            "notLoaded": counts.not_loaded,
-        },
-        "linesRead": counts.lines,
-        "errorReport": errors,
-        "reason": reason,
-    })
+/// What happened to a file's resources, as the result JSON and the import status say it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ResourceCounts {
+    pub loaded: i64,
+    pub failed: i64,
+    pub already_present: i64,
+    pub not_loaded: i64,
+}
+
+impl From<Counts> for ResourceCounts {
+    fn from(c: Counts) -> Self {
+        ResourceCounts {
+            loaded: c.loaded,
+            failed: c.failed,
+            already_present: c.present,
+            not_loaded: c.not_loaded,
+        }
+    }
+}
+
+/// The result JSON of a finished import (`reports/<container>/<blob>/<id>/result.json`): its
+/// counts, where the input file is now (moved to `<container>processed`/`err`, `replaced` or
+/// `deleted`) and where its error report is. Written when the import finishes; read back by
+/// the reconciliation sweep when the rows fell behind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportResult {
+    /// `container/blob` of the input.
+    pub file: String,
+    pub status: FileStatus,
+    /// Where the input went.
+    pub input: String,
+    pub resources: ResourceCounts,
+    #[serde(default)]
+    pub lines_read: i64,
+    #[serde(default)]
+    pub error_report: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl ImportResult {
+    /// The counts it records, as a file row keeps them.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            loaded: self.resources.loaded,
+            failed: self.resources.failed,
+            present: self.resources.already_present,
+            lines: self.lines_read,
+            not_loaded: self.resources.not_loaded,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A result JSON as the previous version wrote it is read, and one written now has the
+    /// same fields.
+    #[test]
+    fn result_json_keeps_its_format() {
+        let previous = r#"{"file":"ndjson/a.ndjson","status":"completed-with-errors","input":"ndjsonerr/a.ndjson",
+            "resources":{"loaded":10,"failed":2,"alreadyPresent":1,"notLoaded":0},"linesRead":13,
+            "errorReport":"reports/ndjson/a.ndjson/abc/errors.ndjson","reason":null}"#;
+        let result: ImportResult = serde_json::from_str(previous).unwrap();
+        assert_eq!(result.status, FileStatus::CompletedWithErrors);
+        assert_eq!(
+            result.counts(),
+            Counts {
+                loaded: 10,
+                failed: 2,
+                present: 1,
+                lines: 13,
+                not_loaded: 0
+            }
+        );
+        let written: Value = serde_json::to_value(&result).unwrap();
+        let expected: Value = serde_json::from_str(previous).unwrap();
+        assert_eq!(written, expected);
+    }
 
     #[test]
     fn outcomes_say_where_what_and_why() {

@@ -6,9 +6,9 @@
 //! instead of duplicating.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::report::ResourceCounts;
 use super::work::FileKind;
 use crate::clock::now_rfc3339;
 use crate::storage::table::encode_key;
@@ -558,39 +558,66 @@ impl ErrorPages<'_> {
 }
 
 /// The public view of a file row (what `GET /imports/...` answers).
-pub fn file_view(file: &Row<ImportFile>, parts: &[Row<ImportPart>]) -> Value {
-    let f = &file.data;
-    let counts = f.counts;
-    // A finished file has every part done; a list (no part rows read) does not say otherwise.
-    let done = if f.status.is_terminal() {
-        Some(f.parts.max(0) as usize)
-    } else if parts.is_empty() {
-        None
-    } else {
-        Some(parts.iter().filter(|p| p.data.is_done()).count())
-    };
-    serde_json::json!({
-        "id": crate::import::work::import_id(&file.partition_key),
-        "container": f.container,
-        "blob": f.blob,
-        "etag": f.etag,
-        "kind": f.kind,
-        "status": f.status,
-        "reason": f.reason,
-        "parts": { "total": f.parts, "done": done },
-        "resources": {
-            "loaded": counts.loaded,
-            "failed": counts.failed,
-            "alreadyPresent": counts.present,
-            "notLoaded": counts.not_loaded,
-        },
-        "created": f.created,
-        "started": f.started,
-        "finished": f.finished,
-        "outcome": f.outcome,
-        "result": f.result,
-        "errorReport": f.error_report,
-    })
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView<'a> {
+    /// The import id (12 hex digits), as logs name it.
+    pub id: String,
+    pub container: &'a str,
+    pub blob: &'a str,
+    pub etag: &'a str,
+    pub kind: FileKind,
+    pub status: FileStatus,
+    pub reason: Option<&'a str>,
+    pub parts: PartsView,
+    pub resources: ResourceCounts,
+    pub created: &'a str,
+    pub started: Option<&'a str>,
+    pub finished: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub error_report: Option<&'a str>,
+}
+
+/// How many parts a file has, and how many are done (unknown in a list, which reads no part
+/// rows, until the file is finished).
+#[derive(Debug, Serialize)]
+pub struct PartsView {
+    pub total: i64,
+    pub done: Option<usize>,
+}
+
+impl<'a> FileView<'a> {
+    pub fn of(file: &'a Row<ImportFile>, parts: &[Row<ImportPart>]) -> Self {
+        let f = &file.data;
+        let done = if f.status.is_terminal() {
+            Some(f.parts.max(0) as usize)
+        } else if parts.is_empty() {
+            None
+        } else {
+            Some(parts.iter().filter(|p| p.data.is_done()).count())
+        };
+        FileView {
+            id: crate::import::work::import_id(&file.partition_key),
+            container: &f.container,
+            blob: &f.blob,
+            etag: &f.etag,
+            kind: f.kind,
+            status: f.status,
+            reason: f.reason.as_deref(),
+            parts: PartsView {
+                total: f.parts,
+                done,
+            },
+            resources: f.counts.into(),
+            created: &f.created,
+            started: f.started.as_deref(),
+            finished: f.finished.as_deref(),
+            outcome: f.outcome.as_deref(),
+            result: f.result.as_deref(),
+            error_report: f.error_report.as_deref(),
+        }
+    }
 }
 
 #[cfg(test)]
