@@ -1,18 +1,15 @@
 //! The export's HTTP surface, independent of how a request arrives (Functions host or
 //! `serve`): start, status, terminate, purge and the listing. Every answer is a [`Reply`].
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 use tracing::info;
 
 use super::all::AllDefinition;
 use super::definition::ExportDefinition;
 use super::finish::MANIFEST_NAME;
-use super::state::ExportJob;
-use super::state::{JobStatus, Progress};
+use super::state::{ExportJob, JobStatus, Progress};
 use super::{ExportKind, ExportWork, Exporter, valid_export_id};
-use crate::fhir::batch_response::operation_outcome;
+pub use crate::protocol::reply::Reply;
 use crate::storage::Row;
 
 /// Seconds a client is asked to wait between status polls.
@@ -20,40 +17,8 @@ pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
 /// Largest definition accepted (it is stored in one table property).
 const MAX_DEFINITION_BYTES: usize = 30_000;
 
-/// An HTTP answer: status, headers and a JSON body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: BTreeMap<String, String>,
-    pub body: Value,
-}
-
-impl Reply {
-    fn new(status: u16, body: Value) -> Self {
-        Reply {
-            status,
-            headers: BTreeMap::new(),
-            body,
-        }
-    }
-
-    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.insert(name.to_string(), value.into());
-        self
-    }
-
-    fn outcome(status: u16, code: &str, message: &str) -> Self {
-        Reply::new(status, operation_outcome("error", code, message))
-    }
-
-    fn unavailable(e: impl std::fmt::Display) -> Self {
-        Reply::outcome(
-            503,
-            "transient",
-            &format!("export state cannot be read or written right now ({e}); try again"),
-        )
-    }
-}
+/// What `Reply::unavailable` names.
+const STATE: &str = "export state";
 
 /// Where the answer's links point: the public base URL of the function app (scheme, host,
 /// optional port) and the function key to carry along, if the request had one.
@@ -136,7 +101,7 @@ pub async fn start(
     if ex.settings.max_exports > 0 {
         let running = match ex.store.jobs().await {
             Ok(jobs) => jobs.iter().filter(|j| j.data.status.is_running()).count(),
-            Err(e) => return Reply::unavailable(e),
+            Err(e) => return Reply::unavailable(STATE, e),
         };
         if running >= ex.settings.max_exports {
             return Reply::new(
@@ -152,7 +117,7 @@ pub async fn start(
     let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     // The first step is queued before the job row exists; it waits for the row (see gather).
     if let Err(e) = ex.enqueue(&ExportWork::Gather { export: id.clone() }).await {
-        return Reply::unavailable(e);
+        return Reply::unavailable(STATE, e);
     }
     let job = Row::new(
         &id,
@@ -162,7 +127,7 @@ pub async fn start(
     match ex.store.insert(&job).await {
         Ok(Some(_)) => info!(message = "Export started.", export = %id, kind = kind.as_str()),
         Ok(None) => {} // the same trigger file again: the export exists already
-        Err(e) => return Reply::unavailable(e),
+        Err(e) => return Reply::unavailable(STATE, e),
     }
     let status_uri = links.status(&id);
     Reply::new(
@@ -194,7 +159,7 @@ async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Re
             "not-found",
             &format!("no export {id}: it was never started here, or it was purged"),
         )),
-        Err(e) => Err(Reply::unavailable(e)),
+        Err(e) => Err(Reply::unavailable(STATE, e)),
     }
 }
 
@@ -229,7 +194,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                         status.as_str()
                     ),
                 ),
-                Err(e) => Reply::unavailable(e),
+                Err(e) => Reply::unavailable(STATE, e),
             }
         }
         // The server refused the definition's own search: the definition is at fault (400),
@@ -262,7 +227,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
         running => {
             let rows = match ex.store.work_rows(id).await {
                 Ok(r) => r,
-                Err(e) => return Reply::unavailable(e),
+                Err(e) => return Reply::unavailable(STATE, e),
             };
             let p = Progress::of(&rows);
             let kind = job.data.kind;
@@ -326,7 +291,7 @@ pub async fn terminate(ex: &Exporter, id: &str) -> Reply {
                 );
             }
             Ok(false) => continue, // changed meanwhile: look again
-            Err(e) => return Reply::unavailable(e),
+            Err(e) => return Reply::unavailable(STATE, e),
         }
     }
 }
@@ -366,10 +331,10 @@ pub async fn purge(ex: &Exporter, id: &str) -> Reply {
         .await
     {
         Ok(n) => n,
-        Err(e) => return Reply::unavailable(e),
+        Err(e) => return Reply::unavailable(STATE, e),
     };
     if let Err(e) = ex.store.delete_export(id).await {
-        return Reply::unavailable(e);
+        return Reply::unavailable(STATE, e);
     }
     info!(message = "Export purged.", export = %id, blobs);
     Reply::new(
@@ -382,7 +347,7 @@ pub async fn purge(ex: &Exporter, id: &str) -> Reply {
 pub async fn list(ex: &Exporter, links: &Links) -> Reply {
     let jobs = match ex.store.jobs().await {
         Ok(j) => j,
-        Err(e) => return Reply::unavailable(e),
+        Err(e) => return Reply::unavailable(STATE, e),
     };
     let now = time::OffsetDateTime::now_utc();
     let mut items: Vec<Value> = jobs

@@ -11,15 +11,13 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::export::ExportKind;
-use crate::export::control::{self, Links, Reply};
-use crate::protocol::invocation::{
-    HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
-};
+use crate::export::control::{self, Links};
+use crate::protocol::invocation::{HttpRequestData, InvocationRequest};
 
 /// The binding names in each export HTTP function's `function.json`.
 pub const REQUEST_BINDING: &str = "req";
@@ -30,29 +28,6 @@ fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
         .binding(REQUEST_BINDING)
         .map(|v| HttpRequestData::from_binding(&v))
         .unwrap_or_default()
-}
-
-fn to_host(reply: Reply) -> Response {
-    let mut data = HttpResponseData::json(reply.status, &reply.body);
-    data.headers.extend(reply.headers);
-    Json(InvocationResponse::default().http(RESPONSE_BINDING, data)).into_response()
-}
-
-fn to_direct(reply: Reply) -> Response {
-    let mut response = (
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
-        Json(reply.body),
-    )
-        .into_response();
-    for (name, value) in reply.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            response.headers_mut().insert(n, v);
-        }
-    }
-    response
 }
 
 /// Links for a direct request: under the public base URL, with the request's key.
@@ -73,7 +48,9 @@ async fn start_from_host(
     let links = Links::new(&state.http.public_base, &req.url);
     let body = req.body.unwrap_or_default();
     let request = strip_query(&req.url);
-    to_host(control::start(&state.exporter, kind, &body, &links, &request, None).await)
+    control::start(&state.exporter, kind, &body, &links, &request, None)
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 async fn start_from_request(
@@ -85,7 +62,9 @@ async fn start_from_request(
     let links = direct_links(state, uri);
     let request = format!("{}{}", links.base, uri.path());
     let body = String::from_utf8_lossy(body);
-    to_direct(control::start(&state.exporter, kind, &body, &links, &request, None).await)
+    control::start(&state.exporter, kind, &body, &links, &request, None)
+        .await
+        .into_response()
 }
 
 pub async fn start_invoke(
@@ -115,11 +94,13 @@ pub async fn status_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let id = id_param(&request_of(&invocation));
-    to_host(control::status(&state.exporter, &id).await)
+    control::status(&state.exporter, &id)
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn status_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    to_direct(control::status(&state.exporter, &id).await)
+    control::status(&state.exporter, &id).await.into_response()
 }
 
 pub async fn terminate_invoke(
@@ -127,11 +108,15 @@ pub async fn terminate_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let id = id_param(&request_of(&invocation));
-    to_host(control::terminate(&state.exporter, &id).await)
+    control::terminate(&state.exporter, &id)
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn terminate_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    to_direct(control::terminate(&state.exporter, &id).await)
+    control::terminate(&state.exporter, &id)
+        .await
+        .into_response()
 }
 
 pub async fn manage_invoke(
@@ -140,7 +125,9 @@ pub async fn manage_invoke(
 ) -> Response {
     let req = request_of(&invocation);
     let action = req.query.get("action").cloned();
-    to_host(control::manage(&state.exporter, &id_param(&req), action.as_deref()).await)
+    control::manage(&state.exporter, &id_param(&req), action.as_deref())
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn manage_direct(
@@ -149,7 +136,9 @@ pub async fn manage_direct(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let action = query.get("action").map(String::as_str);
-    to_direct(control::manage(&state.exporter, &id, action).await)
+    control::manage(&state.exporter, &id, action)
+        .await
+        .into_response()
 }
 
 pub async fn purge_invoke(
@@ -157,11 +146,13 @@ pub async fn purge_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let id = id_param(&request_of(&invocation));
-    to_host(control::purge(&state.exporter, &id).await)
+    control::purge(&state.exporter, &id)
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn purge_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    to_direct(control::purge(&state.exporter, &id).await)
+    control::purge(&state.exporter, &id).await.into_response()
 }
 
 pub async fn list_invoke(
@@ -169,11 +160,15 @@ pub async fn list_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let links = Links::new(&state.http.public_base, &request_of(&invocation).url);
-    to_host(control::list(&state.exporter, &links).await)
+    control::list(&state.exporter, &links)
+        .await
+        .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn list_direct(State(state): State<AppState>, uri: Uri) -> Response {
-    to_direct(control::list(&state.exporter, &direct_links(&state, &uri)).await)
+    control::list(&state.exporter, &direct_links(&state, &uri))
+        .await
+        .into_response()
 }
 
 /// The request URL without its query (which may carry the function key).

@@ -3,50 +3,38 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 
 use super::AppState;
-use crate::fhir::batch_response::operation_outcome;
 use crate::import::Importer;
 use crate::import::state::{FileStatus, FileView};
-use crate::protocol::invocation::{
-    HttpRequestData, HttpResponseData, InvocationRequest, InvocationResponse,
-};
+use crate::protocol::invocation::{HttpRequestData, InvocationRequest};
+use crate::protocol::reply::Reply;
 
 /// The binding names in `functions/ImportStatus/function.json`.
 pub const REQUEST_BINDING: &str = "req";
 pub const RESPONSE_BINDING: &str = "res";
 
+/// What `Reply::unavailable` names.
+const STATE: &str = "the imports table";
+
 /// The newest import of `container/blob`.
-pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u16, Value) {
+pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> Reply {
     let rows = match importer.store.files(None).await {
         Ok(rows) => rows,
-        Err(e) => {
-            return (
-                503,
-                operation_outcome(
-                    "error",
-                    "transient",
-                    &format!("the imports table cannot be read: {e}"),
-                ),
-            );
-        }
+        Err(e) => return Reply::unavailable(STATE, e),
     };
     let Some(file) = rows
         .iter()
         .find(|r| r.data.container == container && r.data.blob == blob)
     else {
-        return (
+        return Reply::outcome(
             404,
-            operation_outcome(
-                "error",
-                "not-found",
-                &format!(
-                    "no import of {container}/{blob} is recorded; upload it to the {container} container"
-                ),
+            "not-found",
+            &format!(
+                "no import of {container}/{blob} is recorded; upload it to the {container} container"
             ),
         );
     };
@@ -55,25 +43,22 @@ pub async fn file_status(importer: &Importer, container: &str, blob: &str) -> (u
         .parts(&file.partition_key)
         .await
         .unwrap_or_default();
-    (200, json!(FileView::of(file, &parts)))
+    Reply::new(200, json!(FileView::of(file, &parts)))
 }
 
 /// Recent imports, newest first, optionally only those with `status`.
-pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
+pub async fn list(importer: &Importer, status: Option<&str>) -> Reply {
     let status = match status.map(|s| (s, FileStatus::parse(s))) {
         None => None,
         Some((_, Some(known))) => Some(known),
         Some((unknown, None)) => {
             let known: Vec<&str> = FileStatus::ALL.iter().map(|s| s.as_str()).collect();
-            return (
+            return Reply::outcome(
                 400,
-                operation_outcome(
-                    "error",
-                    "invalid",
-                    &format!(
-                        "status={unknown:?} is not an import status; use one of {}",
-                        known.join(", ")
-                    ),
+                "invalid",
+                &format!(
+                    "status={unknown:?} is not an import status; use one of {}",
+                    known.join(", ")
                 ),
             );
         }
@@ -81,16 +66,9 @@ pub async fn list(importer: &Importer, status: Option<&str>) -> (u16, Value) {
     match importer.store.files(status).await {
         Ok(rows) => {
             let items: Vec<FileView> = rows.iter().map(|r| FileView::of(r, &[])).collect();
-            (200, json!({ "count": items.len(), "imports": items }))
+            Reply::new(200, json!({ "count": items.len(), "imports": items }))
         }
-        Err(e) => (
-            503,
-            operation_outcome(
-                "error",
-                "transient",
-                &format!("the imports table cannot be read: {e}"),
-            ),
-        ),
+        Err(e) => Reply::unavailable(STATE, e),
     }
 }
 
@@ -108,27 +86,21 @@ pub async fn invoke(
         .get("path")
         .map(|p| p.trim_matches('/'))
         .unwrap_or("");
-    let (status, body) = match path.split_once('/') {
+    let reply = match path.split_once('/') {
         Some((container, blob)) if !blob.is_empty() => {
             file_status(&state.importer, container, blob).await
         }
         _ => list(&state.importer, req.query.get("status").map(String::as_str)).await,
     };
-    Json(
-        InvocationResponse::default().http(RESPONSE_BINDING, HttpResponseData::json(status, &body)),
-    )
-    .into_response()
+    reply.into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn file_direct(
     State(state): State<AppState>,
     Path((container, blob)): Path<(String, String)>,
 ) -> Response {
-    let (status, body) = file_status(&state.importer, &container, &blob).await;
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-        Json(body),
-    )
+    file_status(&state.importer, &container, &blob)
+        .await
         .into_response()
 }
 
@@ -136,10 +108,7 @@ pub async fn list_direct(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (status, body) = list(&state.importer, q.get("status").map(String::as_str)).await;
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-        Json(body),
-    )
+    list(&state.importer, q.get("status").map(String::as_str))
+        .await
         .into_response()
 }

@@ -246,10 +246,10 @@ async fn require_key(
     if header.or(code).is_some_and(|key| state.http.accepts(&key)) {
         return next.run(request).await;
     }
-    let outcome = crate::fhir::batch_response::operation_outcome(
-        "error",
+    crate::protocol::reply::Reply::outcome(
+        401,
         "login",
         "a key is required: send one of FHIRBULK_API_KEYS as ?code= or in the x-functions-key header",
-    );
-    (StatusCode::UNAUTHORIZED, Json(outcome)).into_response()
+    )
+    .into_response()
 }
