@@ -93,7 +93,7 @@ pub async fn composed(
         let name = composed_blob(export, &resource_type);
         if let Some((_, bytes)) = ex.blobs.read_all(&ex.settings.container, &name).await? {
             let record: ComposedType = serde_json::from_slice(&bytes).map_err(|e| {
-                ExportError::Transient(format!("{name} is not a composed-type record: {e}"))
+                ExportError::transient(format!("{name} is not a composed-type record: {e}"))
             })?;
             out.insert(resource_type, record);
         }
@@ -148,7 +148,7 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
         while let Some(line) = lines
             .next_line()
             .await
-            .map_err(|e| ExportError::Transient(format!("cannot read the staged output: {e}")))?
+            .map_err(|e| ExportError::transient(format!("cannot read the staged output: {e}")))?
         {
             let Some((kind, id, json)) = super::page::split_staged(&line.bytes) else {
                 malformed += 1;

@@ -90,7 +90,7 @@ pub async fn run(
         let bytes = match ex.fhir.get_bytes(&url).await {
             Ok(b) => b,
             Err(e) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
-                return Err(ExportError::Transient(e.summary()));
+                return Err(ExportError::from(e));
             }
             Err(e) => {
                 failure = Some(Failure {
@@ -216,8 +216,8 @@ async fn gzip_member(lines: String) -> Result<Bytes, ExportError> {
         gz.finish().map(Bytes::from)
     })
     .await
-    .map_err(|e| ExportError::Transient(format!("compressing staged output stopped: {e}")))?
-    .map_err(|e| ExportError::Transient(format!("cannot compress staged output: {e}")))
+    .map_err(|e| ExportError::transient(format!("compressing staged output stopped: {e}")))?
+    .map_err(|e| ExportError::transient(format!("cannot compress staged output: {e}")))
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

@@ -53,7 +53,7 @@ async fn job_when_recorded(
 pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), ExportError> {
     let Some((mut job, status)) = job_when_recorded(ex, export).await? else {
         if attempt < MISSING_JOB_ATTEMPTS {
-            return Err(ExportError::Transient(format!(
+            return Err(ExportError::transient(format!(
                 "export {export} is not recorded yet"
             )));
         }
@@ -109,7 +109,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         let page = match ex.fhir.get(&url).await {
             Ok(p) => p,
             Err(e) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
-                return Err(ExportError::Transient(e.summary()));
+                return Err(ExportError::from(e));
             }
             Err(e) => {
                 let why = format!("the query could not be read: {e}");

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::config::ExportSettings;
+use crate::error::Transient;
 use crate::fhir::FhirClient;
 use crate::storage::{BlobStore, Row, StorageError, WorkQueue};
 use all::AllDefinition;
@@ -88,12 +89,24 @@ impl ExportWork {
 pub enum ExportError {
     /// Try the step again later (storage or FHIR server unavailable).
     #[error("{0}")]
-    Transient(String),
+    Transient(Transient),
+}
+
+impl ExportError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        ExportError::Transient(Transient::new(reason))
+    }
 }
 
 impl From<StorageError> for ExportError {
     fn from(e: StorageError) -> Self {
-        ExportError::Transient(e.to_string())
+        ExportError::Transient(Transient::caused_by(e.to_string(), e))
+    }
+}
+
+impl From<crate::fhir::FhirError> for ExportError {
+    fn from(e: crate::fhir::FhirError) -> Self {
+        ExportError::Transient(Transient::of_fhir(e))
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn start_from_blob(
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| reply.body.to_string());
-            return Err(ExportError::Transient(format!(
+            return Err(ExportError::transient(format!(
                 "cannot start the export of {} yet: {why}",
                 blob_log_name(container, blob)
             )));

@@ -50,7 +50,7 @@ impl BlockUploads {
     async fn join_one(&mut self) -> Result<(), ExportError> {
         match self.running.join_next().await {
             Some(Ok(result)) => Ok(result?),
-            Some(Err(e)) => Err(ExportError::Transient(format!(
+            Some(Err(e)) => Err(ExportError::transient(format!(
                 "a block upload stopped: {e}"
             ))),
             None => Ok(()),

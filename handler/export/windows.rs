@@ -174,7 +174,7 @@ async fn counted_ranges(
                     ))),
                 },
                 Err(e) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
-                    Err(Planning::Retry(ExportError::Transient(e.summary())))
+                    Err(Planning::Retry(ExportError::from(e)))
                 }
                 Err(e) => Err(Planning::Fail(format!(
                     "the resources per time window could not be counted: {e}"

@@ -83,7 +83,7 @@ impl ImportWork {
     }
 }
 
-/// Why a work item stopped before its part was done.
+/// Why a work item stopped before its part was done (the policy: `crate::error`).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ImportError {
     /// The file cannot be loaded at all (not JSON, not a Bundle, a refused zip): recorded, final.
@@ -105,20 +105,11 @@ pub enum ImportError {
     Transient(Transient),
 }
 
-/// Why work is to be tried again later, and the FHIR server's status when it answered.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}")]
-pub struct Transient {
-    pub reason: String,
-    pub http_status: Option<u16>,
-}
+pub use crate::error::Transient;
 
 impl ImportError {
     pub fn transient(reason: impl Into<String>) -> Self {
-        ImportError::Transient(Transient {
-            reason: reason.into(),
-            http_status: None,
-        })
+        ImportError::Transient(Transient::new(reason))
     }
 }
 
@@ -128,7 +119,7 @@ impl From<StorageError> for ImportError {
         if e.status() == Some(404) {
             return gone(&e);
         }
-        ImportError::transient(e.to_string())
+        ImportError::Transient(Transient::caused_by(e.to_string(), e))
     }
 }
 
@@ -141,10 +132,7 @@ fn gone(e: &dyn std::fmt::Display) -> ImportError {
 impl From<FhirError> for ImportError {
     /// Transient reasons are logged, so they carry no server diagnostics (see `summary`).
     fn from(e: FhirError) -> Self {
-        ImportError::Transient(Transient {
-            reason: e.summary(),
-            http_status: e.status(),
-        })
+        ImportError::Transient(Transient::of_fhir(e))
     }
 }
 
@@ -159,7 +147,7 @@ impl From<std::io::Error> for ImportError {
             ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {
                 ImportError::Rejected(format!("data cannot be read: {e}"))
             }
-            _ => ImportError::transient(format!("reading the file: {e}")),
+            _ => ImportError::Transient(Transient::caused_by(format!("reading the file: {e}"), e)),
         }
     }
 }
