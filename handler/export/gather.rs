@@ -74,26 +74,17 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         return match ex.all_definition(&job.data) {
             Ok(d) => super::windows::plan(ex, export, job, &d, attempt).await,
             Err(e) => {
-                fail(
-                    ex,
-                    job,
-                    &format!("the stored definition is invalid: {e}"),
-                    None,
-                )
-                .await
+                ex.fail_planning(job, &format!("the stored definition is invalid: {e}"), None)
+                    .await
             }
         };
     }
     let definition = match ex.definition(&job.data) {
         Ok(d) => d,
         Err(e) => {
-            return fail(
-                ex,
-                job,
-                &format!("the stored definition is invalid: {e}"),
-                None,
-            )
-            .await;
+            return ex
+                .fail_planning(job, &format!("the stored definition is invalid: {e}"), None)
+                .await;
         }
     };
     let mut next = job.data.gather_next.clone();
@@ -104,7 +95,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
     while !next.is_empty() {
         let url = match ex.same_server_url(&next) {
             Ok(u) => u,
-            Err(e) => return fail(ex, job, &e, None).await,
+            Err(e) => return ex.fail_planning(job, &e, None).await,
         };
         let page = match ex.fhir.get(&url).await {
             Ok(p) => p,
@@ -114,7 +105,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
             Err(e) => {
                 let why = format!("the query could not be read: {e}");
                 let refused = e.status().filter(|s| (400..500).contains(s));
-                return fail(ex, job, &why, refused).await;
+                return ex.fail_planning(job, &why, refused).await;
             }
         };
         skipped += patient_ids(
@@ -199,20 +190,4 @@ async fn plan(
     };
     ex.register_work(export, job, batches.len() * includes.len(), item)
         .await
-}
-
-/// Ends an export that cannot be planned (its patients or its time windows cannot be found),
-/// with the reason on the job row.
-/// Ends the export as failed for `why`; `refused` is the FHIR server's 4xx when it refused the
-/// definition's own search (the status answers 400 then: the definition is to be fixed).
-pub(crate) async fn fail(
-    ex: &Exporter,
-    mut job: Row<ExportJob>,
-    why: &str,
-    refused: Option<u16>,
-) -> Result<(), ExportError> {
-    warn!(message = "Export failed while planning.", export = %job.partition_key);
-    job.data.fail(why, refused);
-    ex.store.replace_if_unchanged(&mut job).await?;
-    Ok(())
 }

@@ -4,7 +4,7 @@
 //! (patients, export-all) plan differently and schedule the same way.
 
 use futures::{StreamExt, TryStreamExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::compose::composed_types;
 use super::state::{ExportJob, JobStatus, Returns, WorkRow, ready_types, work_row};
@@ -26,6 +26,22 @@ pub struct WorkItem {
 }
 
 impl Exporter {
+    /// Ends an export that cannot be planned (its patients or its time windows cannot be
+    /// found) as failed for `why`, on its job row; `refused` is the FHIR server's 4xx when it
+    /// refused the definition's own search (the status answers 400 then: the definition is to
+    /// be fixed).
+    pub(crate) async fn fail_planning(
+        &self,
+        mut job: Row<ExportJob>,
+        why: &str,
+        refused: Option<u16>,
+    ) -> Result<(), ExportError> {
+        warn!(message = "Export failed while planning.", export = %job.partition_key);
+        job.data.fail(why, refused);
+        self.store.replace_if_unchanged(&mut job).await?;
+        Ok(())
+    }
+
     /// Registers the work items and marks the job `exporting`. Each item's row is written
     /// before its message, so fetching starts while the rest of a large plan is registered
     /// (a message whose row is missing would be dropped). Safe to repeat with the same items:

@@ -118,7 +118,7 @@ pub async fn plan(
                         Ok(r) => r,
                         Err(Planning::Retry(e)) => return Err(e),
                         Err(Planning::Fail(why)) => {
-                            return super::gather::fail(ex, job, &why, None).await;
+                            return ex.fail_planning(job, &why, None).await;
                         }
                     }
                 }

@@ -1,8 +1,8 @@
-//! The import engine: registering a created blob (fast, idempotent: rows in the imports table + work items),
-//! running one work item to its end, and finalising a file once all its parts are done
-//! (reports written, file moved to `<container>processed` or `<container>err`).
+//! The import engine, `Importer`'s work: registering a created blob (fast, idempotent: rows
+//! in the imports table + work items), running one work item to its end, and finalising a file
+//! once all its parts are done (reports written, file moved to `<container>processed` or
+//! `<container>err`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,23 +11,18 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, info, warn};
 
-use super::budget::MemoryBudget;
-use super::bundle::FhirSearchResolver;
-use super::jobs;
 use super::ndjson::cut_ranges;
 use super::report::{ImportResult, error_outcome};
 use super::state::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
-    ImportStore, PartEnd, file_key, part_row,
+    PartEnd, file_key, part_row,
 };
 use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
+use super::{Importer, jobs};
 use crate::clock::now_rfc3339;
 use crate::config::ImportSettings;
-use crate::fhir::FhirClient;
 use crate::storage::reports::report_blob;
-use crate::storage::{
-    BlobStore, BlobVersion, Entity, MoveOutcome, Row, TransactionOp, TransactionOutcome, WorkQueue,
-};
+use crate::storage::{BlobVersion, Entity, MoveOutcome, Row, TransactionOp, TransactionOutcome};
 
 const REGISTRATION_CONCURRENCY: usize = 16;
 /// Rows one entity group transaction may hold.
@@ -48,91 +43,7 @@ pub enum Registration {
     Ignored(String),
 }
 
-pub struct Importer {
-    pub settings: ImportSettings,
-    pub blobs: BlobStore,
-    pub queue: WorkQueue,
-    pub store: ImportStore,
-    pub fhir: Arc<FhirClient>,
-    pub resolver: FhirSearchResolver,
-    /// Bundle bytes being read and planned, in MiB (`FHIRBULK_BUNDLE_PARSE_BUDGET_MIB`).
-    pub bundle_parse_budget: MemoryBudget,
-    /// Bytes of NDJSON batches held at once, in KiB (`FHIRBULK_BATCH_BUDGET_MIB`).
-    pub batch_budget: MemoryBudget,
-}
-
 impl Importer {
-    pub fn new(
-        settings: ImportSettings,
-        blobs: BlobStore,
-        queue: WorkQueue,
-        store: ImportStore,
-        fhir: Arc<FhirClient>,
-    ) -> Self {
-        let resolver = FhirSearchResolver::new(fhir.clone());
-        Importer {
-            bundle_parse_budget: MemoryBudget::mib(settings.bundle_parse_budget_mib),
-            batch_budget: MemoryBudget::new(settings.batch_budget_bytes as u64, 10),
-            settings,
-            blobs,
-            queue,
-            store,
-            fhir,
-            resolver,
-        }
-    }
-
-    /// Batches one part keeps in flight (several parts run at once; the limiter caps the total).
-    pub fn fhir_window(&self) -> usize {
-        self.settings.batches_per_part
-    }
-
-    /// Batches in flight for each of a file's `parts`: the file may keep as many at once as the
-    /// FHIR client would run (`FHIRBULK_FHIR_MAX_CONCURRENCY`), each part at least
-    /// `FHIRBULK_BATCHES_PER_PART`. A file read as one stream (gzip, a zip's NDJSON entry) or
-    /// small enough for one range has one part, which so keeps the server as busy as many would.
-    pub fn part_window(&self, parts: usize) -> usize {
-        self.fhir_window()
-            .max(self.fhir.max_concurrency().div_ceil(parts.max(1)))
-    }
-
-    /// Creates the containers, queue and tables import uses (idempotent).
-    pub async fn ensure_resources(&self) -> Result<(), ImportError> {
-        for c in self.settings.input_containers() {
-            self.blobs.ensure_container(c).await?;
-            self.blobs
-                .ensure_container(&ImportSettings::processed_container(c))
-                .await?;
-            self.blobs
-                .ensure_container(&ImportSettings::err_container(c))
-                .await?;
-        }
-        self.blobs
-            .ensure_container(&self.settings.reports_container)
-            .await?;
-        self.queue.ensure().await?;
-        self.store.ensure_tables().await?;
-        Ok(())
-    }
-
-    /// How a blob in `container` is read; `None` for containers this loader does not watch.
-    pub fn kind_for(&self, container: &str, blob: &str) -> Option<FileKind> {
-        let lower = blob.to_ascii_lowercase();
-        if container == self.settings.bundles_container {
-            Some(FileKind::Bundle)
-        } else if container == self.settings.ndjson_container {
-            Some(if lower.ends_with(".gz") {
-                FileKind::NdjsonGz
-            } else {
-                FileKind::Ndjson
-            })
-        } else if container == self.settings.zip_container {
-            Some(FileKind::Zip)
-        } else {
-            None
-        }
-    }
-
     /// Records a created blob and queues its work. Safe to call again for the same blob.
     /// `version` is the ETag and size the event (or the watcher's listing) reported; without
     /// one the blob's properties are read.

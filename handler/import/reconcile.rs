@@ -14,7 +14,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::engine::Importer;
+use super::Importer;
 use super::report::ImportResult;
 use super::state::{FileEnding, FileStatus, ImportFile, ImportPart};
 use super::work::{ImportError, ImportWork, import_id};

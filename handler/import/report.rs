@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::state::{Counts, ErrorRecord, FileStatus, GAVE_UP};
+use super::state::{Counts, ErrorRecord, FileStatus, GAVE_UP, ResourceCounts};
 
 const EXT: &str = "https://github.com/fhir-bulk/fhir-bulk/StructureDefinition";
 
@@ -51,27 +51,6 @@ pub fn error_outcome(source: &str, record: &ErrorRecord, line: Option<i64>) -> V
         issue["expression"] = json!([t]);
     }
     json!({"resourceType": "OperationOutcome", "extension": extension, "issue": [issue]})
-}
-
-/// What happened to a file's resources, as the result JSON and the import status say it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ResourceCounts {
-    pub loaded: i64,
-    pub failed: i64,
-    pub already_present: i64,
-    pub not_loaded: i64,
-}
-
-impl From<Counts> for ResourceCounts {
-    fn from(c: Counts) -> Self {
-        ResourceCounts {
-            loaded: c.loaded,
-            failed: c.failed,
-            already_present: c.present,
-            not_loaded: c.not_loaded,
-        }
-    }
 }
 
 /// The result JSON of a finished import (`reports/<container>/<blob>/<id>/result.json`): its

@@ -8,7 +8,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::report::ResourceCounts;
 use super::work::FileKind;
 use crate::clock::now_rfc3339;
 use crate::storage::table::encode_key;
@@ -133,6 +132,27 @@ impl Counts {
         self.present += other.present;
         self.lines += other.lines;
         self.not_loaded += other.not_loaded;
+    }
+}
+
+/// What happened to a file's resources, as the result JSON and the import status say it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ResourceCounts {
+    pub loaded: i64,
+    pub failed: i64,
+    pub already_present: i64,
+    pub not_loaded: i64,
+}
+
+impl From<Counts> for ResourceCounts {
+    fn from(c: Counts) -> Self {
+        ResourceCounts {
+            loaded: c.loaded,
+            failed: c.failed,
+            already_present: c.present,
+            not_loaded: c.not_loaded,
+        }
     }
 }
 

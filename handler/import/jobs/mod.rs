@@ -13,10 +13,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::Importer;
 use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::bundle_text::bundle_kind;
 use super::encoding::utf8_text;
-use super::engine::Importer;
 use super::fence::VersionFence;
 use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};

@@ -16,8 +16,8 @@ use super::super::state::{ImportFile, ImportPart};
 use super::{
     PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
 };
+use crate::import::Importer;
 use crate::import::budget::MemoryBudget;
-use crate::import::engine::Importer;
 use crate::import::fence::VersionFence;
 use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
