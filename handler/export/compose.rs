@@ -24,8 +24,8 @@ use super::state::{JobStatus, parse_work_row, type_counts};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::clock::now_rfc3339;
-use crate::import::ndjson::{ChunkStream, LineReader};
-use crate::import::sources::{BlobChunks, gunzip};
+use crate::storage::lines::{ChunkStream, LineReader};
+use crate::storage::stream::{BlobChunks, gunzip};
 use crate::storage::{BlobEntry, BlobStore, block_id};
 
 /// Ids held in one type's duplicate set at once (16 bytes each); more resources of a type mean

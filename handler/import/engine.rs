@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, info, warn};
 
-use super::ndjson::cut_ranges;
 use super::report::{ImportResult, error_outcome};
 use super::state::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
@@ -21,6 +20,7 @@ use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
 use super::{Importer, jobs};
 use crate::clock::now_rfc3339;
 use crate::config::ImportSettings;
+use crate::storage::lines::cut_ranges;
 use crate::storage::reports::report_blob;
 use crate::storage::{BlobVersion, Entity, MoveOutcome, Row, TransactionOp, TransactionOutcome};
 

@@ -20,7 +20,6 @@ pub mod reconcile;
 pub mod references;
 pub mod report;
 pub mod sender;
-pub mod sources;
 pub mod split;
 pub mod state;
 pub mod transform;

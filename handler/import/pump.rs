@@ -13,10 +13,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::MemoryBudget;
 use super::fence::VersionFence;
-use super::ndjson::{ChunkStream, LineReader, ParsedLine, parse_line};
+use super::ndjson::{ParsedLine, parse_line};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry, send_batch};
 use super::work::ImportError;
 use crate::fhir::FhirClient;
+use crate::storage::lines::{ChunkStream, LineReader};
 
 /// What a finished batch covers, handed to the job in file order.
 pub struct LinesDone {
@@ -102,7 +103,7 @@ pub async fn pump_lines<S: ChunkStream>(
                 Some(ParsedLine::Invalid(format!(
                     "the line is {} bytes long; lines of up to {} MiB are read — split the resource's data (e.g. attachments) out of the line",
                     line.length,
-                    super::ndjson::MAX_LINE_BYTES / (1024 * 1024)
+                    crate::storage::lines::MAX_LINE_BYTES / (1024 * 1024)
                 )))
             } else {
                 parse_line(&line.bytes)

@@ -7,8 +7,8 @@ use std::io::{self, Read, Seek};
 
 use zip::result::ZipError;
 
-use super::sources::{ChannelChunks, Expansion, spawn_producer};
 use super::work::FileKind;
+use crate::storage::stream::{ChannelChunks, Expansion, spawn_producer};
 
 /// What the archive may hold.
 #[derive(Clone, Copy, Debug)]
@@ -366,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_stream_from_a_real_archive() {
-        use super::super::ndjson::ChunkStream;
+        use crate::storage::stream::ChunkStream;
         use std::io::Write;
         let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default();

@@ -3,10 +3,12 @@
 
 pub mod blob;
 pub mod credentials;
+pub mod lines;
 pub mod queue;
 pub mod reports;
 pub mod row;
 pub mod shared_key;
+pub mod stream;
 pub mod table;
 mod table_transaction;
 

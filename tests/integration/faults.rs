@@ -557,6 +557,50 @@ async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
     assert_eq!(fhir_count(&fhir.base_url, "Observation").await, loaded);
 }
 
+/// The same, with the file deleted before the first checkpoint is due (pieces of 400 ms,
+/// checkpoints at most once a second): what was sent before the stop is still counted.
+/// Fails before the stopped work saved its progress: the part ended with the counts of its
+/// last checkpoint (none), while the server had the first pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_sent_before_a_deletion_are_counted_even_between_checkpoints() {
+    let (azurite, fhir, _standin, url) =
+        behind_standin(Faults::slow(Duration::from_millis(400))).await;
+    let handler = Handler::start(
+        &azurite,
+        &url,
+        &[
+            ("FHIRBULK_MAX_BUNDLE_ENTRIES", "5"),
+            ("FHIRBULK_FHIR_MAX_CONCURRENCY", "1"),
+        ],
+    );
+    let store = blobs(&azurite);
+    store
+        .upload(
+            "bundles",
+            "obs.json",
+            Bytes::from(observation_batch("early", 1, 0..40, 10)),
+        )
+        .await
+        .unwrap();
+    // Delete once the first piece is on the server, before a second has passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fhir_count(&fhir.base_url, "Observation").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.delete("bundles", "obs.json").await.unwrap();
+    let imports = handler.wait_imports(1, 60).await;
+    let import = &imports[0];
+    assert_eq!(import["status"], "rejected", "{import:#}");
+    let loaded = import["resources"]["loaded"].as_i64().unwrap();
+    assert_eq!(
+        fhir_count(&fhir.base_url, "Observation").await,
+        loaded,
+        "every resource on the server is counted: {import:#}"
+    );
+    assert!(loaded > 0 && loaded < 40, "{import:#}");
+}
+
 /// A resource the server answers 500 for (content it cannot handle, which the loader could not
 /// see) fails alone, with the server's diagnostics and its line; the rest of its batch and
 /// file load. Before: the batch was retried 6 x 8 times over minutes, then the whole part

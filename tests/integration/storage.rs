@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use fhir_bulk::config::parse_connection_string;
-use fhir_bulk::import::ndjson::ChunkStream;
-use fhir_bulk::import::sources::BlobChunks;
+use fhir_bulk::storage::stream::BlobChunks;
+use fhir_bulk::storage::stream::ChunkStream;
 use fhir_bulk::storage::{
     BlobStore, Entity, MoveOutcome, StorageCredentials, TableClient, TransactionOp,
     TransactionOutcome, WorkQueue,
@@ -430,8 +430,8 @@ async fn cutting_proxy(port: u16, cut_after: usize) -> u16 {
 /// entries, streams each entry whole.
 #[tokio::test]
 async fn a_blob_read_as_a_file_returns_the_bytes_at_every_position() {
-    use fhir_bulk::import::sources::BlobFile;
     use fhir_bulk::import::zip::{read_directory, stream_entry};
+    use fhir_bulk::storage::stream::BlobFile;
     use std::io::{Read, Seek, SeekFrom, Write};
 
     let azurite = Azurite::start();

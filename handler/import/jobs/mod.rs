@@ -18,12 +18,12 @@ use super::bundle::{plan_bundle, send_piece, send_transaction};
 use super::bundle_text::bundle_kind;
 use super::encoding::utf8_text;
 use super::fence::VersionFence;
-use super::ndjson::{ChunkStream, LineReader, cut_ranges};
 use super::pump::{LinesDone, LinesSink, PumpOptions, pump_lines};
 use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
-use super::sources::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
 use super::state::{Counts, ErrorRecord, ImportFile, ImportPart, PartStatus};
 use super::work::{FileKind, ImportError, ImportWork};
+use crate::storage::lines::{ChunkStream, LineReader, cut_ranges};
+use crate::storage::stream::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
 use crate::storage::{Row, TransactionOp, TransactionOutcome};
 
 mod zip_entries;
@@ -154,6 +154,26 @@ impl<'a> PartProgress<'a> {
         Ok(())
     }
 
+    /// Ends the work on the part: done when `loaded` is `Ok`. Otherwise what was counted and
+    /// recorded since the last checkpoint is saved first (best effort), then the error is
+    /// handed on: a part ended for a reason (rejected, deleted, replaced) or tried again later
+    /// counts every resource that reached the server. Not when another delivery owns the part.
+    async fn end(
+        mut self,
+        loaded: Result<(), ImportError>,
+    ) -> Result<Row<ImportPart>, ImportError> {
+        match loaded {
+            Ok(()) => self.finish().await,
+            Err(ImportError::Superseded) => Err(ImportError::Superseded),
+            Err(stopped) => {
+                if let Err(e) = self.save().await {
+                    tracing::debug!(message = "Progress not saved after a stop.", import = %self.work.file_id(), error = %e);
+                }
+                Err(stopped)
+            }
+        }
+    }
+
     /// Marks the part done and returns its saved row.
     async fn finish(mut self) -> Result<Row<ImportPart>, ImportError> {
         self.row.data.status = PartStatus::Done;
@@ -220,11 +240,14 @@ pub async fn run_bundle(
         )));
     }
     let mut progress = claim(importer, work, row, file).await?;
-    let reservation = reserve_bundle_memory(importer, size).await?;
-    let bytes = whole_file(importer, work).read_to_end().await?;
-    let fence = progress.fence.clone();
-    load_bundle_bytes(importer, &fence, &mut progress, bytes, reservation).await?;
-    progress.finish().await
+    let loaded = async {
+        let reservation = reserve_bundle_memory(importer, size).await?;
+        let bytes = whole_file(importer, work).read_to_end().await?;
+        let fence = progress.fence.clone();
+        load_bundle_bytes(importer, &fence, &mut progress, bytes, reservation).await
+    }
+    .await;
+    progress.end(loaded).await
 }
 
 /// A Bundle is read whole and holds about twice its size in memory while it is planned (its
@@ -381,19 +404,23 @@ pub async fn run_ndjson_range(
     file: Option<Row<ImportFile>>,
 ) -> Result<Row<ImportPart>, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
-    let (mut reader, parts) = range_reader(importer, work, &progress.row.data).await?;
-    let line_base = progress.row.data.line;
-    pump_lines(
-        &importer.fhir,
-        &importer.batch_budget,
-        &progress.fence.clone(),
-        &mut reader,
-        &pump_options(importer, importer.part_window(parts), line_base, 0),
-        &mut progress,
-    )
-    .await?;
-    progress.counts.lines = line_base + reader.lines_read() as i64;
-    progress.finish().await
+    let loaded = async {
+        let (mut reader, parts) = range_reader(importer, work, &progress.row.data).await?;
+        let line_base = progress.row.data.line;
+        pump_lines(
+            &importer.fhir,
+            &importer.batch_budget,
+            &progress.fence.clone(),
+            &mut reader,
+            &pump_options(importer, importer.part_window(parts), line_base, 0),
+            &mut progress,
+        )
+        .await?;
+        progress.counts.lines = line_base + reader.lines_read() as i64;
+        Ok(())
+    }
+    .await;
+    progress.end(loaded).await
 }
 
 /// The lines of an NDJSON range from its part row's checkpoint, and how many ranges the file
@@ -542,15 +569,16 @@ pub async fn run_ndjson_gz(
 ) -> Result<Row<ImportPart>, ImportError> {
     let mut progress = claim(importer, work, row, file).await?;
     let lines_done = progress.row.data.line;
-    progress.counts.lines = load_unseekable(
+    let loaded = load_unseekable(
         importer,
         &mut progress,
         gzip_lines(importer, work),
         lines_done,
         "gzip",
     )
-    .await?;
-    progress.finish().await
+    .await
+    .map(|lines| progress.counts.lines = lines);
+    progress.end(loaded).await
 }
 
 /// Loads a stream that cannot seek (gzip, a zip entry) from its start, skipping the lines a

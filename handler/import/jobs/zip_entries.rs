@@ -19,14 +19,14 @@ use super::{
 use crate::import::Importer;
 use crate::import::budget::MemoryBudget;
 use crate::import::fence::VersionFence;
-use crate::import::ndjson::ChunkStream;
 use crate::import::sender::{BatchOutcome, RefusedEntry};
-use crate::import::sources::{BlobFile, Expansion};
 use crate::import::work::{FileKind, ImportError, ImportWork};
 use crate::import::zip::{
     EntryInfo, EntryPlan, ZipLimits, plan_entries, read_directory, stream_entry,
 };
 use crate::storage::Row;
+use crate::storage::stream::ChunkStream;
+use crate::storage::stream::{BlobFile, Expansion};
 
 pub async fn run_zip(
     importer: &Importer,
@@ -34,8 +34,19 @@ pub async fn run_zip(
     row: Row<ImportPart>,
     file: Option<Row<ImportFile>>,
 ) -> Result<Row<ImportPart>, ImportError> {
-    let settings = &importer.settings;
     let mut progress = claim(importer, work, row, file).await?;
+    let loaded = load_entries(importer, work, &mut progress).await;
+    progress.zip_entry = None;
+    progress.end(loaded).await
+}
+
+/// Loads the entries of a zip from the part's checkpoint on.
+async fn load_entries(
+    importer: &Importer,
+    work: &ImportWork,
+    progress: &mut PartProgress<'_>,
+) -> Result<(), ImportError> {
+    let settings = &importer.settings;
     let (archive, directory, plans) = open_archive(importer, work).await?;
     let start_entry = progress.row.data.entry;
     // A Bundle entry holds its text and then its rewritten entries, about twice its size,
@@ -93,14 +104,14 @@ pub async fn run_zip(
             );
             while in_order.len() >= importer.fhir_window() {
                 let done = in_order.next().await.expect("non-empty")?;
-                record(&mut progress, done).await?;
+                record(progress, done).await?;
             }
             continue;
         }
         // An NDJSON entry checkpoints its lines in the part row: what came before it is
         // recorded first.
         while let Some(done) = in_order.next().await {
-            record(&mut progress, done?).await?;
+            record(progress, done?).await?;
         }
         progress.zip_entry = Some((index as i64, name.clone()));
         let lines_done = if (index as i64) == start_entry {
@@ -113,7 +124,7 @@ pub async fn run_zip(
         progress.row.data.entry = index as i64;
         let stream = stream_entry(archive, index, gzip, limit);
         let result =
-            match load_unseekable(importer, &mut progress, stream, lines_done, "zip entry").await {
+            match load_unseekable(importer, progress, stream, lines_done, "zip entry").await {
                 Ok(lines) => {
                     progress.counts.lines += lines - lines_done;
                     Ok(EntryTally::default())
@@ -122,7 +133,7 @@ pub async fn run_zip(
                 Err(other) => return Err(other),
             };
         record(
-            &mut progress,
+            progress,
             EntryDone {
                 index,
                 name,
@@ -132,10 +143,9 @@ pub async fn run_zip(
         .await?;
     }
     while let Some(done) = in_order.next().await {
-        record(&mut progress, done?).await?;
+        record(progress, done?).await?;
     }
-    progress.zip_entry = None;
-    progress.finish().await
+    Ok(())
 }
 
 /// Entries at or after `from` that were to be loaded or refused (a part given up on).

@@ -1,6 +1,7 @@
-//! Byte sources for the line reader, each holding at most a few chunks in memory: a blob read
-//! as a stream, and any blocking `Read` (a gzip decoder, a zip entry) run on a blocking thread
-//! that hands chunks over a bounded channel.
+//! Streaming bytes with bounded memory, for import and export alike: the `ChunkStream`
+//! trait, a blob read as a stream (ranged requests, reopened where a read broke off), a blob
+//! read as a seekable file, and any blocking `Read` (a gzip decoder, a zip entry) run on a
+//! blocking thread that hands chunks over a bounded channel; gzip with expansion limits.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -10,8 +11,14 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::ndjson::ChunkStream;
-use crate::storage::{BlobBody, BlobStore};
+use super::{BlobBody, BlobStore};
+
+/// A source of consecutive bytes (a blob read in ranges, a decompressor, a zip entry).
+#[async_trait]
+pub trait ChunkStream: Send {
+    /// The next bytes, or `None` at the end.
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>>;
+}
 
 /// Most bytes one streamed blob request covers: a long read is a few requests, each short
 /// enough for the service's time limit on one read however slowly the FHIR server takes it.
