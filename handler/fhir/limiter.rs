@@ -155,7 +155,7 @@ mod tests {
         assert!(l.limit() < before);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn permits_block_at_the_limit_and_release_on_drop() {
         let l = AdaptiveLimiter::new(1, 4);
         let first = l.acquire().await;

@@ -539,7 +539,12 @@ async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Delete once two pieces are on the server (a checkpoint is due by then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fhir_count(&fhir.base_url, "Observation").await < 10 {
+        assert!(std::time::Instant::now() < deadline, "too little loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     store.delete("bundles", "obs.json").await.unwrap();
     let imports = handler.wait_imports(1, 60).await;
     let import = &imports[0];
