@@ -18,7 +18,6 @@ use super::state::{
 };
 use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
 use super::{Importer, jobs};
-use crate::clock::now_rfc3339;
 use crate::config::ImportSettings;
 use crate::storage::lines::cut_ranges;
 use crate::storage::reports::report_blob;
@@ -80,100 +79,12 @@ impl Importer {
         let mut file = Row::new(
             &key,
             FILE_ROW,
-            ImportFile {
-                container: container.to_string(),
-                blob: blob.to_string(),
-                etag: props.etag.clone(),
-                kind,
-                status: FileStatus::Registering,
-                parts: ranges.len() as i64,
-                size: props.size as i64,
-                created: now_rfc3339(),
-                started: None,
-                finished: None,
-                outcome: None,
-                result: None,
-                error_report: None,
-                reason: None,
-                counts: Counts::default(),
-            },
+            ImportFile::registering(container, blob, &props, kind, ranges.len()),
         );
-        let parts: Vec<Entity> = ranges
-            .iter()
-            .enumerate()
-            .map(|(part, (start, end))| {
-                Row::new(
-                    &key,
-                    &part_row(part as u32),
-                    ImportPart::pending(*start as i64, *end as i64),
-                )
-                .to_entity()
-            })
-            .collect();
-        // The file row and its parts go in transactions of up to 100 rows, the file row in the
-        // first: a file row is never without its first parts, and every transaction is
-        // all-or-nothing, so a repeat finds each one whole or absent.
-        let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
-        let file_entity = file.to_entity();
-        let mut ops = vec![TransactionOp::Insert(&file_entity)];
-        ops.extend(first.iter().map(TransactionOp::Insert));
-        match self.store.transact(&ops).await? {
-            TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
-            TransactionOutcome::Refused { status: 409, .. } => {
-                let Some(found) = self.store.file(&key).await? else {
-                    return Err(ImportError::transient(format!(
-                        "the imports table refused {container}/{blob} as a duplicate, then had no row for it"
-                    )));
-                };
-                file = found;
-                if file.data.status != FileStatus::Registering {
-                    return Ok(Registration::AlreadyRegistered {
-                        file: key,
-                        status: file.data.status.as_str().to_string(),
-                    });
-                }
-                // An earlier registration stopped half-way: finish it (parts and messages are idempotent).
-            }
-            TransactionOutcome::Refused { status, .. } => {
-                return Err(ImportError::transient(format!(
-                    "cannot record {container}/{blob} in the imports table: HTTP {status}"
-                )));
-            }
+        if let Some(earlier) = self.record_rows(&mut file, &ranges).await? {
+            return Ok(earlier);
         }
-        // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
-        // so the Event Grid function still answers quickly.
-        let inserts: Vec<_> = rest
-            .chunks(TRANSACTION_ROWS)
-            .map(|rows| self.insert_parts(rows))
-            .collect();
-        futures::stream::iter(inserts)
-            .buffer_unordered(REGISTRATION_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let messages: Vec<String> = ranges
-            .iter()
-            .enumerate()
-            .map(|(part, (start, end))| {
-                serde_json::to_string(&ImportWork {
-                    file: key.clone(),
-                    container: container.to_string(),
-                    blob: blob.to_string(),
-                    etag: props.etag.clone(),
-                    kind,
-                    part: part as u32,
-                    start: *start,
-                    end: *end,
-                    size: props.size,
-                    retry: 0,
-                })
-                .expect("work items serialise")
-            })
-            .collect();
-        futures::stream::iter(messages)
-            .map(|text| async move { self.queue.send(&text, Duration::ZERO).await })
-            .buffer_unordered(REGISTRATION_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        self.queue_parts(&file, &ranges).await?;
         // With the ETag from the insert: a worker that already moved the file on wins.
         file.data.status = FileStatus::Queued;
         self.store.replace_if_unchanged(&mut file).await?;
@@ -189,6 +100,104 @@ impl Importer {
             file: key,
             parts: ranges.len() as u32,
         })
+    }
+
+    /// Records the file row and one part row per range. The rows go in transactions of up
+    /// to 100, the file row in the first: a file row is never without its first parts, and
+    /// every transaction is all-or-nothing, so a repeat finds each one whole or absent. A file
+    /// registered before answers `AlreadyRegistered`, unless its registration stopped half-way
+    /// (then it is finished: parts and messages are idempotent).
+    async fn record_rows(
+        &self,
+        file: &mut Row<ImportFile>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Option<Registration>, ImportError> {
+        let key = file.partition_key.clone();
+        let parts: Vec<Entity> = ranges
+            .iter()
+            .enumerate()
+            .map(|(part, (start, end))| {
+                Row::new(
+                    &key,
+                    &part_row(part as u32),
+                    ImportPart::pending(*start as i64, *end as i64),
+                )
+                .to_entity()
+            })
+            .collect();
+        let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
+        let file_entity = file.to_entity();
+        let mut ops = vec![TransactionOp::Insert(&file_entity)];
+        ops.extend(first.iter().map(TransactionOp::Insert));
+        match self.store.transact(&ops).await? {
+            TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
+            TransactionOutcome::Refused { status: 409, .. } => {
+                let Some(found) = self.store.file(&key).await? else {
+                    return Err(ImportError::transient(format!(
+                        "the imports table refused import {} as a duplicate, then had no row for it",
+                        import_id(&key)
+                    )));
+                };
+                *file = found;
+                if file.data.status != FileStatus::Registering {
+                    return Ok(Some(Registration::AlreadyRegistered {
+                        file: key,
+                        status: file.data.status.as_str().to_string(),
+                    }));
+                }
+            }
+            TransactionOutcome::Refused { status, .. } => {
+                return Err(ImportError::transient(format!(
+                    "cannot record import {} in the imports table: HTTP {status}",
+                    import_id(&key)
+                )));
+            }
+        }
+        // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
+        // so the Event Grid function still answers quickly.
+        let inserts: Vec<_> = rest
+            .chunks(TRANSACTION_ROWS)
+            .map(|rows| self.insert_parts(rows))
+            .collect();
+        futures::stream::iter(inserts)
+            .buffer_unordered(REGISTRATION_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(None)
+    }
+
+    /// Queues one work item per range of the file.
+    async fn queue_parts(
+        &self,
+        file: &Row<ImportFile>,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), ImportError> {
+        let f = &file.data;
+        let messages: Vec<String> = ranges
+            .iter()
+            .enumerate()
+            .map(|(part, (start, end))| {
+                serde_json::to_string(&ImportWork {
+                    file: file.partition_key.clone(),
+                    container: f.container.clone(),
+                    blob: f.blob.clone(),
+                    etag: f.etag.clone(),
+                    kind: f.kind,
+                    part: part as u32,
+                    start: *start,
+                    end: *end,
+                    size: f.size.max(0) as u64,
+                    retry: 0,
+                })
+                .expect("work items serialise")
+            })
+            .collect();
+        futures::stream::iter(messages)
+            .map(|text| async move { self.queue.send(&text, Duration::ZERO).await })
+            .buffer_unordered(REGISTRATION_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// Inserts part rows in one transaction; rows already there (a repeat) are fine.
@@ -427,39 +436,18 @@ impl Importer {
         if file.data.status.is_terminal() {
             return Ok(());
         }
-        let mut totals = Counts::default();
-        let mut line_base = Vec::with_capacity(parts.len());
-        let mut rejected = None;
-        let mut superseded = None;
-        for p in &parts {
-            line_base.push(totals.lines);
-            totals.add(p.data.counts);
-            if let Some(r) = &p.data.rejected {
-                rejected = Some(r.clone());
-            }
-            if let Some(r) = &p.data.superseded {
-                superseded = Some(r.clone());
-            }
-        }
+        let PartsSummary {
+            totals,
+            line_base,
+            status,
+            reason,
+        } = PartsSummary::of(&parts);
         let source = format!("{}/{}", work.container, work.blob);
-        let (status, target_container) = if superseded.is_some() {
+        let target_container = match status {
             // The blob is the newer upload now: nothing of this version is left to move.
-            (FileStatus::Superseded, String::new())
-        } else if rejected.is_some() {
-            (
-                FileStatus::Rejected,
-                ImportSettings::err_container(&work.container),
-            )
-        } else if totals.failed > 0 || totals.not_loaded > 0 {
-            (
-                FileStatus::CompletedWithErrors,
-                ImportSettings::err_container(&work.container),
-            )
-        } else {
-            (
-                FileStatus::Loaded,
-                ImportSettings::processed_container(&work.container),
-            )
+            FileStatus::Superseded => String::new(),
+            FileStatus::Loaded => ImportSettings::processed_container(&work.container),
+            _ => ImportSettings::err_container(&work.container),
         };
         // Reports go to the reports container under this upload's id: no uploaded name
         // can overwrite them, and each version of a file keeps its own.
@@ -478,7 +466,6 @@ impl Importer {
             error_report = Some(format!("{reports}/{name}"));
         }
         let result_name = report_blob(&work.container, &work.blob, &id, "result.json");
-        let reason = superseded.or(rejected);
         let outcome = if status == FileStatus::Superseded {
             InputOutcome::Replaced
         } else {
@@ -622,5 +609,91 @@ impl<'a> ErrorReport<'a> {
             .filter(|_| self.per_line)
             .map(|l| l + self.line_base.get(r.part as usize).copied().unwrap_or(0));
         error_outcome(self.source, r, line).to_string()
+    }
+}
+
+/// What the finished parts of a file add up to.
+struct PartsSummary {
+    totals: Counts,
+    /// The number of lines before each part, for absolute line numbers in the error report.
+    line_base: Vec<i64>,
+    /// The file's final status, and why when it did not load (superseded, rejected).
+    status: FileStatus,
+    reason: Option<String>,
+}
+
+impl PartsSummary {
+    fn of(parts: &[Row<ImportPart>]) -> Self {
+        let mut totals = Counts::default();
+        let mut line_base = Vec::with_capacity(parts.len());
+        let (mut rejected, mut superseded) = (None, None);
+        for p in parts {
+            line_base.push(totals.lines);
+            totals.add(p.data.counts);
+            if let Some(r) = &p.data.rejected {
+                rejected = Some(r.clone());
+            }
+            if let Some(r) = &p.data.superseded {
+                superseded = Some(r.clone());
+            }
+        }
+        let status = if superseded.is_some() {
+            FileStatus::Superseded
+        } else if rejected.is_some() {
+            FileStatus::Rejected
+        } else if totals.failed > 0 || totals.not_loaded > 0 {
+            FileStatus::CompletedWithErrors
+        } else {
+            FileStatus::Loaded
+        };
+        PartsSummary {
+            totals,
+            line_base,
+            status,
+            reason: superseded.or(rejected),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(lines: i64, loaded: i64, failed: i64) -> Row<ImportPart> {
+        let mut p = ImportPart::pending(0, 10);
+        p.status = super::super::state::PartStatus::Done;
+        p.counts = Counts {
+            loaded,
+            failed,
+            lines,
+            ..Counts::default()
+        };
+        Row::new("k", &part_row(0), p)
+    }
+
+    #[test]
+    fn finished_parts_add_up_to_the_file_s_status() {
+        let clean = PartsSummary::of(&[part(3, 3, 0), part(2, 2, 0)]);
+        assert_eq!(clean.status, FileStatus::Loaded);
+        assert_eq!(clean.line_base, [0, 3]);
+        assert_eq!(clean.totals.loaded, 5);
+        let failing = PartsSummary::of(&[part(3, 2, 1), part(2, 2, 0)]);
+        assert_eq!(failing.status, FileStatus::CompletedWithErrors);
+        let mut rejected = part(0, 0, 1);
+        rejected.data.rejected = Some("not a Bundle".into());
+        let r = PartsSummary::of(&[rejected.clone()]);
+        assert_eq!(
+            (r.status, r.reason.as_deref()),
+            (FileStatus::Rejected, Some("not a Bundle"))
+        );
+        let mut superseded = part(1, 1, 0);
+        superseded.data.superseded = Some("a newer upload".into());
+        let s = PartsSummary::of(&[rejected, superseded]);
+        assert_eq!(
+            s.status,
+            FileStatus::Superseded,
+            "superseded wins over rejected"
+        );
+        assert_eq!(s.reason.as_deref(), Some("a newer upload"));
     }
 }

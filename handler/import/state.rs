@@ -207,6 +207,33 @@ impl TableRow for ImportFile {
 }
 
 impl ImportFile {
+    /// A file version being registered, in `parts` work items.
+    pub fn registering(
+        container: &str,
+        blob: &str,
+        version: &crate::storage::BlobVersion,
+        kind: FileKind,
+        parts: usize,
+    ) -> Self {
+        ImportFile {
+            container: container.to_string(),
+            blob: blob.to_string(),
+            etag: version.etag.clone(),
+            kind,
+            status: FileStatus::Registering,
+            parts: parts as i64,
+            size: version.size as i64,
+            created: now_rfc3339(),
+            started: None,
+            finished: None,
+            outcome: None,
+            result: None,
+            error_report: None,
+            reason: None,
+            counts: Counts::default(),
+        }
+    }
+
     /// The first part to start marks the file as loading.
     pub fn start_loading(&mut self) {
         self.status = FileStatus::Loading;
