@@ -15,6 +15,10 @@
 //!    size), while the searches for other types go on; types are composed in parallel.
 //! 4. `finish`: once every work item is finished and every type composed, the manifest is
 //!    written to `_completed_run.json`, and the staging blobs are deleted.
+//!
+//! Laid out as import is: this file is the component ([`Exporter`]), `state` its typed rows
+//! and their store, `work` its queued work items, `control` the HTTP-facing operations, then
+//! the steps.
 
 pub mod all;
 pub mod compose;
@@ -31,6 +35,7 @@ pub mod state;
 pub mod trigger;
 pub mod uploads;
 pub mod windows;
+pub mod work;
 
 use std::sync::Arc;
 
@@ -44,46 +49,7 @@ use crate::storage::{BlobStore, Row, StorageError, WorkQueue};
 use all::AllDefinition;
 use definition::ExportDefinition;
 use state::{ExportJob, ExportStore, JobStatus};
-
-/// One queued step of an export.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "lowercase")]
-pub enum ExportWork {
-    Gather {
-        export: String,
-    },
-    Fetch {
-        export: String,
-        batch: u32,
-        include: u32,
-        /// The search, relative to the FHIR base URL (ids or time range filled in).
-        search: String,
-    },
-    /// Writes the files of one resource type once no pending search can return it.
-    #[serde(rename = "compose-type")]
-    ComposeType {
-        export: String,
-        #[serde(rename = "resourceType")]
-        resource_type: String,
-    },
-    /// Writes the manifest once every search is finished and every type composed (earlier
-    /// versions queued it as `compose`).
-    #[serde(alias = "compose")]
-    Finish {
-        export: String,
-    },
-}
-
-impl ExportWork {
-    pub fn export(&self) -> &str {
-        match self {
-            ExportWork::Gather { export }
-            | ExportWork::Fetch { export, .. }
-            | ExportWork::ComposeType { export, .. }
-            | ExportWork::Finish { export } => export,
-        }
-    }
-}
+pub use work::ExportWork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -281,35 +247,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn work_items_round_trip_as_tagged_json() {
-        let w = ExportWork::Fetch {
-            export: "abc".into(),
-            batch: 2,
-            include: 1,
-            search: "Patient?_id=p1".into(),
-        };
-        let text = serde_json::to_string(&w).unwrap();
-        assert!(text.contains(r#""step":"fetch""#), "{text}");
-        assert_eq!(serde_json::from_str::<ExportWork>(&text).unwrap(), w);
-        assert_eq!(w.export(), "abc");
-        let compose = ExportWork::ComposeType {
-            export: "abc".into(),
-            resource_type: "Observation".into(),
-        };
-        let text = serde_json::to_string(&compose).unwrap();
-        assert!(
-            text.contains(r#""step":"compose-type""#)
-                && text.contains(r#""resourceType":"Observation""#),
-            "{text}"
-        );
-        assert_eq!(serde_json::from_str::<ExportWork>(&text).unwrap(), compose);
-        assert_eq!(
-            serde_json::from_str::<ExportWork>(r#"{"step":"compose","export":"abc"}"#).unwrap(),
-            ExportWork::Finish {
-                export: "abc".into()
-            },
-            "messages queued by earlier versions finish the export"
-        );
+    fn export_ids_are_32_lowercase_hex_digits() {
         assert!(valid_export_id("0123456789abcdef0123456789abcdef"));
         assert!(!valid_export_id("../etc"));
         assert!(!valid_export_id("ABCDEF0123"));
