@@ -1,7 +1,8 @@
 //! The export's HTTP surface, independent of how a request arrives (Functions host or
 //! `serve`): start, status, terminate, purge and the listing. Every answer is a [`Reply`].
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use tracing::info;
 
 use super::all::AllDefinition;
@@ -224,47 +225,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 job.data.terminated.as_deref().unwrap_or_default()
             ),
         ),
-        running => {
-            let rows = match ex.store.work_rows(id).await {
-                Ok(r) => r,
-                Err(e) => return Reply::unavailable(STATE, e),
-            };
-            let p = Progress::of(&rows);
-            let kind = job.data.kind;
-            let progress = match (running, kind) {
-                (JobStatus::Gathering, ExportKind::Patients) => format!(
-                    "gathering patients: {} found on {} pages",
-                    job.data.ids_found, job.data.pages
-                ),
-                (JobStatus::Gathering, ExportKind::All) => {
-                    "planning: counting resources per time window".to_string()
-                }
-                (JobStatus::Exporting, ExportKind::Patients) => format!(
-                    "exporting: {} patients, {}/{} work items, {} resources",
-                    job.data.patients, p.finished, p.items, p.resources
-                ),
-                (JobStatus::Exporting, ExportKind::All) => format!(
-                    "exporting: {}/{} searches, {} resources",
-                    p.finished, p.items, p.resources
-                ),
-                _ => format!("writing files: {} resources fetched", p.resources),
-            };
-            let mut body = json!({
-                "id": id,
-                "kind": kind.as_str(),
-                "status": running.as_str(),
-                "created": job.data.created,
-                "workItems": {"total": p.items, "finished": p.finished, "failed": p.failed},
-                "resourcesFetched": p.resources,
-                "perType": p.per_type,
-            });
-            if kind == ExportKind::Patients {
-                body["patients"] = job.data.patients.max(job.data.ids_found).into();
-            }
-            Reply::new(202, body)
-                .header("X-Progress", progress)
-                .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
-        }
+        running => running_status(ex, id, &job.data, running).await,
     }
 }
 
@@ -378,4 +339,71 @@ pub async fn list(ex: &Exporter, links: &Links) -> Reply {
             .cmp(&a["createdDateTime"].as_str())
     });
     Reply::new(200, Value::Array(items))
+}
+
+/// The body of a running export's status (202).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunningStatus<'a> {
+    id: &'a str,
+    kind: ExportKind,
+    status: JobStatus,
+    created: &'a str,
+    work_items: WorkItemCounts,
+    resources_fetched: u64,
+    per_type: Map<String, Value>,
+    /// Patient exports: the patients found so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patients: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkItemCounts {
+    total: u64,
+    finished: u64,
+    failed: u64,
+}
+
+/// 202 for a running export: where it is (`X-Progress`, one line) and its counts so far.
+async fn running_status(ex: &Exporter, id: &str, job: &ExportJob, running: JobStatus) -> Reply {
+    let rows = match ex.store.work_rows(id).await {
+        Ok(r) => r,
+        Err(e) => return Reply::unavailable(STATE, e),
+    };
+    let p = Progress::of(&rows);
+    let progress = match (running, job.kind) {
+        (JobStatus::Gathering, ExportKind::Patients) => format!(
+            "gathering patients: {} found on {} pages",
+            job.ids_found, job.pages
+        ),
+        (JobStatus::Gathering, ExportKind::All) => {
+            "planning: counting resources per time window".to_string()
+        }
+        (JobStatus::Exporting, ExportKind::Patients) => format!(
+            "exporting: {} patients, {}/{} work items, {} resources",
+            job.patients, p.finished, p.items, p.resources
+        ),
+        (JobStatus::Exporting, ExportKind::All) => format!(
+            "exporting: {}/{} searches, {} resources",
+            p.finished, p.items, p.resources
+        ),
+        _ => format!("writing files: {} resources fetched", p.resources),
+    };
+    let body = RunningStatus {
+        id,
+        kind: job.kind,
+        status: running,
+        created: &job.created,
+        work_items: WorkItemCounts {
+            total: p.items,
+            finished: p.finished,
+            failed: p.failed,
+        },
+        resources_fetched: p.resources,
+        per_type: p.per_type,
+        patients: (job.kind == ExportKind::Patients).then(|| job.patients.max(job.ids_found)),
+    };
+    Reply::new(202, json!(body))
+        .header("X-Progress", progress)
+        .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
 }
