@@ -370,7 +370,7 @@ impl BlobStore {
     }
 
     /// Moves a blob: server-side copy, wait for the copy to succeed (status compared without
-    /// regard to case, unlike fhir-loader), delete the source, then check the source is gone.
+    /// regard to case, unlike fhir-loader), delete the source (its answer is the proof; no read after).
     /// With `source_etag`, only that version is moved: a newer upload under the same name is
     /// left in place (`MoveOutcome::SourceChanged`).
     pub async fn move_blob(
@@ -418,33 +418,23 @@ impl BlobStore {
             if_match: source_etag.map(Etag::from),
             ..Default::default()
         };
+        // The service's answer to the delete is the proof: no read afterwards to check it
+        // (one storage request per imported file saved).
         match self
             .blob(src_container, name)
             .delete(Some(delete_options))
             .await
         {
-            Ok(_) => {}
-            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+            Ok(_) => Ok(MoveOutcome::Moved),
+            Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(MoveOutcome::Moved),
             Err(e) if e.http_status() == Some(StatusCode::PreconditionFailed) => {
-                return Ok(MoveOutcome::SourceChanged);
+                Ok(MoveOutcome::SourceChanged)
             }
-            Err(e) => {
-                return Err(StorageError::sdk(
-                    "delete blob",
-                    &where_(src_container, name),
-                    e,
-                ));
-            }
-        }
-        match self.properties(src_container, name).await? {
-            Some(still) if source_etag.is_none_or(|etag| etag == still.etag) => {
-                Err(StorageError::Invalid {
-                    operation: "move blob",
-                    target: where_(src_container, name),
-                    reason: "the source still exists after delete".into(),
-                })
-            }
-            _ => Ok(MoveOutcome::Moved),
+            Err(e) => Err(StorageError::sdk(
+                "delete blob",
+                &where_(src_container, name),
+                e,
+            )),
         }
     }
 
