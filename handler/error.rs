@@ -62,13 +62,6 @@ impl Transient {
     }
 }
 
-impl PartialEq for Transient {
-    /// Equal when they say the same (the sources are not compared).
-    fn eq(&self, other: &Self) -> bool {
-        self.reason == other.reason && self.http_status == other.http_status
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,7 +162,7 @@ mod tests {
             .flat_map(|e| e.fields.iter().map(|(name, _)| *name))
             .chain(COMMON_FIELDS.iter().copied())
             .collect();
-        let field_use = regex_lite("e.");
+        let field_use = field_uses("e.");
         for query in &queries {
             assert!(
                 query.contains("customDimensions.Category == \"Host.Function.Console\"")
@@ -195,7 +195,7 @@ mod tests {
     }
 
     /// A finder of `<prefix><identifier>` uses (e.g. `e.status`), not preceded by a letter.
-    fn regex_lite(prefix: &'static str) -> impl Fn(&str) -> Vec<String> {
+    fn field_uses(prefix: &'static str) -> impl Fn(&str) -> Vec<String> {
         move |text: &str| {
             let mut found = Vec::new();
             let bytes = text.as_bytes();
@@ -253,7 +253,7 @@ mod tests {
         let q = r#"| where tostring(e.message) in ("A.", "B.") | where tostring(e.message) == "C." | x = tolong(e.loaded), e.status, time.e.no"#;
         assert_eq!(messages_compared(q), ["A.", "B.", "C."]);
         assert_eq!(
-            regex_lite("e.")(q),
+            field_uses("e.")(q),
             ["message", "message", "loaded", "status"]
         );
     }

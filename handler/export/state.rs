@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::ExportKind;
 use crate::clock::now_rfc3339;
+use crate::storage::row::is_zero;
 use crate::storage::{Row, StorageResult, TableClient, TableRow, odata_string};
 
 pub const JOB_ROW: &str = "job";
@@ -70,10 +71,6 @@ impl JobStatus {
 fn lenient_status<'de, D: Deserializer<'de>>(d: D) -> Result<JobStatus, D::Error> {
     let text = String::deserialize(d)?;
     Ok(JobStatus::parse(&text).unwrap_or(JobStatus::Failed))
-}
-
-fn is_zero(n: &i64) -> bool {
-    *n == 0
 }
 
 /// The `job` row of an export.
@@ -471,54 +468,33 @@ impl ExportStore {
     }
 
     pub async fn job(&self, id: &str) -> StorageResult<Option<Row<ExportJob>>> {
-        self.tables
-            .get(&self.table, id, JOB_ROW)
-            .await?
-            .map(Row::from_entity)
-            .transpose()
+        self.tables.get_row(&self.table, id, JOB_ROW).await
     }
 
     pub async fn work(&self, id: &str, row: &str) -> StorageResult<Option<Row<WorkRow>>> {
-        self.tables
-            .get(&self.table, id, row)
-            .await?
-            .map(Row::from_entity)
-            .transpose()
+        self.tables.get_row(&self.table, id, row).await
     }
 
     /// Inserts a row; `Ok(None)` when it already exists.
     pub async fn insert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<Option<String>> {
-        self.tables.insert_new(&self.table, &row.to_entity()).await
+        self.tables.insert_row(&self.table, row).await
     }
 
     /// Replaces a row if nobody changed it since it was read (its ETag moves on); `Ok(false)`
     /// if somebody did.
     pub async fn replace_if_unchanged<R: TableRow>(&self, row: &mut Row<R>) -> StorageResult<bool> {
-        let mut entity = row.to_entity();
-        let replaced = self
-            .tables
-            .replace_if_unchanged(&self.table, &mut entity)
-            .await?;
-        row.etag = entity.etag;
-        Ok(replaced)
+        self.tables.replace_row_if_unchanged(&self.table, row).await
     }
 
     pub async fn upsert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<String> {
-        self.tables.upsert(&self.table, &row.to_entity()).await
-    }
-
-    async fn work_query(&self, filter: &str) -> StorageResult<Vec<Row<WorkRow>>> {
-        self.tables
-            .query(&self.table, filter)
-            .await?
-            .into_iter()
-            .map(Row::from_entity)
-            .collect()
+        self.tables.upsert_row(&self.table, row).await
     }
 
     /// Every work row of an export.
     pub async fn work_rows(&self, id: &str) -> StorageResult<Vec<Row<WorkRow>>> {
-        self.work_query(&work_filter(id, None)).await
+        self.tables
+            .query_rows(&self.table, &work_filter(id, None))
+            .await
     }
 
     /// Whether any work item of an export is still pending (one small query).
@@ -547,18 +523,14 @@ impl ExportStore {
         id: &str,
         resource_type: &str,
     ) -> StorageResult<Vec<Row<WorkRow>>> {
-        self.work_query(&work_filter(id, Some(&returning(resource_type))))
-            .await
+        let filter = work_filter(id, Some(&returning(resource_type)));
+        self.tables.query_rows(&self.table, &filter).await
     }
 
     /// Every job row (one per export).
     pub async fn jobs(&self) -> StorageResult<Vec<Row<ExportJob>>> {
-        self.tables
-            .query(&self.table, &format!("RowKey eq '{JOB_ROW}'"))
-            .await?
-            .into_iter()
-            .map(Row::from_entity)
-            .collect()
+        let filter = format!("RowKey eq '{JOB_ROW}'");
+        self.tables.query_rows(&self.table, &filter).await
     }
 
     /// Deletes every row of an export, the job row last.

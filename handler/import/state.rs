@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::work::FileKind;
 use crate::clock::now_rfc3339;
+use crate::storage::row::is_zero;
 use crate::storage::table::encode_key;
 use crate::storage::{
     QueryPages, Row, StorageResult, TableClient, TableRow, TransactionOp, TransactionOutcome,
@@ -383,10 +384,6 @@ impl ImportPart {
     }
 }
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
-}
-
 /// One failed line or entry, as stored (an `importerrors` row) and as reported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -482,19 +479,13 @@ impl ImportStore {
     }
 
     pub async fn file(&self, key: &str) -> StorageResult<Option<Row<ImportFile>>> {
-        self.tables
-            .get(&self.imports, key, FILE_ROW)
-            .await?
-            .map(Row::from_entity)
-            .transpose()
+        self.tables.get_row(&self.imports, key, FILE_ROW).await
     }
 
     pub async fn part(&self, key: &str, part: u32) -> StorageResult<Option<Row<ImportPart>>> {
         self.tables
-            .get(&self.imports, key, &part_row(part))
-            .await?
-            .map(Row::from_entity)
-            .transpose()
+            .get_row(&self.imports, key, &part_row(part))
+            .await
     }
 
     /// The file row and one part row, read together in one query (each with its ETag).
@@ -526,19 +517,15 @@ impl ImportStore {
 
     /// Writes a row whatever is there; returns its new ETag.
     pub async fn upsert<R: TableRow>(&self, row: &Row<R>) -> StorageResult<String> {
-        self.tables.upsert(&self.imports, &row.to_entity()).await
+        self.tables.upsert_row(&self.imports, row).await
     }
 
     /// Replaces a row if it is unchanged since it was read (its ETag moves on); `Ok(false)`
     /// when someone else won.
     pub async fn replace_if_unchanged<R: TableRow>(&self, row: &mut Row<R>) -> StorageResult<bool> {
-        let mut entity = row.to_entity();
-        let replaced = self
-            .tables
-            .replace_if_unchanged(&self.imports, &mut entity)
-            .await?;
-        row.etag = entity.etag;
-        Ok(replaced)
+        self.tables
+            .replace_row_if_unchanged(&self.imports, row)
+            .await
     }
 
     pub async fn parts(&self, key: &str) -> StorageResult<Vec<Row<ImportPart>>> {
@@ -546,19 +533,12 @@ impl ImportStore {
             "PartitionKey eq '{}' and RowKey ge 'part-' and RowKey lt 'part.'",
             odata_string(key)
         );
-        self.tables
-            .query(&self.imports, &filter)
-            .await?
-            .into_iter()
-            .map(Row::from_entity)
-            .collect()
+        self.tables.query_rows(&self.imports, &filter).await
     }
 
     pub async fn write_errors(&self, key: &str, records: &[ErrorRecord]) -> StorageResult<()> {
         for r in records {
-            self.tables
-                .upsert(&self.errors, &r.to_row(key).to_entity())
-                .await?;
+            self.tables.upsert_row(&self.errors, &r.to_row(key)).await?;
         }
         Ok(())
     }
@@ -576,13 +556,7 @@ impl ImportStore {
         if let Some(s) = status {
             filter.push_str(&format!(" and status eq '{}'", s.as_str()));
         }
-        let mut rows = self
-            .tables
-            .query(&self.imports, &filter)
-            .await?
-            .into_iter()
-            .map(Row::<ImportFile>::from_entity)
-            .collect::<StorageResult<Vec<_>>>()?;
+        let mut rows: Vec<Row<ImportFile>> = self.tables.query_rows(&self.imports, &filter).await?;
         rows.sort_by(|a, b| b.data.created.cmp(&a.data.created));
         Ok(rows)
     }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::FhirError;
 use crate::storage::StorageError;
+use crate::storage::row::is_zero;
 
 /// How a file is read, decided from its container and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +64,6 @@ pub struct ImportWork {
 /// The short id of an import (a file version's partition key in the imports table): 12 hex digits of its SHA-256.
 pub fn import_id(file_key: &str) -> String {
     crate::storage::short_hash(file_key)
-}
-
-fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
-    *n == N::default()
 }
 
 impl ImportWork {

@@ -9,7 +9,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{Entity, StorageError, StorageResult};
+use super::{Entity, StorageError, StorageResult, TableClient};
+
+/// For `#[serde(skip_serializing_if = "...")]`: a zero (or other default) value is left out
+/// of the row or message, and reads back as its default.
+pub fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
+}
 
 /// A kind of table row.
 pub trait TableRow: Serialize + DeserializeOwned {
@@ -90,6 +96,65 @@ impl<R: TableRow> Row<R> {
             }
         }
         entity
+    }
+}
+
+/// The table client's operations on typed rows: each converts through `Row` here, so the
+/// stores of import and export never handle entities.
+impl TableClient {
+    pub async fn get_row<R: TableRow>(
+        &self,
+        table: &str,
+        partition_key: &str,
+        row_key: &str,
+    ) -> StorageResult<Option<Row<R>>> {
+        self.get(table, partition_key, row_key)
+            .await?
+            .map(Row::from_entity)
+            .transpose()
+    }
+
+    pub async fn query_rows<R: TableRow>(
+        &self,
+        table: &str,
+        filter: &str,
+    ) -> StorageResult<Vec<Row<R>>> {
+        self.query(table, filter)
+            .await?
+            .into_iter()
+            .map(Row::from_entity)
+            .collect()
+    }
+
+    /// Inserts a row; `Ok(None)` when it already exists.
+    pub async fn insert_row<R: TableRow>(
+        &self,
+        table: &str,
+        row: &Row<R>,
+    ) -> StorageResult<Option<String>> {
+        self.insert_new(table, &row.to_entity()).await
+    }
+
+    /// Writes a row whatever is there; returns its new ETag.
+    pub async fn upsert_row<R: TableRow>(
+        &self,
+        table: &str,
+        row: &Row<R>,
+    ) -> StorageResult<String> {
+        self.upsert(table, &row.to_entity()).await
+    }
+
+    /// Replaces a row if it is unchanged since it was read (its ETag moves on); `Ok(false)`
+    /// when someone else changed it.
+    pub async fn replace_row_if_unchanged<R: TableRow>(
+        &self,
+        table: &str,
+        row: &mut Row<R>,
+    ) -> StorageResult<bool> {
+        let mut entity = row.to_entity();
+        let replaced = self.replace_if_unchanged(table, &mut entity).await?;
+        row.etag = entity.etag;
+        Ok(replaced)
     }
 }
 
