@@ -85,7 +85,10 @@ async fn server_ids(fhir: &str, search: &str) -> BTreeSet<String> {
     out
 }
 
-async fn post_export(handler: &Handler, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+pub(crate) async fn post_export(
+    handler: &Handler,
+    body: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     post_to(handler, "$alt-export", body).await
 }
 

@@ -515,13 +515,14 @@ async fn an_overwritten_file_stops_its_old_version_and_the_new_one_wins() {
     assert_eq!(new["outcome"], "ndjsonprocessed/people.ndjson");
 }
 
-/// A Bundle deleted while its pieces load: loading stops before the next piece, the import
-/// ends `rejected` with the reason, counts what reached the server, and names no moved file
-/// (there is none). Fails before: it ended `loaded` with an outcome naming a missing blob.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
-    let (azurite, fhir, _standin, url) =
-        behind_standin(Faults::slow(Duration::from_millis(800))).await;
+/// A Bundle of 40 Observations loading in pieces of 5, one at a time, each answered after
+/// `piece_delay`, deleted once `loaded_before` of them are on the server; the import's view
+/// when it ends, and what the server holds.
+async fn delete_a_loading_bundle(
+    piece_delay: Duration,
+    loaded_before: i64,
+) -> (serde_json::Value, i64) {
+    let (azurite, fhir, _standin, url) = behind_standin(Faults::slow(piece_delay)).await;
     let handler = Handler::start(
         &azurite,
         &url,
@@ -539,15 +540,23 @@ async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
         )
         .await
         .unwrap();
-    // Delete once two pieces are on the server (a checkpoint is due by then).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fhir_count(&fhir.base_url, "Observation").await < 10 {
+    while fhir_count(&fhir.base_url, "Observation").await < loaded_before {
         assert!(std::time::Instant::now() < deadline, "too little loaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     store.delete("bundles", "obs.json").await.unwrap();
-    let imports = handler.wait_imports(1, 60).await;
-    let import = &imports[0];
+    let import = handler.wait_imports(1, 60).await.remove(0);
+    (import, fhir_count(&fhir.base_url, "Observation").await)
+}
+
+/// A Bundle deleted while its pieces load: loading stops before the next piece, the import
+/// ends `rejected` with the reason, counts what reached the server, and names no moved file
+/// (there is none). Fails before: it ended `loaded` with an outcome naming a missing blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
+    // Deleted once two pieces are on the server (a checkpoint is due by then).
+    let (import, on_server) = delete_a_loading_bundle(Duration::from_millis(800), 10).await;
     assert_eq!(import["status"], "rejected", "{import:#}");
     assert_eq!(import["outcome"], "deleted", "{import:#}");
     assert!(
@@ -559,7 +568,7 @@ async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
     );
     let loaded = import["resources"]["loaded"].as_i64().unwrap();
     assert!(loaded > 0 && loaded < 40, "{import:#}");
-    assert_eq!(fhir_count(&fhir.base_url, "Observation").await, loaded);
+    assert_eq!(on_server, loaded);
 }
 
 /// The same, with the file deleted before the first checkpoint is due (pieces of 400 ms,
@@ -568,39 +577,12 @@ async fn a_bundle_deleted_while_it_loads_stops_and_says_so() {
 /// last checkpoint (none), while the server had the first pieces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_sent_before_a_deletion_are_counted_even_between_checkpoints() {
-    let (azurite, fhir, _standin, url) =
-        behind_standin(Faults::slow(Duration::from_millis(400))).await;
-    let handler = Handler::start(
-        &azurite,
-        &url,
-        &[
-            ("FHIRBULK_MAX_BUNDLE_ENTRIES", "5"),
-            ("FHIRBULK_FHIR_MAX_CONCURRENCY", "1"),
-        ],
-    );
-    let store = blobs(&azurite);
-    store
-        .upload(
-            "bundles",
-            "obs.json",
-            Bytes::from(observation_batch("early", 1, 0..40, 10)),
-        )
-        .await
-        .unwrap();
-    // Delete once the first piece is on the server, before a second has passed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fhir_count(&fhir.base_url, "Observation").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "nothing loaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    store.delete("bundles", "obs.json").await.unwrap();
-    let imports = handler.wait_imports(1, 60).await;
-    let import = &imports[0];
+    // Deleted once the first piece is on the server, before a second has passed.
+    let (import, on_server) = delete_a_loading_bundle(Duration::from_millis(400), 1).await;
     assert_eq!(import["status"], "rejected", "{import:#}");
     let loaded = import["resources"]["loaded"].as_i64().unwrap();
     assert_eq!(
-        fhir_count(&fhir.base_url, "Observation").await,
-        loaded,
+        on_server, loaded,
         "every resource on the server is counted: {import:#}"
     );
     assert!(loaded > 0 && loaded < 40, "{import:#}");

@@ -60,9 +60,59 @@ async fn run_the_queued_work_item(state: &AppState) {
         .await
         .unwrap();
     assert_eq!(messages.len(), 1, "one work item, not two");
-    let work = json!({"Data": {"work": messages[0].text}, "Metadata": {"DequeueCount": 1, "Id": messages[0].id}});
-    let (status, _) = invoke(state, "ImportWorker", work).await;
+    let (status, _) = invoke(state, "ImportWorker", queue_payload(&messages[0])).await;
     assert_eq!(status, 200);
+}
+
+/// A queue message as the queue trigger passes it on.
+fn queue_payload(m: &fhir_bulk::storage::ReceivedWork) -> Value {
+    json!({"Data": {"work": m.text}, "Metadata": {"DequeueCount": 1, "Id": m.id}})
+}
+
+/// Starts a patient export of every Patient (with the Patients as its include); its id.
+async fn start_patient_export(state: &AppState) -> String {
+    use fhir_bulk::export::ExportKind;
+    use fhir_bulk::export::control::{self, Links};
+    let definition =
+        r#"{"query": "Patient", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}"#;
+    let started = control::start(
+        &state.exporter,
+        ExportKind::Patients,
+        definition,
+        &Links::default(),
+        "test",
+        None,
+    )
+    .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    started.body["id"].as_str().unwrap().to_string()
+}
+
+/// Runs the queued export steps as the queue trigger would, until export `id` answers 200;
+/// that answer (the manifest).
+async fn run_export_to_completion(state: &AppState, id: &str) -> Value {
+    use fhir_bulk::export::control;
+    let exporter = &state.exporter;
+    for _ in 0..20 {
+        for m in exporter
+            .queue
+            .receive(32, Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            let (status, _) = invoke(state, "ExportWorker", queue_payload(&m)).await;
+            assert_eq!(status, 200);
+            exporter.queue.delete(&m).await.unwrap();
+        }
+        let status = control::status(exporter, id).await;
+        if status.status == 200 {
+            return status.body;
+        }
+    }
+    panic!(
+        "the export did not complete after the sweep: {}",
+        control::status(exporter, id).await.body
+    );
 }
 
 /// `ImportStatus` for `container/blob`, through the HTTP trigger: the answer's status code and
@@ -295,8 +345,6 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
 /// their search: the sweep queued the lost fetches with an empty one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
-    use fhir_bulk::export::ExportKind;
-    use fhir_bulk::export::control::{self, Links};
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
     let client = reqwest::Client::new();
@@ -308,20 +356,7 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
     }
     let state = host_state(&azurite, &fhir).await;
     let exporter = &state.exporter;
-    let definition =
-        r#"{"query": "Patient", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}"#;
-    let started = control::start(
-        exporter,
-        ExportKind::Patients,
-        definition,
-        &Links::default(),
-        "test",
-        None,
-    )
-    .await;
-    assert_eq!(started.status, 202, "{}", started.body);
-    let id = started.body["id"].as_str().unwrap().to_string();
-    let run = |m: &fhir_bulk::storage::ReceivedWork| json!({"Data": {"work": m.text}, "Metadata": {"DequeueCount": 1, "Id": m.id}});
+    let id = start_patient_export(&state).await;
     // The gather step runs and plans; the fetch steps it queued are lost.
     let gather = exporter
         .queue
@@ -329,7 +364,12 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
         .await
         .unwrap();
     assert_eq!(gather.len(), 1);
-    assert_eq!(invoke(&state, "ExportWorker", run(&gather[0])).await.0, 200);
+    assert_eq!(
+        invoke(&state, "ExportWorker", queue_payload(&gather[0]))
+            .await
+            .0,
+        200
+    );
     exporter.queue.delete(&gather[0]).await.unwrap();
     let lost = exporter
         .queue
@@ -345,36 +385,18 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
         .await
         .unwrap();
     assert!(queued >= 1, "{queued}");
-    for _ in 0..20 {
-        for m in exporter
-            .queue
-            .receive(32, Duration::from_secs(60))
-            .await
-            .unwrap()
-        {
-            assert_eq!(invoke(&state, "ExportWorker", run(&m)).await.0, 200);
-            exporter.queue.delete(&m).await.unwrap();
-        }
-        let status = control::status(exporter, &id).await;
-        if status.status == 200 {
-            let outputs = status.body["output"].as_array().unwrap();
-            let patients: u64 = outputs
-                .iter()
-                .filter(|o| o["type"] == "Patient")
-                .map(|o| o["count"].as_u64().unwrap())
-                .sum();
-            assert_eq!(patients, 3, "{}", status.body);
-            assert!(
-                status.body["error"].as_array().unwrap().is_empty(),
-                "{}",
-                status.body
-            );
-            return;
-        }
-    }
-    panic!(
-        "the export did not complete after the sweep: {}",
-        control::status(exporter, &id).await.body
+    let manifest = run_export_to_completion(&state, &id).await;
+    let patients: u64 = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "Patient")
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(patients, 3, "{manifest}");
+    assert!(
+        manifest["error"].as_array().unwrap().is_empty(),
+        "{manifest}"
     );
 }
 
@@ -382,25 +404,11 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
 /// sweep, and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_requeues_the_lost_steps_of_an_export() {
-    use fhir_bulk::export::ExportKind;
-    use fhir_bulk::export::control::{self, Links};
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
     let state = host_state(&azurite, &fhir).await;
     let exporter = &state.exporter;
-    let definition =
-        r#"{"query": "Patient", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}"#;
-    let started = control::start(
-        exporter,
-        ExportKind::Patients,
-        definition,
-        &Links::default(),
-        "test",
-        None,
-    )
-    .await;
-    assert_eq!(started.status, 202, "{}", started.body);
-    let id = started.body["id"].as_str().unwrap().to_string();
+    let id = start_patient_export(&state).await;
     // Its first step is lost.
     for m in exporter
         .queue
@@ -415,26 +423,5 @@ async fn the_sweep_requeues_the_lost_steps_of_an_export() {
         .await
         .unwrap();
     assert_eq!(queued, 1, "the gather step");
-    // The steps run as the queue trigger would, until the export is done.
-    for _ in 0..20 {
-        for m in exporter
-            .queue
-            .receive(32, Duration::from_secs(60))
-            .await
-            .unwrap()
-        {
-            let work =
-                json!({"Data": {"work": m.text}, "Metadata": {"DequeueCount": 1, "Id": m.id}});
-            let (status, _) = invoke(&state, "ExportWorker", work).await;
-            assert_eq!(status, 200);
-            exporter.queue.delete(&m).await.unwrap();
-        }
-        if control::status(exporter, &id).await.status == 200 {
-            return;
-        }
-    }
-    panic!(
-        "the export did not complete after the sweep: {}",
-        control::status(exporter, &id).await.body
-    );
+    run_export_to_completion(&state, &id).await;
 }

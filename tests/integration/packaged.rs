@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::fixtures::{observation_batch, patient_bundle, patient_line, zip_of};
-use crate::support::{Azurite, FhirServer, blobs, fhir_count, free_port, repo_root};
+use crate::support::{Azurite, FhirServer, blobs, fhir_count, free_port, repo_root, wait_for_port};
 use fhir_bulk::functions::FUNCTION_NAMES;
 use fhir_bulk::storage::{StorageCredentials, WorkQueue};
 
@@ -165,14 +165,11 @@ impl HostedHandler {
             .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .spawn()
             .unwrap_or_else(|e| panic!("the packaged {executable} does not start: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the packaged handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT within the host's 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(
+            port,
+            60,
+            "the packaged handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT within the host's 60 s",
+        );
         HostedHandler {
             child,
             port,

@@ -29,6 +29,15 @@ impl Drop for Service {
     }
 }
 
+/// Waits until something listens on loopback `port`; fails with `failure` after `secs`.
+pub fn wait_for_port(port: u16, secs: u64, failure: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{failure}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs `script` with the environment `env` makes (ports chosen afresh each time). A port
 /// found free can be taken before the service binds it (outgoing connections draw from the
 /// same range), so a start that fails with "address already in use" is tried again on others.
@@ -173,17 +182,7 @@ impl Handler {
             });
         }
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "handler serve did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_for_port(port, 30, "handler serve did not start");
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-functions-key", TEST_API_KEY.parse().unwrap());
         let client = reqwest::Client::builder()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::export::wait_export;
+use crate::export::{post_export, wait_export};
 use crate::fixtures::{patient_bundle, patient_line};
 use crate::standin::{Faults, StandIn};
 use crate::support::{Azurite, FhirServer, Handler, blobs};
@@ -66,16 +66,8 @@ async fn every_charted_event_is_logged_with_its_fields_and_types() {
 
     let definition = json!({"query": "Patient", "patientreferencefield": "id",
         "include": ["Observation?patient=$IDS"]});
-    let started: Value = handler
-        .client
-        .post(format!("{}/$alt-export", handler.base))
-        .body(definition.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, started, _) = post_export(&handler, &definition.to_string()).await;
+    assert_eq!(status, 202, "{started}");
     let (status, _) = wait_export(&handler, started["id"].as_str().unwrap(), 120).await;
     assert_eq!(status, 200);
 
