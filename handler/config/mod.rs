@@ -135,6 +135,11 @@ pub const ENV_BATCHES_PER_PART: &str = "FHIRBULK_BATCHES_PER_PART";
 pub const DEFAULT_BATCHES_PER_PART: usize = 4;
 pub const ENV_NDJSON_RANGE_MIB: &str = "FHIRBULK_NDJSON_RANGE_MIB";
 pub const DEFAULT_NDJSON_RANGE_MIB: u64 = 32;
+pub const ENV_LOAD_ON_DELIVERY_MAX_KIB: &str = "FHIRBULK_LOAD_ON_DELIVERY_MAX_KIB";
+pub const DEFAULT_LOAD_ON_DELIVERY_MAX_KIB: u64 = 1024;
+pub const ENV_LOAD_ON_DELIVERY_SECS: &str = "FHIRBULK_LOAD_ON_DELIVERY_SECS";
+/// Event Grid waits 30 s for an answer before it delivers again.
+pub const DEFAULT_LOAD_ON_DELIVERY_SECS: u64 = 10;
 pub const ENV_ZIP_MAX_UNCOMPRESSED_MIB: &str = "FHIRBULK_ZIP_MAX_UNCOMPRESSED_MIB";
 pub const DEFAULT_ZIP_MAX_UNCOMPRESSED_MIB: u64 = 20 * 1024;
 pub const ENV_ZIP_MAX_RATIO: &str = "FHIRBULK_ZIP_MAX_RATIO";
@@ -226,6 +231,11 @@ pub struct ImportSettings {
     pub zip_max_uncompressed_bytes: u64,
     pub zip_max_ratio: u64,
     pub zip_max_entries: usize,
+    /// Files of one work item up to this size are loaded by the delivery of their event (0:
+    /// every file is queued).
+    pub load_on_delivery_max_bytes: u64,
+    /// A load on delivery still running after this is handed on to a queued work item.
+    pub load_on_delivery_deadline: Duration,
     pub work: WorkSettings,
 }
 
@@ -512,6 +522,17 @@ impl ImportSettings {
                 )?,
             zip_max_ratio: r.number(ENV_ZIP_MAX_RATIO, DEFAULT_ZIP_MAX_RATIO, 1)?,
             zip_max_entries: r.number(ENV_ZIP_MAX_ENTRIES, DEFAULT_ZIP_MAX_ENTRIES, 1)?,
+            load_on_delivery_max_bytes: 1024
+                * r.number(
+                    ENV_LOAD_ON_DELIVERY_MAX_KIB,
+                    DEFAULT_LOAD_ON_DELIVERY_MAX_KIB,
+                    0,
+                )?,
+            load_on_delivery_deadline: Duration::from_secs(r.number(
+                ENV_LOAD_ON_DELIVERY_SECS,
+                DEFAULT_LOAD_ON_DELIVERY_SECS,
+                1,
+            )?),
             work,
         })
     }

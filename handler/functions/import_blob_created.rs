@@ -1,6 +1,7 @@
 //! `ImportBlobCreated` (Event Grid trigger): validates the event, records the file and queues
-//! its work — no loading here, so the answer comes back within a second whatever the file
-//! size. A failure answers 500, and Event Grid redelivers; registering again is a no-op.
+//! its work, or loads it here when it is small (`FHIRBULK_LOAD_ON_DELIVERY_MAX_KIB`), within
+//! `FHIRBULK_LOAD_ON_DELIVERY_SECS`, well inside the 30 s Event Grid waits. A failure answers
+//! 500, and Event Grid redelivers; registering again is a no-op.
 
 use axum::Json;
 use axum::extract::State;
@@ -34,6 +35,25 @@ pub async fn handle_events(importer: &Importer, payload: Value) -> Result<Vec<St
         Ok(match outcome {
             Registration::Queued { file, parts } => {
                 format!("queued import {} in {parts} part(s)", import_id(&file))
+            }
+            Registration::Loaded {
+                file,
+                status: Some(status),
+            } => format!(
+                "loaded import {} on delivery: {}",
+                import_id(&file),
+                status.as_str()
+            ),
+            Registration::Loaded { file, status: None } => format!(
+                "started import {} on delivery; a queued work item goes on with it",
+                import_id(&file)
+            ),
+            // Not acknowledged: delivered again, it takes the load over if that one died.
+            Registration::LoadingElsewhere { file } => {
+                return Err(format!(
+                    "import {} is being loaded by another delivery of this event; deliver it again later",
+                    import_id(&file)
+                ));
             }
             Registration::AlreadyRegistered { file, status } => {
                 format!(

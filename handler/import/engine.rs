@@ -11,13 +11,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, info, warn};
 
+use super::Importer;
+use super::jobs::{self, Claim};
 use super::report::{ImportResult, error_outcome};
 use super::state::{
     Counts, ErrorPages, ErrorRecord, FILE_ROW, FileEnding, FileStatus, ImportFile, ImportPart,
     PartEnd, file_key, part_row,
 };
 use super::work::{FileKind, ImportError, ImportWork, Transient, import_id};
-use super::{Importer, jobs};
 use crate::config::ImportSettings;
 use crate::storage::lines::cut_ranges;
 use crate::storage::reports::report_blob;
@@ -27,12 +28,34 @@ const REGISTRATION_CONCURRENCY: usize = 16;
 /// Rows one entity group transaction may hold.
 const TRANSACTION_ROWS: usize = 100;
 
+/// How `record_rows` found the file.
+enum Recorded {
+    /// Its rows were inserted now.
+    Now,
+    /// A registration had stopped half-way; its rows are complete now.
+    Unfinished,
+    /// It was registered before (`file` is the row found).
+    Before,
+}
+
 /// What registering a blob did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Registration {
     Queued {
         file: String,
         parts: u32,
+    },
+    /// A small file loaded by the delivery of its event (`FHIRBULK_LOAD_ON_DELIVERY_MAX_KIB`):
+    /// how it ended, or `None` when its work went on as a queued work item (a retry after a
+    /// transient failure, or a load that outlasted `FHIRBULK_LOAD_ON_DELIVERY_SECS`).
+    Loaded {
+        file: String,
+        status: Option<FileStatus>,
+    },
+    /// Another delivery of the event is loading the file (`Loaded`) now: this one must be
+    /// delivered again later, in case that one dies.
+    LoadingElsewhere {
+        file: String,
     },
     /// The same file version was registered before (a redelivered event): nothing to do.
     AlreadyRegistered {
@@ -81,8 +104,29 @@ impl Importer {
             FILE_ROW,
             ImportFile::registering(container, blob, &props, kind, ranges.len()),
         );
-        if let Some(earlier) = self.record_rows(&mut file, &ranges).await? {
-            return Ok(earlier);
+        let mut parts: Vec<Row<ImportPart>> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, (start, end))| {
+                let part = ImportPart::pending(*start as i64, *end as i64);
+                Row::new(&key, &part_row(i as u32), part)
+            })
+            .collect();
+        let on_delivery =
+            ranges.len() == 1 && props.size <= self.settings.load_on_delivery_max_bytes;
+        if on_delivery {
+            // Recorded as taken by this delivery, which loads it: no work item, no claim.
+            file.data.start_loading();
+            file.data.on_delivery = true;
+            parts[0].data.start_loading();
+        }
+        match self.record_rows(&mut file, &mut parts).await? {
+            Recorded::Before => return self.registered_before(file).await,
+            Recorded::Now if on_delivery => {
+                let part = parts.swap_remove(0);
+                return self.load_on_delivery(file, part).await;
+            }
+            Recorded::Now | Recorded::Unfinished => {}
         }
         self.queue_parts(&file, &ranges).await?;
         // With the ETag from the insert: a worker that already moved the file on wins.
@@ -102,35 +146,107 @@ impl Importer {
         })
     }
 
+    /// A redelivered event of a file registered before. Nothing to do, unless another delivery
+    /// took the file to load it on delivery and has not finished: while that load may still
+    /// be running (`FHIRBULK_LOAD_ON_DELIVERY_SECS`, twice over), this delivery is to be
+    /// repeated; after, that delivery died with its process (or handed the load on), and a
+    /// work item takes over from the checkpoint (the part's ETag lets only one advance it).
+    async fn registered_before(
+        &self,
+        mut file: Row<ImportFile>,
+    ) -> Result<Registration, ImportError> {
+        let key = file.partition_key.clone();
+        let f = &file.data;
+        if !f.on_delivery || f.status.is_terminal() {
+            return Ok(Registration::AlreadyRegistered {
+                file: key,
+                status: f.status.as_str().to_string(),
+            });
+        }
+        let may_run_until = f
+            .started_at()
+            .map(|at| at + self.settings.load_on_delivery_deadline * 2);
+        if may_run_until.is_some_and(|until| until > OffsetDateTime::now_utc()) {
+            return Ok(Registration::LoadingElsewhere { file: key });
+        }
+        let work = f.work(&key, 0, 0, f.size.max(0) as u64);
+        let text = serde_json::to_string(&work).expect("work items serialise");
+        self.queue.send(&text, Duration::ZERO).await?;
+        // Once: a further delivery finds the file an ordinary queued one.
+        file.data.on_delivery = false;
+        self.store.replace_if_unchanged(&mut file).await?;
+        info!(message = "Load on delivery taken over by a work item.", import = %import_id(&key));
+        Ok(Registration::Queued {
+            file: key,
+            parts: 1,
+        })
+    }
+
+    /// Loads a file whose rows were just recorded as taken by this delivery, with no work item
+    /// (a small file costs no queue requests and no claim). A load that outlasts
+    /// `FHIRBULK_LOAD_ON_DELIVERY_SECS` (Event Grid waits 30 s for an answer) is handed on to
+    /// a work item, which goes on from the checkpoint. If this process dies during the load,
+    /// the sweep queues the part once its row is stale, as for any lost work item.
+    async fn load_on_delivery(
+        &self,
+        file: Row<ImportFile>,
+        part: Row<ImportPart>,
+    ) -> Result<Registration, ImportError> {
+        let delivered = OffsetDateTime::now_utc();
+        let key = file.partition_key.clone();
+        let work = file.data.work(&key, 0, 0, file.data.size.max(0) as u64);
+        info!(
+            message = "Import registered; loading it on delivery.",
+            import = %import_id(&key),
+            container = %work.container,
+            kind = work.kind.as_str()
+        );
+        let deadline = self.settings.load_on_delivery_deadline;
+        let loaded = match tokio::time::timeout(deadline, self.load(&work, part, Claim::Held)).await
+        {
+            Ok(loaded) => loaded,
+            Err(_) => {
+                let text = serde_json::to_string(&work).expect("work items serialise");
+                self.queue.send(&text, Duration::ZERO).await?;
+                // A further delivery of the event finds the file an ordinary queued one.
+                let mut file = file;
+                file.data.on_delivery = false;
+                self.store.upsert(&file).await?;
+                info!(message = "Load on delivery handed on to a work item.", import = %import_id(&key), secs = deadline.as_secs());
+                return Ok(Registration::Loaded {
+                    file: key,
+                    status: None,
+                });
+            }
+        };
+        let status = self.after_load(&work, loaded, file, delivered).await?;
+        Ok(Registration::Loaded { file: key, status })
+    }
+
     /// Records the file row and one part row per range. The rows go in transactions of up
     /// to 100, the file row in the first: a file row is never without its first parts, and
     /// every transaction is all-or-nothing, so a repeat finds each one whole or absent. A file
-    /// registered before answers `AlreadyRegistered`, unless its registration stopped half-way
-    /// (then it is finished: parts and messages are idempotent).
+    /// registered before is `Before`, unless its registration stopped half-way (then it
+    /// is `Unfinished`, and `file` the row found: parts and messages are idempotent). The rows
+    /// take the ETags of their insert.
     async fn record_rows(
         &self,
         file: &mut Row<ImportFile>,
-        ranges: &[(u64, u64)],
-    ) -> Result<Option<Registration>, ImportError> {
+        parts: &mut [Row<ImportPart>],
+    ) -> Result<Recorded, ImportError> {
         let key = file.partition_key.clone();
-        let parts: Vec<Entity> = ranges
-            .iter()
-            .enumerate()
-            .map(|(part, (start, end))| {
-                Row::new(
-                    &key,
-                    &part_row(part as u32),
-                    ImportPart::pending(*start as i64, *end as i64),
-                )
-                .to_entity()
-            })
-            .collect();
-        let (first, rest) = parts.split_at(parts.len().min(TRANSACTION_ROWS - 1));
+        let entities: Vec<Entity> = parts.iter().map(Row::to_entity).collect();
+        let (first, rest) = entities.split_at(entities.len().min(TRANSACTION_ROWS - 1));
         let file_entity = file.to_entity();
         let mut ops = vec![TransactionOp::Insert(&file_entity)];
         ops.extend(first.iter().map(TransactionOp::Insert));
         match self.store.transact(&ops).await? {
-            TransactionOutcome::Applied(etags) => file.etag = etags[0].clone(),
+            TransactionOutcome::Applied(etags) => {
+                file.etag = etags[0].clone();
+                for (part, etag) in parts.iter_mut().zip(&etags[1..]) {
+                    part.etag = etag.clone();
+                }
+            }
             TransactionOutcome::Refused { status: 409, .. } => {
                 let Some(found) = self.store.file(&key).await? else {
                     return Err(ImportError::transient(format!(
@@ -140,11 +256,10 @@ impl Importer {
                 };
                 *file = found;
                 if file.data.status != FileStatus::Registering {
-                    return Ok(Some(Registration::AlreadyRegistered {
-                        file: key,
-                        status: file.data.status.as_str().to_string(),
-                    }));
+                    return Ok(Recorded::Before);
                 }
+                self.insert_rest(rest).await?;
+                return Ok(Recorded::Unfinished);
             }
             TransactionOutcome::Refused { status, .. } => {
                 return Err(ImportError::transient(format!(
@@ -153,8 +268,14 @@ impl Importer {
                 )));
             }
         }
-        // Many-part files (a 10 GB NDJSON has 320 parts) are registered 16 requests at a time,
-        // so the Event Grid function still answers quickly.
+        self.insert_rest(rest).await?;
+        Ok(Recorded::Now)
+    }
+
+    /// Inserts the part rows that did not fit the file row's transaction. Many-part files (a
+    /// 10 GB NDJSON has 320 parts) are registered 16 requests at a time, so the Event Grid
+    /// function still answers quickly.
+    async fn insert_rest(&self, rest: &[Entity]) -> Result<(), ImportError> {
         let inserts: Vec<_> = rest
             .chunks(TRANSACTION_ROWS)
             .map(|rows| self.insert_parts(rows))
@@ -163,7 +284,7 @@ impl Importer {
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
-        Ok(None)
+        Ok(())
     }
 
     /// Queues one work item per range of the file.
@@ -172,24 +293,14 @@ impl Importer {
         file: &Row<ImportFile>,
         ranges: &[(u64, u64)],
     ) -> Result<(), ImportError> {
-        let f = &file.data;
         let messages: Vec<String> = ranges
             .iter()
             .enumerate()
             .map(|(part, (start, end))| {
-                serde_json::to_string(&ImportWork {
-                    file: file.partition_key.clone(),
-                    container: f.container.clone(),
-                    blob: f.blob.clone(),
-                    etag: f.etag.clone(),
-                    kind: f.kind,
-                    part: part as u32,
-                    start: *start,
-                    end: *end,
-                    size: f.size.max(0) as u64,
-                    retry: 0,
-                })
-                .expect("work items serialise")
+                let work = file
+                    .data
+                    .work(&file.partition_key, part as u32, *start, *end);
+                serde_json::to_string(&work).expect("work items serialise")
             })
             .collect();
         futures::stream::iter(messages)
@@ -229,44 +340,68 @@ impl Importer {
         let Some(part) = part else {
             return Ok(());
         };
-        if !part.data.is_done() {
-            // The first part to start marks the file as loading, in the part's claim.
-            let starting = matches!(
-                file.data.status,
-                FileStatus::Queued | FileStatus::Registering
-            );
-            if starting {
-                file.data.start_loading();
-            }
-            let starting = starting.then(|| file.clone());
-            let result = match work.kind {
-                FileKind::Bundle => jobs::run_bundle(self, work, part.clone(), starting).await,
-                FileKind::Ndjson => {
-                    jobs::run_ndjson_range(self, work, part.clone(), starting).await
-                }
-                FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part.clone(), starting).await,
-                FileKind::Zip => jobs::run_zip(self, work, part.clone(), starting).await,
-            };
-            let finished = match result {
-                Ok(row) => row,
-                Err(ImportError::Superseded) => return Ok(()),
-                Err(ImportError::Replaced(reason)) => {
-                    info!(message = "Import superseded by a newer upload.", import = %work.file_id());
-                    self.close_part(work, PartEnd::Superseded, &reason).await?
-                }
-                Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
-                    warn!(message = "File rejected.", import = %work.file_id(), reason = %reason);
-                    self.close_part(work, PartEnd::Rejected, &reason).await?
-                }
-                Err(ImportError::Transient(why)) => {
-                    return self.retry_later(work, why, delivered).await;
-                }
-            };
-            return self
-                .finalize_if_complete(work, Some(finished), Some(file))
-                .await;
+        if part.data.is_done() {
+            self.finalize_if_complete(work, Some(part), None).await?;
+            return Ok(());
         }
-        self.finalize_if_complete(work, Some(part), None).await
+        // The first part to start marks the file as loading, in the part's claim.
+        let starting = matches!(
+            file.data.status,
+            FileStatus::Queued | FileStatus::Registering
+        );
+        if starting {
+            file.data.start_loading();
+        }
+        let claim = Claim::Take {
+            file: starting.then(|| Box::new(file.clone())),
+        };
+        let loaded = self.load(work, part, claim).await;
+        self.after_load(work, loaded, file, delivered).await?;
+        Ok(())
+    }
+
+    /// Loads a part with the job of its kind, from its checkpoint.
+    async fn load(
+        &self,
+        work: &ImportWork,
+        part: Row<ImportPart>,
+        claim: Claim,
+    ) -> Result<Row<ImportPart>, ImportError> {
+        match work.kind {
+            FileKind::Bundle => jobs::run_bundle(self, work, part, claim).await,
+            FileKind::Ndjson => jobs::run_ndjson_range(self, work, part, claim).await,
+            FileKind::NdjsonGz => jobs::run_ndjson_gz(self, work, part, claim).await,
+            FileKind::Zip => jobs::run_zip(self, work, part, claim).await,
+        }
+    }
+
+    /// What follows a load: a part that cannot go on is closed with why, a transient failure
+    /// is queued again, and the file is finished once its last part is done. The file's final
+    /// status when this finished it.
+    async fn after_load(
+        &self,
+        work: &ImportWork,
+        loaded: Result<Row<ImportPart>, ImportError>,
+        file: Row<ImportFile>,
+        delivered: OffsetDateTime,
+    ) -> Result<Option<FileStatus>, ImportError> {
+        let finished = match loaded {
+            Ok(row) => row,
+            Err(ImportError::Superseded) => return Ok(None),
+            Err(ImportError::Replaced(reason)) => {
+                info!(message = "Import superseded by a newer upload.", import = %work.file_id());
+                self.close_part(work, PartEnd::Superseded, &reason).await?
+            }
+            Err(ImportError::Rejected(reason) | ImportError::Gone(reason)) => {
+                warn!(message = "File rejected.", import = %work.file_id(), reason = %reason);
+                self.close_part(work, PartEnd::Rejected, &reason).await?
+            }
+            Err(ImportError::Transient(why)) => {
+                return self.retry_later(work, why, delivered).await;
+            }
+        };
+        self.finalize_if_complete(work, Some(finished), Some(file))
+            .await
     }
 
     /// A part that failed transiently: queued again as a fresh message after a growing delay
@@ -278,10 +413,10 @@ impl Importer {
         work: &ImportWork,
         why: Transient,
         delivered: OffsetDateTime,
-    ) -> Result<(), ImportError> {
+    ) -> Result<Option<FileStatus>, ImportError> {
         let part = self.store.part(&work.file, work.part).await?;
         let Some(part) = part.filter(|p| !p.data.is_done()) else {
-            return Ok(());
+            return Ok(None);
         };
         let progress_at = part
             .data
@@ -315,7 +450,7 @@ impl Importer {
         };
         let text = serde_json::to_string(&next).expect("work items serialise");
         self.queue.send(&text, delay).await?;
-        Ok(())
+        Ok(None)
     }
 
     /// Closes a part that made no progress for too long: what it had not loaded is counted
@@ -404,38 +539,40 @@ impl Importer {
 
     /// Finishes an import whose parts are all done (the reconciliation sweep).
     pub(super) async fn finish(&self, work: &ImportWork) -> Result<(), ImportError> {
-        self.finalize_if_complete(work, None, None).await
+        self.finalize_if_complete(work, None, None).await?;
+        Ok(())
     }
 
-    /// When every part is done: write the reports, move the file, close the file row.
-    /// Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
-    /// `part` and `file` are the rows this worker already holds: a single-part file (every
-    /// Bundle and zip) needs no further reads. The file row is only passed by the worker that
-    /// just finished the part, having found the file unfinished before it started.
+    /// When every part is done: write the reports, move the file, close the file row (with
+    /// the row of its only part, when it has one). The file's final status when this finished
+    /// it. Idempotent: a repeat (redelivery, a racing worker) finds the work done or redoes it.
+    /// `part` and `file` are the rows this worker already holds: a whole-file work item (every
+    /// Bundle, gzip and zip, a one-range NDJSON) needs no further reads.
+    ///
+    /// The result JSON is written before the input moves: once moved, the file cannot be
+    /// loaded again, and the sweep closes an import whose rows fell behind from its result.
     async fn finalize_if_complete(
         &self,
         work: &ImportWork,
         part: Option<Row<ImportPart>>,
         file: Option<Row<ImportFile>>,
-    ) -> Result<(), ImportError> {
-        let parts = match (work.kind, part) {
-            (FileKind::Ndjson, _) => self.store.parts(&work.file).await?,
-            (_, Some(part)) => vec![part],
-            (_, None) => self.store.part(&work.file, 0).await?.into_iter().collect(),
+    ) -> Result<Option<FileStatus>, ImportError> {
+        let whole = work.is_whole_file();
+        let parts = match (whole, part) {
+            (false, _) => self.store.parts(&work.file).await?,
+            (true, Some(part)) => vec![part],
+            (true, None) => self.store.part(&work.file, 0).await?.into_iter().collect(),
         };
         if parts.iter().any(|p| !p.data.is_done()) {
-            return Ok(());
+            return Ok(None);
         }
         let file = match file {
-            Some(f) if work.kind != FileKind::Ndjson => Some(f),
+            Some(f) if whole => Some(f),
             _ => self.store.file(&work.file).await?,
         };
-        let Some(mut file) = file else {
-            return Ok(());
+        let Some(mut file) = file.filter(|f| !f.data.status.is_terminal()) else {
+            return Ok(None);
         };
-        if file.data.status.is_terminal() {
-            return Ok(());
-        }
         let PartsSummary {
             totals,
             line_base,
@@ -443,12 +580,6 @@ impl Importer {
             reason,
         } = PartsSummary::of(&parts);
         let source = format!("{}/{}", work.container, work.blob);
-        let target_container = match status {
-            // The blob is the newer upload now: nothing of this version is left to move.
-            FileStatus::Superseded => String::new(),
-            FileStatus::Loaded => ImportSettings::processed_container(&work.container),
-            _ => ImportSettings::err_container(&work.container),
-        };
         // Reports go to the reports container under this upload's id: no uploaded name
         // can overwrite them, and each version of a file keeps its own.
         let reports = &self.settings.reports_container;
@@ -466,35 +597,29 @@ impl Importer {
             error_report = Some(format!("{reports}/{name}"));
         }
         let result_name = report_blob(&work.container, &work.blob, &id, "result.json");
-        let outcome = if status == FileStatus::Superseded {
-            InputOutcome::Replaced
-        } else {
-            self.move_input(work, &target_container).await?
-        };
-        let result = ImportResult {
+        let mut result = ImportResult {
             file: source,
             status,
-            input: outcome.describe(),
+            input: InputOutcome::planned(work, status).describe(),
             resources: totals.into(),
             lines_read: totals.lines,
             error_report: error_report.clone(),
             reason: reason.clone(),
         };
-        let body = serde_json::to_vec(&result).expect("a result serialises");
-        self.blobs
-            .upload(reports, &result_name, Bytes::from(body))
+        self.write_result(&result_name, &result).await?;
+        self.move_as_reported(work, &mut result, &result_name)
             .await?;
         file.data.finish(
             status,
             FileEnding {
-                outcome: outcome.describe(),
+                outcome: result.input,
                 result: format!("{reports}/{result_name}"),
                 error_report,
                 reason,
                 counts: totals,
             },
         );
-        self.store.upsert(&file).await?;
+        self.close_rows(&file, whole.then(|| &parts[0])).await?;
         info!(
             message = "Import finished.",
             import = %work.file_id(),
@@ -503,7 +628,69 @@ impl Importer {
             loaded = totals.loaded,
             failed = totals.failed
         );
+        Ok(Some(status))
+    }
+
+    /// Writes `result` as the result JSON `name` in the reports container.
+    pub(super) async fn write_result(
+        &self,
+        name: &str,
+        result: &ImportResult,
+    ) -> Result<(), ImportError> {
+        let body = serde_json::to_vec(result).expect("a result serialises");
+        self.blobs
+            .upload(&self.settings.reports_container, name, Bytes::from(body))
+            .await?;
         Ok(())
+    }
+
+    /// Moves the input where `result` (written as `result_name`) says it went, and writes the
+    /// result again when it went elsewhere (replaced by a newer upload, or deleted meanwhile).
+    pub(super) async fn move_as_reported(
+        &self,
+        work: &ImportWork,
+        result: &mut ImportResult,
+        result_name: &str,
+    ) -> Result<(), ImportError> {
+        let target = match result.status {
+            // The blob is the newer upload now: nothing of this version is left to move.
+            FileStatus::Superseded => return Ok(()),
+            FileStatus::Loaded => ImportSettings::processed_container(&work.container),
+            _ => ImportSettings::err_container(&work.container),
+        };
+        let went = self.move_input(work, &target).await?.describe();
+        if went != result.input {
+            result.input = went;
+            self.write_result(result_name, result).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the finished file row, in one transaction with the row of its only part (marked
+    /// done by its load, and not written since). Both unconditionally: the file is finished.
+    async fn close_rows(
+        &self,
+        file: &Row<ImportFile>,
+        only_part: Option<&Row<ImportPart>>,
+    ) -> Result<(), ImportError> {
+        let Some(part) = only_part else {
+            self.store.upsert(file).await?;
+            return Ok(());
+        };
+        let mut rows = (file.to_entity(), part.to_entity());
+        rows.0.etag.clear();
+        rows.1.etag.clear();
+        let ops = [
+            TransactionOp::Replace(&rows.0),
+            TransactionOp::Replace(&rows.1),
+        ];
+        match self.store.transact(&ops).await? {
+            TransactionOutcome::Applied(_) => Ok(()),
+            TransactionOutcome::Refused { status, .. } => Err(ImportError::transient(format!(
+                "cannot record the end of import {} in the imports table: HTTP {status}",
+                import_id(&file.partition_key)
+            ))),
+        }
     }
 
     /// Moves the input file once; a repeat that finds it already moved is fine. Says where
@@ -554,6 +741,23 @@ enum InputOutcome {
 }
 
 impl InputOutcome {
+    /// Where the input goes when it is finished with `status`.
+    fn planned(work: &ImportWork, status: FileStatus) -> Self {
+        match status {
+            FileStatus::Superseded => InputOutcome::Replaced,
+            FileStatus::Loaded => InputOutcome::MovedTo(format!(
+                "{}/{}",
+                ImportSettings::processed_container(&work.container),
+                work.blob
+            )),
+            _ => InputOutcome::MovedTo(format!(
+                "{}/{}",
+                ImportSettings::err_container(&work.container),
+                work.blob
+            )),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             InputOutcome::MovedTo(path) => path.clone(),

@@ -3,8 +3,10 @@
 //!
 //! The component is [`Importer`] (here: what it holds and how it is set up). Flow (`engine`):
 //! `Importer::register` (from a BlobCreated event) records the file in the `imports` table
-//! (`state`) and queues one work item per part (`work`); `Importer::run` loads a part from its
-//! checkpoint (`jobs`), and the last part to finish writes the reports and moves the file.
+//! (`state`) and queues one work item per part (`work`), or, for a small file of one part,
+//! loads it there with no work item (six storage requests in all); `Importer::run` loads a
+//! part from its checkpoint (`jobs`), and the last part to finish writes the reports, moves the
+//! file and closes its rows.
 
 pub mod budget;
 pub mod bundle;

@@ -2,10 +2,12 @@
 //! host's poison queue, an emulator that lost its last seconds) and a table row can lag behind
 //! the work it describes (a worker that moved the file but could not record it), so every few
 //! minutes each unfinished import is looked at:
+//! - an import whose result was written is closed from that result (its input moved first,
+//!   when the work stopped between the two);
 //! - a part not done whose row has not been written for longer than work can stay hidden
 //!   (`stale_after`) gets a fresh work item, from its checkpoint (a second delivery of a live
-//!   item is harmless: the part's ETag lets only one advance it);
-//! - an import whose input is gone but whose result was written is closed from that result;
+//!   item is harmless: the part's ETag lets only one advance it); so does a file whose load on
+//!   delivery died with its process;
 //! - an import whose parts are all done is finished;
 //! - a registration that stopped half-way is completed.
 
@@ -90,13 +92,13 @@ impl Importer {
             sweep.registered += 1;
             return Ok(());
         }
-        let kind = f.kind;
         // The work finished and wrote its result, but the rows did not keep up: close the
-        // import from the result rather than load a file that is no longer there.
+        // import from the result rather than load the file again (or a file that is no longer
+        // there), moving the input first if it was not moved yet.
         let current = self.blobs.properties(container, blob).await?;
         let still_there =
             current.is_some_and(|c| c.etag.trim_matches('"') == etag.trim_matches('"'));
-        if !still_there && self.close_from_result(file).await? {
+        if self.close_from_result(file, still_there).await? {
             sweep.closed_from_result += 1;
             return Ok(());
         }
@@ -107,18 +109,8 @@ impl Importer {
                 .strip_prefix("part-")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            ImportWork {
-                file: key.to_string(),
-                container: container.to_string(),
-                blob: blob.to_string(),
-                etag: etag.to_string(),
-                kind,
-                part: number,
-                start: part.data.start.max(0) as u64,
-                end: part.data.end.max(0) as u64,
-                size,
-                retry: 0,
-            }
+            let (start, end) = (part.data.start.max(0), part.data.end.max(0));
+            f.work(key, number, start as u64, end as u64)
         };
         let pending: Vec<&Row<ImportPart>> = parts.iter().filter(|p| !p.data.is_done()).collect();
         if pending.is_empty() {
@@ -139,8 +131,13 @@ impl Importer {
         Ok(())
     }
 
-    /// Closes an import from the result JSON its work wrote; `false` when there is none.
-    async fn close_from_result(&self, file: &Row<ImportFile>) -> Result<bool, ImportError> {
+    /// Closes an import from the result JSON its work wrote, moving the input where the
+    /// result says when it is `still_there`; `false` when there is no result.
+    async fn close_from_result(
+        &self,
+        file: &Row<ImportFile>,
+        still_there: bool,
+    ) -> Result<bool, ImportError> {
         let key = file.partition_key.as_str();
         let (container, blob) = (file.data.container.as_str(), file.data.blob.as_str());
         let reports = &self.settings.reports_container;
@@ -149,11 +146,16 @@ impl Importer {
             return Ok(false);
         };
         // A result that does not parse, or of a status that is not final, closes nothing.
-        let Ok(result) = serde_json::from_slice::<ImportResult>(&bytes) else {
+        let Ok(mut result) = serde_json::from_slice::<ImportResult>(&bytes) else {
             return Ok(false);
         };
         if !result.status.is_terminal() {
             return Ok(false);
+        }
+        if still_there {
+            let size = file.data.size.max(0) as u64;
+            let work = file.data.work(key, 0, 0, size);
+            self.move_as_reported(&work, &mut result, &name).await?;
         }
         let mut row = file.clone();
         let counts = result.counts();

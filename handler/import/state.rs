@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::work::FileKind;
+use super::work::{FileKind, ImportWork};
 use crate::clock::now_rfc3339;
 use crate::storage::row::is_zero;
 use crate::storage::table::encode_key;
@@ -189,6 +189,10 @@ pub struct ImportFile {
     /// Why the file was rejected or superseded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Loaded by the delivery of its event, with no work item (a small file), unless that
+    /// load was handed on or taken over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_delivery: bool,
     /// Summed over the parts once they are all done.
     #[serde(flatten)]
     pub counts: Counts,
@@ -231,7 +235,24 @@ impl ImportFile {
             result: None,
             error_report: None,
             reason: None,
+            on_delivery: false,
             counts: Counts::default(),
+        }
+    }
+
+    /// The work item of part `part` (`[start, end)`) of this file, whose row key is `key`.
+    pub fn work(&self, key: &str, part: u32, start: u64, end: u64) -> ImportWork {
+        ImportWork {
+            file: key.to_string(),
+            container: self.container.clone(),
+            blob: self.blob.clone(),
+            etag: self.etag.clone(),
+            kind: self.kind,
+            part,
+            start,
+            end,
+            size: self.size.max(0) as u64,
+            retry: 0,
         }
     }
 
@@ -239,6 +260,12 @@ impl ImportFile {
     pub fn start_loading(&mut self) {
         self.status = FileStatus::Loading;
         self.started = Some(now_rfc3339());
+    }
+
+    /// When its work started, if it did.
+    pub fn started_at(&self) -> Option<time::OffsetDateTime> {
+        let started = self.started.as_deref()?;
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339).ok()
     }
 
     /// Closes the file: its final status, where the input and the reports went, its totals.
@@ -376,6 +403,12 @@ impl ImportPart {
             PartEnd::GaveUp => &mut self.gave_up,
         };
         *slot = Some(reason.to_string());
+    }
+
+    /// Taken by a delivery that loads it now: the stall clock starts.
+    pub fn start_loading(&mut self) {
+        self.status = PartStatus::Loading;
+        self.stamp_progress();
     }
 
     /// Records that the checkpoint moved now.

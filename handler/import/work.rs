@@ -73,6 +73,13 @@ impl ImportWork {
         import_id(&self.file)
     }
 
+    /// Whether the work is the whole file (a Bundle, a gzip or zip file, an NDJSON file of one
+    /// range): its part row is then the file's only one. An NDJSON item queued before items
+    /// carried the file's size counts as one range of several.
+    pub fn is_whole_file(&self) -> bool {
+        self.kind != FileKind::Ndjson || (self.size > 0 && self.start == 0 && self.end >= self.size)
+    }
+
     /// The wait before delivery `retry` of a failing part: 5 s, 10 s, 20 s … up to 5 minutes.
     pub fn retry_delay(retry: u32) -> std::time::Duration {
         let secs = 5u64 << retry.saturating_sub(1).min(6);
@@ -139,6 +146,9 @@ impl From<std::io::Error> for ImportError {
     /// Anything else (storage unreachable) may pass.
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind;
+        if crate::storage::stream::is_version_changed(&e) {
+            return ImportError::Replaced(super::fence::REPLACED.into());
+        }
         match e.kind() {
             ErrorKind::NotFound => gone(&e),
             ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::UnexpectedEof => {

@@ -1,6 +1,7 @@
 //! The blob watcher of `serve` mode: Azurite has no Event Grid, so new blobs in the input
 //! containers are found by listing, and handled exactly as a BlobCreated event would be: import
-//! files registered, query definitions in the export trigger container started.
+//! files registered (small ones loaded then), query definitions in the export trigger
+//! container started.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -71,6 +72,10 @@ pub async fn watch(state: AppState, interval: Duration, shutdown: CancellationTo
                 .await;
             for (key, name, outcome) in registered {
                 match outcome {
+                    // Listed again next time: it takes the load over if that one died.
+                    Ok(Registration::LoadingElsewhere { .. }) => {
+                        debug!(message = "Blob being loaded on another delivery.", container, blob = %name);
+                    }
                     Ok(outcome) => {
                         if let Registration::Queued { parts, .. } = outcome {
                             debug!(message = "New blob registered.", container, blob = %name, parts);

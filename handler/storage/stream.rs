@@ -28,6 +28,38 @@ pub const BLOB_TAIL_BYTES: u64 = 1024 * 1024;
 /// Times a broken read is reopened where it stopped before the error is the work item's.
 const REOPENS: u32 = 3;
 
+/// When a read of one blob version (`If-Match`) was last answered: the answer proves the
+/// version was still the blob's when the request was sent. Shared by a reader and whoever
+/// checks the version (import's version fence), so a read spares them a check.
+#[derive(Clone, Debug, Default)]
+pub struct VersionSeen(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl VersionSeen {
+    /// When the latest answered request was sent.
+    pub fn last(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().expect("version lock")
+    }
+
+    fn record(&self, sent: tokio::time::Instant) {
+        let mut last = self.0.lock().expect("version lock");
+        if last.is_none_or(|l| l < sent) {
+            *last = Some(sent);
+        }
+    }
+}
+
+/// The error of a read of one version (`BlobChunks::of_version`) that found another there: a
+/// newer upload replaced the blob. Carried inside an `io::Error`; see [`is_version_changed`].
+#[derive(Debug, thiserror::Error)]
+#[error("the blob {0} is no longer the version being read")]
+pub struct VersionChanged(String);
+
+/// Whether `e` is a read that found a newer version of the blob.
+pub fn is_version_changed(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<VersionChanged>())
+}
+
 /// Reads `[offset, size)` of a blob as it is consumed: one streamed request up to
 /// `planned_end` (in `BLOB_REQUEST_BYTES` pieces), then `BLOB_TAIL_BYTES` at a time, so memory
 /// holds what the transport buffers, not the range. A request that breaks off is reopened at
@@ -42,6 +74,8 @@ pub struct BlobChunks {
     /// The open request, and the offset its body ends at.
     body: Option<(BlobBody, u64)>,
     failures: u32,
+    /// Only this version (ETag) is read, and each answer is recorded.
+    version: Option<(String, VersionSeen)>,
 }
 
 impl BlobChunks {
@@ -56,7 +90,16 @@ impl BlobChunks {
             planned_end: size,
             body: None,
             failures: 0,
+            version: None,
         }
+    }
+
+    /// Reads only version `etag` of the blob (a newer upload is a [`VersionChanged`] error,
+    /// never bytes of two versions mixed), and records each answer in `seen`.
+    pub fn of_version(mut self, etag: &str, seen: VersionSeen) -> Self {
+        let quoted = format!("\"{}\"", etag.trim_matches('"'));
+        self.version = Some((quoted, seen));
+        self
     }
 
     /// Expects to be read up to about `end` (an NDJSON range's end): bytes past it are asked
@@ -124,18 +167,32 @@ impl ChunkStream for BlobChunks {
                 Some(open) => open,
                 None => {
                     let end = self.next_request_end();
-                    let body = self
+                    let sent = tokio::time::Instant::now();
+                    let etag = self.version.as_ref().map(|(etag, _)| etag.as_str());
+                    let opened = self
                         .store
-                        .stream_range(&self.container, &self.blob, self.offset, end - self.offset)
-                        .await
-                        .map_err(|e| {
-                            // A 404 stays one: the file was deleted after it was registered.
-                            let kind = match e.status() {
-                                Some(404) => io::ErrorKind::NotFound,
-                                _ => io::ErrorKind::Other,
-                            };
-                            io::Error::new(kind, e)
-                        })?;
+                        .stream_range(
+                            &self.container,
+                            &self.blob,
+                            self.offset,
+                            end - self.offset,
+                            etag,
+                        )
+                        .await;
+                    let body = match opened {
+                        Ok(body) => body,
+                        Err(e) => {
+                            let (store, container, blob) = (
+                                self.store.clone(),
+                                self.container.clone(),
+                                self.blob.clone(),
+                            );
+                            return Err(open_error(&store, &container, &blob, e).await);
+                        }
+                    };
+                    if let Some((_, seen)) = &self.version {
+                        seen.record(sent);
+                    }
                     self.body.insert((body, end))
                 }
             };
@@ -172,6 +229,29 @@ impl ChunkStream for BlobChunks {
                 Err(e) => self.broken(io::Error::other(e))?,
             }
         }
+    }
+}
+
+/// What a request that could not be opened means for the reader. A 404 stays one: the
+/// file was deleted after it was registered. A 412 (a read of one version that found
+/// another, or, on some services, none) is told apart by reading the blob's properties.
+async fn open_error(
+    store: &BlobStore,
+    container: &str,
+    blob: &str,
+    e: super::StorageError,
+) -> io::Error {
+    let deleted = || io::Error::new(io::ErrorKind::NotFound, e.to_string());
+    match e.status() {
+        Some(404) => deleted(),
+        Some(412) => match store.properties(container, blob).await {
+            Ok(None) => deleted(),
+            Ok(Some(_)) => io::Error::other(VersionChanged(crate::storage::blob_log_name(
+                container, blob,
+            ))),
+            Err(e) => io::Error::other(e),
+        },
+        _ => io::Error::other(e),
     }
 }
 

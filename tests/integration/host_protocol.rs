@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::fixtures::{patient_bundle, patient_id};
+use crate::meter::StorageMeter;
 use crate::support::{Azurite, FhirServer, fhir_count};
 use fhir_bulk::config::Settings;
 use fhir_bulk::functions::{AppState, host_router};
@@ -27,21 +28,33 @@ async fn invoke(state: &AppState, function: &str, payload: Value) -> (u16, Value
     let resp = host_router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = || Value::String(String::from_utf8_lossy(&bytes).into_owned());
     (
         status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| text()),
     )
 }
 
+/// Settings that send every file through a queued work item (none is loaded on delivery).
+const QUEUE_EVERY_FILE: [(&str, &str); 1] = [("FHIRBULK_LOAD_ON_DELIVERY_MAX_KIB", "0")];
+
 /// The handler's state as the host mode builds it, on a test's Azurite and FHIR server.
 async fn host_state(azurite: &Azurite, fhir: &FhirServer) -> AppState {
-    let env: HashMap<&str, &str> = HashMap::from([
-        (
-            "FHIRBULK_STORAGE_CONNECTION_STRING",
-            azurite.connection_string.as_str(),
-        ),
-        ("FHIRBULK_FHIR_URL", fhir.base_url.as_str()),
+    host_state_on(&azurite.connection_string, &fhir.base_url, &[]).await
+}
+
+/// The same on the storage account `connection_string` names and the FHIR server at
+/// `fhir_url`, with more settings.
+async fn host_state_on(
+    connection_string: &str,
+    fhir_url: &str,
+    settings: &[(&'static str, &str)],
+) -> AppState {
+    let mut env: HashMap<&str, &str> = HashMap::from([
+        ("FHIRBULK_STORAGE_CONNECTION_STRING", connection_string),
+        ("FHIRBULK_FHIR_URL", fhir_url),
     ]);
+    env.extend(settings.iter().copied());
     let settings = Settings::from_source(&env).unwrap();
     fhir_bulk::app::build_state(&settings).await.unwrap()
 }
@@ -134,7 +147,12 @@ async fn import_status(state: &AppState, path: &str) -> (String, Value) {
 async fn host_payloads_register_load_and_report() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
-    let state = host_state(&azurite, &fhir).await;
+    let state = host_state_on(
+        &azurite.connection_string,
+        &fhir.base_url,
+        &QUEUE_EVERY_FILE,
+    )
+    .await;
     state
         .importer
         .blobs
@@ -279,7 +297,12 @@ fn is_queued_log(line: &str) -> bool {
 async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
-    let state = host_state(&azurite, &fhir).await;
+    let state = host_state_on(
+        &azurite.connection_string,
+        &fhir.base_url,
+        &QUEUE_EVERY_FILE,
+    )
+    .await;
     let importer = &state.importer;
     importer
         .blobs
@@ -424,4 +447,213 @@ async fn the_sweep_requeues_the_lost_steps_of_an_export() {
         .unwrap();
     assert_eq!(queued, 1, "the gather step");
     run_export_to_completion(&state, &id).await;
+}
+
+/// What one small file costs in storage requests, event to result, as the Functions host runs
+/// it: the Event Grid delivery, then any queued work item received and deleted by the host's
+/// queue trigger. A storage account serves about 20,000 requests a second, so this count, not
+/// the instances, bounds files per hour (#17 §3: at most seven). The file still loads whole,
+/// moves and reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_costs_at_most_seven_storage_requests() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let meter = StorageMeter::start(&azurite).await;
+    let state = host_state_on(&meter.connection_string, &fhir.base_url, &[]).await;
+    let cases = [
+        ("bundles", "small/p3.json", patient_bundle(3, 4).to_string()),
+        (
+            "ndjson",
+            "small/p4.ndjson",
+            format!(
+                "{}\n{}\n",
+                json!({"resourceType": "Patient", "id": "meter-a"}),
+                json!({"resourceType": "Patient", "id": "meter-b"})
+            ),
+        ),
+    ];
+    for (container, name, content) in cases {
+        let blobs = &state.importer.blobs;
+        blobs
+            .upload(container, name, Bytes::from(content))
+            .await
+            .unwrap();
+        let version = blobs.properties(container, name).await.unwrap().unwrap();
+        let event = json!({
+            "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+            "subject": format!("/blobServices/default/containers/{container}/blobs/{name}"),
+            "eventType": "Microsoft.Storage.BlobCreated", "id": "evt-m", "eventTime": "2026-12-06T10:00:00Z",
+            "data": {"api": "PutBlob", "eTag": version.etag, "contentLength": version.size},
+            "dataVersion": "", "metadataVersion": "1"
+        });
+        meter.reset();
+        let delivery = json!({"Data": {"event": event.to_string()}, "Metadata": {}});
+        let (status, body) = invoke(&state, "ImportBlobCreated", delivery).await;
+        assert_eq!(status, 200, "{body}");
+        // The host's queue trigger: receive, run, delete. Its polling of an empty queue is not
+        // the file's cost.
+        let delivered = meter.counts();
+        let messages = state
+            .importer
+            .queue
+            .receive(32, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for m in &messages {
+            let (status, _) = invoke(&state, "ImportWorker", queue_payload(m)).await;
+            assert_eq!(status, 200);
+            state.importer.queue.delete(m).await.unwrap();
+        }
+        let counts = if messages.is_empty() {
+            delivered
+        } else {
+            meter.counts()
+        };
+        let total: usize = counts.values().sum();
+        eprintln!("a small file in {container}: {total} storage requests: {counts:?}");
+        let (_, view) = import_status(&state, &format!("{container}/{name}")).await;
+        assert_eq!(view["status"], "loaded", "{view}");
+        assert_eq!(view["outcome"], format!("{container}processed/{name}"));
+        assert!(
+            total <= 7,
+            "a small file in {container} cost {total} storage requests: {counts:?}"
+        );
+    }
+}
+
+/// A small file is loaded by the delivery of its event, which answers only once it is loaded
+/// or handed on: a load that outlasts `FHIRBULK_LOAD_ON_DELIVERY_SECS` goes on as a work item,
+/// and a delivery that died mid-load is taken over by the next delivery of the event, once the
+/// load cannot be running any more (before, that delivery is refused, so Event Grid repeats it).
+/// Each file ends loaded exactly once, with exact counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_loads_on_delivery_and_a_dead_delivery_is_taken_over() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let (_standin, slow_url) = crate::standin::StandIn::start(
+        &fhir.base_url,
+        crate::standin::Faults::slow(Duration::from_millis(400)),
+    )
+    .await;
+    let settings = [
+        ("FHIRBULK_LOAD_ON_DELIVERY_SECS", "1"),
+        ("FHIRBULK_NDJSON_RESOURCES_PER_BUNDLE", "2"),
+        ("FHIRBULK_FHIR_MAX_CONCURRENCY", "1"),
+    ];
+    let state = host_state_on(&azurite.connection_string, &slow_url, &settings).await;
+    let lines = |tag: &str| -> Bytes {
+        let lines: Vec<String> = (0..8)
+            .map(|i| crate::fixtures::observation_line(tag, 5, i, 10))
+            .collect();
+        Bytes::from(lines.join("\n") + "\n")
+    };
+    let deliver = |container: &str, name: &str, version: &fhir_bulk::storage::BlobEntry| {
+        let event = json!({
+            "subject": format!("/blobServices/default/containers/{container}/blobs/{name}"),
+            "eventType": "Microsoft.Storage.BlobCreated", "id": "evt-d", "eventTime": "2026-12-06T10:00:00Z",
+            "data": {"api": "PutBlob", "eTag": version.etag, "contentLength": version.size},
+        });
+        json!({"Data": {"event": event.to_string()}, "Metadata": {}})
+    };
+    let blobs = &state.importer.blobs;
+    let patient = Bytes::from(crate::fixtures::patient_line(5) + "\n");
+    blobs
+        .upload("ndjson", "patient.ndjson", patient)
+        .await
+        .unwrap();
+    let version = blobs
+        .properties("ndjson", "patient.ndjson")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = invoke(
+        &state,
+        "ImportBlobCreated",
+        deliver("ndjson", "patient.ndjson", &version),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        first_log(&body),
+        format!(
+            "loaded import {} on delivery: loaded",
+            import_of(&state, "patient.ndjson").await
+        )
+    );
+
+    // Four batches of 0.4 s outlast the 1 s a load on delivery may take: a work item goes on.
+    blobs
+        .upload("ndjson", "slow.ndjson", lines("slow"))
+        .await
+        .unwrap();
+    let version = blobs
+        .properties("ndjson", "slow.ndjson")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = invoke(
+        &state,
+        "ImportBlobCreated",
+        deliver("ndjson", "slow.ndjson", &version),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        first_log(&body).contains("a queued work item goes on"),
+        "{body}"
+    );
+    run_the_queued_work_item(&state).await;
+    let (_, view) = import_status(&state, "ndjson/slow.ndjson").await;
+    assert_eq!(view["status"], "loaded", "{view}");
+    assert_eq!(view["resources"]["loaded"], 8, "{view}");
+
+    // A delivery dies mid-load (its process killed: nothing after the kill runs).
+    blobs
+        .upload("ndjson", "dies.ndjson", lines("dies"))
+        .await
+        .unwrap();
+    let version = blobs
+        .properties("ndjson", "dies.ndjson")
+        .await
+        .unwrap()
+        .unwrap();
+    let payload = deliver("ndjson", "dies.ndjson", &version);
+    let dying = tokio::spawn({
+        let (state, payload) = (state.clone(), payload.clone());
+        async move { invoke(&state, "ImportBlobCreated", payload).await }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    dying.abort();
+    // Delivered again at once: the load may still be running, so not acknowledged.
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload.clone()).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.to_string().contains("deliver it again later"),
+        "{body}"
+    );
+    // Delivered again once it cannot be: a work item takes over from the checkpoint.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(is_queued_log(first_log(&body)), "{body}");
+    run_the_queued_work_item(&state).await;
+    let (_, view) = import_status(&state, "ndjson/dies.ndjson").await;
+    assert_eq!(view["status"], "loaded", "{view}");
+    assert_eq!(view["resources"]["loaded"], 8, "{view}");
+    // And once more: nothing left to do.
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        first_log(&body).contains("registered before (loaded)"),
+        "{body}"
+    );
+    let search = format!("Observation?subject=Patient/{}", patient_id(5));
+    assert_eq!(fhir_count(&fhir.base_url, &search).await, 16);
+}
+
+/// The id of the one import of `name`.
+async fn import_of(state: &AppState, name: &str) -> String {
+    let files = state.importer.store.files(None).await.unwrap();
+    let file = files.iter().find(|f| f.data.blob == name).unwrap();
+    fhir_bulk::import::work::import_id(&file.partition_key)
 }

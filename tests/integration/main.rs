@@ -7,6 +7,7 @@ mod faults;
 mod fixtures;
 mod host_protocol;
 mod import;
+mod meter;
 mod packaged;
 mod security;
 mod standin;

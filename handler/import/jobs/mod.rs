@@ -23,7 +23,7 @@ use super::sender::{BatchOutcome, OutgoingEntry, RefusedEntry};
 use super::state::{Counts, ErrorRecord, ImportFile, ImportPart, PartStatus};
 use super::work::{FileKind, ImportError, ImportWork};
 use crate::storage::lines::{ChunkStream, LineReader, cut_ranges};
-use crate::storage::stream::{BlobChunks, ChannelChunks, Expansion, gunzip_limited};
+use crate::storage::stream::{BlobChunks, ChannelChunks, Expansion, VersionSeen, gunzip_limited};
 use crate::storage::{Row, TransactionOp, TransactionOutcome};
 
 mod zip_entries;
@@ -65,6 +65,11 @@ impl<'a> PartProgress<'a> {
                 &work.etag,
             )),
         }
+    }
+
+    /// `chunks` read as the version this work loads only: each answer passes as a fence check.
+    fn this_version(&self, chunks: BlobChunks) -> BlobChunks {
+        chunks.of_version(&self.work.etag, self.fence.seen())
     }
 
     /// The pieces of a Bundle already sent (`piece`, stored as `"0,1,4"`).
@@ -117,7 +122,7 @@ impl<'a> PartProgress<'a> {
         );
     }
 
-    async fn save(&mut self) -> Result<(), ImportError> {
+    async fn write_pending_errors(&mut self) -> Result<(), ImportError> {
         if !self.pending.is_empty() {
             self.importer
                 .store
@@ -125,6 +130,11 @@ impl<'a> PartProgress<'a> {
                 .await?;
             self.pending.clear();
         }
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<(), ImportError> {
+        self.write_pending_errors().await?;
         self.row.data.counts = self.counts;
         self.stamp_progress();
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
@@ -174,23 +184,44 @@ impl<'a> PartProgress<'a> {
         }
     }
 
-    /// Marks the part done and returns its saved row.
+    /// Marks the part done and returns its row. The row of a file's only part is not written
+    /// here but with the file row, when the file is finished (`Importer::finalize_if_complete`);
+    /// its error records are.
     async fn finish(mut self) -> Result<Row<ImportPart>, ImportError> {
         self.row.data.status = PartStatus::Done;
-        self.save().await?;
+        if !self.work.is_whole_file() {
+            self.save().await?;
+            return Ok(self.row);
+        }
+        self.write_pending_errors().await?;
+        self.row.data.counts = self.counts;
+        self.stamp_progress();
         Ok(self.row)
     }
 }
 
-/// Takes the part over: a first write with the ETag read proves no other delivery moved it.
-/// `file` is the file row to mark as loading in the same transaction (the first part to start).
+/// How a delivery comes to own the part row it loads.
+pub enum Claim {
+    /// By a first write with the ETag read, which proves no other delivery moved it; `file` is
+    /// the file row to mark as loading in the same transaction (the first part to start).
+    Take { file: Option<Box<Row<ImportFile>>> },
+    /// It owns it already: the registration inserted the row claimed (a file loaded by the
+    /// delivery of its event), with the ETag the row carries.
+    Held,
+}
+
+/// Takes the part over (see [`Claim`]).
 async fn claim<'a>(
     importer: &'a Importer,
     work: &'a ImportWork,
     row: Row<ImportPart>,
-    file: Option<Row<ImportFile>>,
+    how: Claim,
 ) -> Result<PartProgress<'a>, ImportError> {
     let mut progress = PartProgress::new(importer, work, row);
+    let file = match how {
+        Claim::Held => return Ok(progress),
+        Claim::Take { file } => file.map(|f| *f),
+    };
     progress.row.data.status = PartStatus::Loading;
     // The clock of `FHIRBULK_WORK_STALLED_SECS` starts when the part's work first starts.
     progress.advanced = progress.row.data.progress_at.is_none();
@@ -228,7 +259,7 @@ pub async fn run_bundle(
     importer: &Importer,
     work: &ImportWork,
     row: Row<ImportPart>,
-    file: Option<Row<ImportFile>>,
+    how: Claim,
 ) -> Result<Row<ImportPart>, ImportError> {
     let settings = &importer.settings;
     let size = work.end;
@@ -239,10 +270,13 @@ pub async fn run_bundle(
             settings.max_bundle_file_bytes / (1024 * 1024)
         )));
     }
-    let mut progress = claim(importer, work, row, file).await?;
+    let mut progress = claim(importer, work, row, how).await?;
     let loaded = async {
         let reservation = reserve_bundle_memory(importer, size).await?;
-        let bytes = whole_file(importer, work).read_to_end().await?;
+        let bytes = progress
+            .this_version(whole_file(importer, work))
+            .read_to_end()
+            .await?;
         let fence = progress.fence.clone();
         load_bundle_bytes(importer, &fence, &mut progress, bytes, reservation).await
     }
@@ -401,11 +435,12 @@ pub async fn run_ndjson_range(
     importer: &Importer,
     work: &ImportWork,
     row: Row<ImportPart>,
-    file: Option<Row<ImportFile>>,
+    how: Claim,
 ) -> Result<Row<ImportPart>, ImportError> {
-    let mut progress = claim(importer, work, row, file).await?;
+    let mut progress = claim(importer, work, row, how).await?;
     let loaded = async {
-        let (mut reader, parts) = range_reader(importer, work, &progress.row.data).await?;
+        let version = Some(progress.fence.seen());
+        let (mut reader, parts) = range_reader(importer, work, &progress.row.data, version).await?;
         let line_base = progress.row.data.line;
         pump_lines(
             &importer.fhir,
@@ -424,11 +459,12 @@ pub async fn run_ndjson_range(
 }
 
 /// The lines of an NDJSON range from its part row's checkpoint, and how many ranges the file
-/// has.
+/// has. With `version`, only the work's version of the file is read (`BlobChunks::of_version`).
 async fn range_reader(
     importer: &Importer,
     work: &ImportWork,
     row: &ImportPart,
+    version: Option<VersionSeen>,
 ) -> Result<(LineReader<BlobChunks>, usize), ImportError> {
     let size = match work.size {
         0 => importer
@@ -446,7 +482,7 @@ async fn range_reader(
     } else {
         work.start.saturating_sub(1)
     };
-    let chunks = BlobChunks::new(
+    let mut chunks = BlobChunks::new(
         importer.blobs.clone(),
         &work.container,
         &work.blob,
@@ -454,6 +490,9 @@ async fn range_reader(
         size,
     )
     .planned_to(work.end);
+    if let Some(seen) = version {
+        chunks = chunks.of_version(&work.etag, seen);
+    }
     let reader = LineReader::new(
         chunks,
         reader_start,
@@ -490,12 +529,17 @@ pub async fn unloaded(
     };
     match work.kind {
         FileKind::Ndjson => {
-            let (mut reader, _) = range_reader(importer, work, row).await?;
+            let (mut reader, _) = range_reader(importer, work, row, None).await?;
             let count = count_lines(&mut reader, 0).await?;
             Ok(from_lines(count, lines_done + reader.lines_read() as i64))
         }
         FileKind::NdjsonGz => {
-            let mut reader = LineReader::new(gzip_lines(importer, work), 0, u64::MAX, false);
+            let mut reader = LineReader::new(
+                gzip_lines(importer, whole_file(importer, work)),
+                0,
+                u64::MAX,
+                false,
+            );
             let count = count_lines(&mut reader, lines_done).await?;
             Ok(from_lines(count, reader.lines_read() as i64))
         }
@@ -540,11 +584,8 @@ fn whole_file(importer: &Importer, work: &ImportWork) -> BlobChunks {
 }
 
 /// The decompressed bytes of a `.ndjson.gz` file, its expansion held to the zip limits.
-fn gzip_lines(importer: &Importer, work: &ImportWork) -> ChannelChunks {
-    gunzip_limited(
-        whole_file(importer, work),
-        Expansion::of(&importer.settings),
-    )
+fn gzip_lines(importer: &Importer, file: BlobChunks) -> ChannelChunks {
+    gunzip_limited(file, Expansion::of(&importer.settings))
 }
 
 /// Non-blank lines after line `skip` of a reader.
@@ -565,19 +606,14 @@ pub async fn run_ndjson_gz(
     importer: &Importer,
     work: &ImportWork,
     row: Row<ImportPart>,
-    file: Option<Row<ImportFile>>,
+    how: Claim,
 ) -> Result<Row<ImportPart>, ImportError> {
-    let mut progress = claim(importer, work, row, file).await?;
+    let mut progress = claim(importer, work, row, how).await?;
     let lines_done = progress.row.data.line;
-    let loaded = load_unseekable(
-        importer,
-        &mut progress,
-        gzip_lines(importer, work),
-        lines_done,
-        "gzip",
-    )
-    .await
-    .map(|lines| progress.counts.lines = lines);
+    let gzip = gzip_lines(importer, progress.this_version(whole_file(importer, work)));
+    let loaded = load_unseekable(importer, &mut progress, gzip, lines_done, "gzip")
+        .await
+        .map(|lines| progress.counts.lines = lines);
     progress.end(loaded).await
 }
 

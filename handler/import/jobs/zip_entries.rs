@@ -12,9 +12,10 @@ use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
 use zip::ZipArchive;
 
-use super::super::state::{ImportFile, ImportPart};
+use super::super::state::ImportPart;
 use super::{
-    PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable, reserve_bundle_memory,
+    Claim, PartProgress, PieceSink, claim, load_bundle_bytes, load_unseekable,
+    reserve_bundle_memory,
 };
 use crate::import::Importer;
 use crate::import::budget::MemoryBudget;
@@ -32,9 +33,9 @@ pub async fn run_zip(
     importer: &Importer,
     work: &ImportWork,
     row: Row<ImportPart>,
-    file: Option<Row<ImportFile>>,
+    how: Claim,
 ) -> Result<Row<ImportPart>, ImportError> {
-    let mut progress = claim(importer, work, row, file).await?;
+    let mut progress = claim(importer, work, row, how).await?;
     let loaded = load_entries(importer, work, &mut progress).await;
     progress.zip_entry = None;
     progress.end(loaded).await
