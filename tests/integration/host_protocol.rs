@@ -361,6 +361,79 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(first_log(&body).starts_with("requeued 0 parts"), "{body}");
+
+    // The work stopped between writing the result and moving the input (the result is
+    // written first): the sweep moves the input as the result says and closes the import,
+    // without loading the file again.
+    let bundle = Bytes::from(patient_bundle(8, 1).to_string());
+    importer
+        .blobs
+        .upload("bundles", "p8.json", bundle)
+        .await
+        .unwrap();
+    importer.register("bundles", "p8.json", None).await.unwrap();
+    let lost = importer
+        .queue
+        .receive(32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let key = importer
+        .store
+        .files(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|f| f.data.blob == "p8.json")
+        .unwrap()
+        .partition_key;
+    let id = fhir_bulk::import::work::import_id(&key);
+    let result = json!({"file": "bundles/p8.json", "status": "loaded", "input": "bundlesprocessed/p8.json",
+        "resources": {"loaded": 3, "failed": 0, "alreadyPresent": 0, "notLoaded": 0}, "linesRead": 0});
+    let name = fhir_bulk::storage::reports::report_blob("bundles", "p8.json", &id, "result.json");
+    importer
+        .blobs
+        .upload("reports", &name, Bytes::from(result.to_string()))
+        .await
+        .unwrap();
+    let sweep = importer
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        (sweep.closed_from_result, sweep.requeued),
+        (1, 0),
+        "{sweep:?}"
+    );
+    let (_, view) = import_status(&state, "bundles/p8.json").await;
+    assert_eq!(view["status"], "loaded", "{view}");
+    assert_eq!(view["outcome"], "bundlesprocessed/p8.json", "{view}");
+    assert!(
+        importer
+            .blobs
+            .properties("bundles", "p8.json")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        importer
+            .blobs
+            .properties("bundlesprocessed", "p8.json")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The lost work item, delivered after all, finds the import finished.
+    invoke(&state, "ImportWorker", queue_payload(&lost[0])).await;
+    assert_eq!(
+        fhir_count(
+            &fhir.base_url,
+            &format!("Observation?subject=Patient/{}", patient_id(8))
+        )
+        .await,
+        0,
+        "the file was not loaded again"
+    );
 }
 
 /// An export whose fetch steps were lost after planning gets them again from the sweep, each
