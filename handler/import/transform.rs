@@ -112,7 +112,9 @@ impl Targets<'_> {
     }
 }
 
-/// Prepares the entries of a Bundle read by `read_bundle`.
+/// Prepares the entries of a Bundle read by `read_bundle`: pass 1 decides how each entry
+/// writes and what its fullUrl and `Type/id` will point at (`plan_entries`), pass 2 rewrites
+/// the references in each resource's text and serialises the batch entries.
 pub(crate) async fn prepare_bundle(
     bundle: RawBundle<'_>,
     resolver: &dyn SearchResolver,
@@ -138,28 +140,75 @@ pub(crate) async fn prepare_bundle(
         deps: static_dependencies(&entries, &requests, &heads, &scans),
         ..Default::default()
     };
+    let mut criteria_ids: FxHashMap<String, String> = FxHashMap::default();
+    let (plans, targets) = plan_entries(
+        &entries,
+        &requests,
+        &heads,
+        &scans,
+        resolver,
+        &mut criteria_ids,
+    )
+    .await;
+    let mut rewriter = Rewriter {
+        targets: &targets,
+        criteria_ids: &criteria_ids,
+        resolver,
+        conditional_cache: FxHashMap::default(),
+        replacements: Vec::new(),
+    };
+    for (index, ((entry, plan), scan)) in entries.iter().zip(&plans).zip(&scans).enumerate() {
+        match plan {
+            Plan::Failed(reason) => out.failures.push(EntryFailure {
+                index,
+                target: None,
+                status: 0,
+                diagnostics: reason.clone(),
+            }),
+            Plan::Present { .. } => out.already_present += 1,
+            Plan::AsIs => out.slots[index] = Some(as_is(index, entry)),
+            Plan::Write { id, .. } => match rewriter.write(index, entry, scan, id).await {
+                Ok(prepared) => out.slots[index] = Some(prepared),
+                Err(failure) => out.failures.push(failure),
+            },
+        }
+    }
+    // The targets move into the entries that write them.
+    for (slot, target) in out.slots.iter_mut().zip(targets.by_entry) {
+        if let Some(entry) = slot {
+            entry.target = target;
+        }
+    }
+    Ok(out)
+}
 
-    // Pass 1: decide each entry's id, and what each fullUrl / criteria will point at.
+/// Pass 1: how each entry writes, and what each fullUrl and `Type/id` of the file will point
+/// at once written. Text the server cannot store faithfully, a second entry of one fullUrl and
+/// a second write of one resource fail their entry alone.
+async fn plan_entries<'a, 'h>(
+    entries: &'h [RawEntry<'a>],
+    requests: &[Option<Result<RequestHead<'a>, String>>],
+    heads: &'h [Option<ResourceHead<'a>>],
+    scans: &[ResourceScan<'a>],
+    resolver: &dyn SearchResolver,
+    criteria_ids: &mut FxHashMap<String, String>,
+) -> (Vec<Plan<'a>>, Targets<'h>) {
     let mut targets = Targets {
         by_entry: Vec::with_capacity(entries.len()),
         full_urls: FxHashMap::default(),
         ids: FxHashMap::default(),
     };
     targets.full_urls.reserve(entries.len());
-    let mut criteria_ids: FxHashMap<String, String> = FxHashMap::default();
     let mut plans = Vec::with_capacity(entries.len());
-    // The first entry of each fullUrl and of each resource written: a second one would leave
-    // the server with one resource where the file counts two.
-    let mut first_of_full_url: FxHashMap<&str, usize> = FxHashMap::default();
-    let mut first_writer: FxHashMap<String, usize> = FxHashMap::default();
-    for (index, ((entry, head), request)) in entries.iter().zip(&heads).zip(&requests).enumerate() {
+    let mut firsts = Firsts::default();
+    for (index, ((entry, head), request)) in entries.iter().zip(heads).zip(requests).enumerate() {
         let mut plan = plan_entry(
             index,
             entry,
             request.as_ref(),
             head.as_ref(),
             resolver,
-            &mut criteria_ids,
+            criteria_ids,
         )
         .await;
         // Text the server cannot store faithfully fails its entry alone, before it is sent.
@@ -173,24 +222,7 @@ pub(crate) async fn prepare_bundle(
         if let Some(hazard) = hazard {
             plan = Plan::Failed(format!("entry {index}: {hazard}"));
         }
-        if let Some(full_url) = entry.full_url.as_deref().filter(|u| !u.is_empty())
-            && let Some(first) = first_of_full_url.insert(full_url, index)
-        {
-            first_of_full_url.insert(full_url, first);
-            plan = Plan::Failed(format!(
-                "entry {index} has the fullUrl {full_url} of entry {first}; fullUrls must be unique within a Bundle, so this entry is not loaded"
-            ));
-        }
-        if let Plan::Write { resource_type, id } = &plan {
-            let target = format!("{resource_type}/{id}");
-            if let Some(&first) = first_writer.get(&target) {
-                plan = Plan::Failed(format!(
-                    "entry {index} writes {target}, as entry {first} of this Bundle does; a Bundle may write a resource once, so this entry is not loaded"
-                ));
-            } else {
-                first_writer.insert(target, index);
-            }
-        }
+        let plan = firsts.check(index, entry, plan);
         let mut target = None;
         if let Plan::Write { resource_type, id } | Plan::Present { resource_type, id } = &plan {
             target = Some(format!("{resource_type}/{id}"));
@@ -208,111 +240,151 @@ pub(crate) async fn prepare_bundle(
         targets.by_entry.push(target);
         plans.push(plan);
     }
+    (plans, targets)
+}
 
-    // Pass 2: rewrite references in the text and serialise the batch entries.
-    let mut conditional_cache: FxHashMap<String, Result<String, String>> = FxHashMap::default();
-    // A resource has few references: a list searched in order beats a map (reused per entry).
-    let mut replacements: Vec<(&str, Cow<str>)> = Vec::new();
-    for (index, ((entry, plan), scan)) in entries.iter().zip(&plans).zip(&scans).enumerate() {
-        match plan {
-            Plan::Failed(reason) => out.failures.push(EntryFailure {
+/// The first entry of each fullUrl and of each resource written: a second one would leave
+/// the server with one resource where the file counts two.
+#[derive(Default)]
+struct Firsts<'h> {
+    of_full_url: FxHashMap<&'h str, usize>,
+    writer: FxHashMap<String, usize>,
+}
+
+impl<'h> Firsts<'h> {
+    /// `plan`, or a failure when entry `index` repeats an earlier entry's fullUrl or write.
+    fn check<'a>(&mut self, index: usize, entry: &'h RawEntry<'a>, plan: Plan<'a>) -> Plan<'a> {
+        if let Some(full_url) = entry.full_url.as_deref().filter(|u| !u.is_empty())
+            && let Some(&first) = self.of_full_url.get(full_url)
+        {
+            return Plan::Failed(format!(
+                "entry {index} has the fullUrl {full_url} of entry {first}; fullUrls must be unique within a Bundle, so this entry is not loaded"
+            ));
+        }
+        if let Some(full_url) = entry.full_url.as_deref().filter(|u| !u.is_empty()) {
+            self.of_full_url.insert(full_url, index);
+        }
+        if let Plan::Write { resource_type, id } = &plan {
+            let target = format!("{resource_type}/{id}");
+            if let Some(&first) = self.writer.get(&target) {
+                return Plan::Failed(format!(
+                    "entry {index} writes {target}, as entry {first} of this Bundle does; a Bundle may write a resource once, so this entry is not loaded"
+                ));
+            }
+            self.writer.insert(target, index);
+        }
+        plan
+    }
+}
+
+/// An entry sent unchanged (DELETE, GET, PATCH ...).
+fn as_is(index: usize, entry: &RawEntry<'_>) -> PreparedEntry {
+    let request = entry.request.map_or("null", |r| r.get());
+    let json = match entry.resource {
+        Some(r) => format!(r#"{{"resource":{},"request":{request}}}"#, r.get()),
+        None => format!(r#"{{"request":{request}}}"#),
+    };
+    PreparedEntry {
+        index,
+        target: None,
+        json,
+    }
+}
+
+/// Pass 2 for the entries that write: each reference in a resource's text pointed at what it
+/// names once loaded (conditional references searched once per Bundle), and the batch entry
+/// serialised around the rewritten text.
+struct Rewriter<'t, 'h, 's> {
+    targets: &'t Targets<'h>,
+    criteria_ids: &'t FxHashMap<String, String>,
+    resolver: &'t dyn SearchResolver,
+    conditional_cache: FxHashMap<String, Result<String, String>>,
+    /// A resource has few references: a list searched in order beats a map (reused per entry).
+    replacements: Vec<(&'s str, Cow<'t, str>)>,
+}
+
+impl<'t, 's> Rewriter<'t, '_, 's> {
+    /// The batch entry writing entry `index` as `id`, or why it cannot be written (a reference
+    /// that points nowhere it can resolve).
+    async fn write(
+        &mut self,
+        index: usize,
+        entry: &RawEntry<'_>,
+        scan: &'s ResourceScan<'_>,
+        id: &str,
+    ) -> Result<PreparedEntry, EntryFailure> {
+        let target = self.targets.by_entry[index]
+            .as_deref()
+            .expect("planned writes have a target");
+        let text = entry
+            .resource
+            .expect("planned writes have a resource")
+            .get();
+        let problems = self.find_replacements(scan).await;
+        if !problems.is_empty() {
+            return Err(EntryFailure {
                 index,
-                target: None,
+                target: Some(target.to_string()),
                 status: 0,
-                diagnostics: reason.clone(),
+                diagnostics: problems.join("; "),
+            });
+        }
+        let replace = |r: &str| {
+            self.replacements
+                .iter()
+                .find(|(from, _)| *from == r)
+                .map(|(_, t)| t.as_ref())
+        };
+        Ok(PreparedEntry {
+            index,
+            json: put_entry_json(target, text.len(), |json| {
+                rewrite_into(json, text, scan, replace, id)
             }),
-            Plan::Present { .. } => out.already_present += 1,
-            Plan::AsIs => {
-                let request = entry.request.map_or("null", |r| r.get());
-                let json = match entry.resource {
-                    Some(r) => format!(r#"{{"resource":{},"request":{request}}}"#, r.get()),
-                    None => format!(r#"{{"request":{request}}}"#),
-                };
-                out.slots[index] = Some(PreparedEntry {
-                    index,
-                    target: None,
-                    json,
-                });
-            }
-            Plan::Write { id, .. } => {
-                let target = targets.by_entry[index]
-                    .as_deref()
-                    .expect("planned writes have a target");
-                let text = entry
-                    .resource
-                    .expect("planned writes have a resource")
-                    .get();
-                let mut problems = Vec::new();
-                replacements.clear();
-                for reference in &scan.references {
-                    let r = reference.value.as_ref();
-                    match classify(r) {
-                        ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
-                            if let Some(t) = targets.of(r) {
-                                replacements.push((r, Cow::Borrowed(t)));
-                            } else if r.starts_with("urn:uuid:") {
-                                problems.push(format!(
-                                    "reference {r} points to no entry of this Bundle"
-                                ));
-                            }
-                        }
-                        ReferenceForm::Relative { .. } => {
-                            if let Some(t) = targets.of(r) {
-                                replacements.push((r, Cow::Borrowed(t)));
-                            }
-                        }
-                        ReferenceForm::Conditional { .. } => {
-                            // Conditional references need a search (cached per Bundle).
-                            let result = match conditional_cache.get(r) {
-                                Some(c) => c.clone(),
-                                None => {
-                                    let c = resolve_conditional(r, &criteria_ids, resolver).await;
-                                    conditional_cache.insert(r.to_string(), c.clone());
-                                    c
-                                }
-                            };
-                            match result {
-                                Ok(t) => {
-                                    replacements.push((r, Cow::Owned(t)));
-                                }
-                                Err(e) => problems.push(e),
-                            }
-                        }
-                        ReferenceForm::Contained | ReferenceForm::Other => {}
+            target: None,
+        })
+    }
+
+    /// Fills `replacements` with what each reference of `scan` becomes; the problems found.
+    async fn find_replacements(&mut self, scan: &'s ResourceScan<'_>) -> Vec<String> {
+        self.replacements.clear();
+        let mut problems = Vec::new();
+        for reference in &scan.references {
+            let r = reference.value.as_ref();
+            let to = match classify(r) {
+                ReferenceForm::Urn(_) | ReferenceForm::Absolute(_) => {
+                    let to = self.targets.of(r);
+                    if to.is_none() && r.starts_with("urn:uuid:") {
+                        problems.push(format!("reference {r} points to no entry of this Bundle"));
                     }
+                    to.map(Cow::Borrowed)
                 }
-                if !problems.is_empty() {
-                    out.failures.push(EntryFailure {
-                        index,
-                        target: Some(target.to_string()),
-                        status: 0,
-                        diagnostics: problems.join("; "),
-                    });
-                    continue;
-                }
-                let replace = |r: &str| {
-                    replacements
-                        .iter()
-                        .find(|(from, _)| *from == r)
-                        .map(|(_, t)| t.as_ref())
-                };
-                out.slots[index] = Some(PreparedEntry {
-                    index,
-                    json: put_entry_json(target, text.len(), |json| {
-                        rewrite_into(json, text, scan, replace, id)
-                    }),
-                    target: None,
-                });
+                ReferenceForm::Relative { .. } => self.targets.of(r).map(Cow::Borrowed),
+                // Conditional references need a search (cached per Bundle).
+                ReferenceForm::Conditional { .. } => match self.resolve(r).await {
+                    Ok(t) => Some(Cow::Owned(t)),
+                    Err(e) => {
+                        problems.push(e);
+                        None
+                    }
+                },
+                ReferenceForm::Contained | ReferenceForm::Other => None,
+            };
+            if let Some(to) = to {
+                self.replacements.push((r, to));
             }
         }
+        problems
     }
-    // The targets move into the entries that write them.
-    for (slot, target) in out.slots.iter_mut().zip(targets.by_entry) {
-        if let Some(entry) = slot {
-            entry.target = target;
+
+    async fn resolve(&mut self, reference: &str) -> Result<String, String> {
+        if let Some(known) = self.conditional_cache.get(reference) {
+            return known.clone();
         }
+        let found = resolve_conditional(reference, self.criteria_ids, self.resolver).await;
+        self.conditional_cache
+            .insert(reference.to_string(), found.clone());
+        found
     }
-    Ok(out)
 }
 
 /// `{"resource": <text>, "request": {"method": "PUT", "url": "Type/id"}}`, the resource
