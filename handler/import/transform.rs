@@ -455,39 +455,7 @@ async fn plan_entry<'a>(
         url.split_once('?').map(|(_, q)| q)
     };
     if let Some(query) = criteria.filter(|q| !q.is_empty()) {
-        let key = format!("{resource_type}?{query}");
-        if let Some(id) = criteria_ids.get(&key) {
-            // The same criteria earlier in this Bundle: one resource, not two.
-            return Plan::Present {
-                resource_type,
-                id: Cow::Owned(id.clone()),
-            };
-        }
-        return match resolver.find_ids(&resource_type, query).await {
-            Ok(mut ids) if ids.len() == 1 => {
-                let id = ids.pop().expect("one id");
-                criteria_ids.insert(key, id.clone());
-                let id = Cow::Owned(id);
-                if is_post {
-                    Plan::Present { resource_type, id }
-                } else {
-                    Plan::Write { resource_type, id }
-                }
-            }
-            Ok(ids) if ids.is_empty() => {
-                let id = derived_id(&key);
-                criteria_ids.insert(key, id.clone());
-                Plan::Write {
-                    resource_type,
-                    id: Cow::Owned(id),
-                }
-            }
-            Ok(ids) => Plan::Failed(format!(
-                "{key} matches {} resources on the server; the criteria must select one (412)",
-                ids.len()
-            )),
-            Err(e) => Plan::Failed(format!("cannot search {key}: {e}")),
-        };
+        return plan_conditional(resource_type, query, is_post, resolver, criteria_ids).await;
     }
 
     if !is_post {
@@ -504,6 +472,50 @@ async fn plan_entry<'a>(
     let id = create_id(entry.full_url.as_ref(), &resource_type, head)
         .unwrap_or_else(|| Cow::Owned(content_id(&resource_type, resource.get(), index)));
     Plan::Write { resource_type, id }
+}
+
+/// A conditional create (`ifNoneExist`) or update (`PUT Type?query`): the server's match, or
+/// its absence, decides the id, the same for the same criteria anywhere in the Bundle.
+async fn plan_conditional<'a>(
+    resource_type: Cow<'a, str>,
+    query: &str,
+    is_post: bool,
+    resolver: &dyn SearchResolver,
+    criteria_ids: &mut FxHashMap<String, String>,
+) -> Plan<'a> {
+    let key = format!("{resource_type}?{query}");
+    if let Some(id) = criteria_ids.get(&key) {
+        // The same criteria earlier in this Bundle: one resource, not two.
+        return Plan::Present {
+            resource_type,
+            id: Cow::Owned(id.clone()),
+        };
+    }
+    match resolver.find_ids(&resource_type, query).await {
+        Ok(mut ids) if ids.len() == 1 => {
+            let id = ids.pop().expect("one id");
+            criteria_ids.insert(key, id.clone());
+            let id = Cow::Owned(id);
+            if is_post {
+                Plan::Present { resource_type, id }
+            } else {
+                Plan::Write { resource_type, id }
+            }
+        }
+        Ok(ids) if ids.is_empty() => {
+            let id = derived_id(&key);
+            criteria_ids.insert(key, id.clone());
+            Plan::Write {
+                resource_type,
+                id: Cow::Owned(id),
+            }
+        }
+        Ok(ids) => Plan::Failed(format!(
+            "{key} matches {} resources on the server; the criteria must select one (412)",
+            ids.len()
+        )),
+        Err(e) => Plan::Failed(format!("cannot search {key}: {e}")),
+    }
 }
 
 /// The id of `PUT Type/id` (an update without criteria), or why the url names none.
