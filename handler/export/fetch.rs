@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::page::stage_page;
-use super::state::{WorkStatus, work_row};
+use super::state::{WorkRow, WorkStatus, work_row};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::clock::now_rfc3339;
@@ -71,19 +71,81 @@ pub async fn run(
     }
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
-    let mut next = Some(ex.search_url(search));
     let mut staging = Staging::new(&ex.blobs, container, &blob);
+    let Some(fetched) = fetch_pages(ex, export, search, attempt, &mut staging).await? else {
+        return Ok(()); // terminated or purged: stop, write nothing
+    };
+    let staged_bytes = staging.commit().await?;
+    if let Some(f) = &fetched.failure {
+        warn!(
+            message = "Export work item failed; the export will complete with errors.",
+            export,
+            batch,
+            include,
+            status = f.status
+        );
+    }
+    fetched.record(&mut row.data, staged_bytes);
+    ex.store.upsert(&row).await?;
+    ex.after_work_item(export, &row).await
+}
+
+/// What a search's pages gave.
+#[derive(Default)]
+struct Fetched {
+    /// Resources staged, by type.
+    types: BTreeMap<String, u64>,
+    pages: i64,
+    /// Lines left out (no resource, or not JSON).
+    skipped: i64,
+    /// What ended the search early, when something did.
+    failure: Option<Failure>,
+}
+
+impl Fetched {
+    /// Closes the work item with what was fetched: done, or failed with the error stored
+    /// (not logged: server diagnostics can quote resource content).
+    fn record(self, w: &mut WorkRow, staged_bytes: u64) {
+        let resources: u64 = self.types.values().sum();
+        let types: Map<String, Value> =
+            self.types.into_iter().map(|(t, n)| (t, n.into())).collect();
+        w.status = if self.failure.is_some() {
+            WorkStatus::Failed
+        } else {
+            WorkStatus::Done
+        };
+        w.resources = resources as i64;
+        w.pages = self.pages;
+        w.skipped = self.skipped;
+        w.staged_bytes = staged_bytes as i64;
+        w.types = Some(Value::Object(types).to_string());
+        w.finished = Some(now_rfc3339());
+        if let Some(f) = &self.failure {
+            w.error_status = i64::from(f.status);
+            w.error = Some(truncate(&f.message, 16_000));
+        }
+    }
+}
+
+/// Follows `search` page by page into `staging`. A transient failure before the last attempt
+/// is an `Err` (the step is delivered again); any other failure ends the search with what it
+/// staged. `None` when the export was terminated or purged meanwhile.
+async fn fetch_pages(
+    ex: &Exporter,
+    export: &str,
+    search: &str,
+    attempt: u32,
+    staging: &mut Staging<'_>,
+) -> Result<Option<Fetched>, ExportError> {
+    let mut fetched = Fetched::default();
+    let mut next = Some(ex.search_url(search));
     let mut buffer = String::new();
-    let mut types: BTreeMap<String, u64> = BTreeMap::new();
-    let mut pages = 0i64;
-    let mut skipped = 0i64;
-    let mut failure = None;
     let mut last_check = Instant::now();
     while let Some(link) = next.take() {
         let url = match ex.same_server_url(&link) {
             Ok(u) => u,
             Err(message) => {
-                failure = Some(Failure { status: 0, message });
+                fetched.failure = Some(Failure { status: 0, message });
                 break;
             }
         };
@@ -93,7 +155,7 @@ pub async fn run(
                 return Err(ExportError::from(e));
             }
             Err(e) => {
-                failure = Some(Failure {
+                fetched.failure = Some(Failure {
                     status: e.status().unwrap_or(0),
                     message: e.to_string(),
                 });
@@ -103,17 +165,17 @@ pub async fn run(
         let lines = match stage_page(&bytes) {
             Ok(l) => l,
             Err(why) => {
-                failure = Some(Failure {
+                fetched.failure = Some(Failure {
                     status: 0,
                     message: format!("GET {}: {why}", url.path()),
                 });
                 break;
             }
         };
-        pages += 1;
-        skipped += lines.skipped as i64;
+        fetched.pages += 1;
+        fetched.skipped += lines.skipped as i64;
         for (t, n) in lines.counts {
-            *types.entry(t).or_default() += n;
+            *fetched.types.entry(t).or_default() += n;
         }
         buffer.push_str(&lines.text);
         if buffer.len() >= BLOCK_BYTES {
@@ -124,42 +186,14 @@ pub async fn run(
             last_check = Instant::now();
             match ex.job(export).await? {
                 Some((_, s)) if s.is_running() => {}
-                _ => return Ok(()), // terminated or purged: stop, write nothing
+                _ => return Ok(None),
             }
         }
     }
     if !buffer.is_empty() {
         staging.push(buffer).await?;
     }
-    let staged_bytes = staging.commit().await?;
-    let resources: u64 = types.values().sum();
-    let types: Map<String, Value> = types.into_iter().map(|(t, n)| (t, n.into())).collect();
-    let w = &mut row.data;
-    w.status = if failure.is_some() {
-        WorkStatus::Failed
-    } else {
-        WorkStatus::Done
-    };
-    w.resources = resources as i64;
-    w.pages = pages;
-    w.skipped = skipped;
-    w.staged_bytes = staged_bytes as i64;
-    w.types = Some(Value::Object(types).to_string());
-    w.finished = Some(now_rfc3339());
-    if let Some(f) = &failure {
-        warn!(
-            message = "Export work item failed; the export will complete with errors.",
-            export,
-            batch,
-            include,
-            status = f.status
-        );
-        w.error_status = i64::from(f.status);
-        // Stored, not logged: server diagnostics can quote resource content.
-        w.error = Some(truncate(&f.message, 16_000));
-    }
-    ex.store.upsert(&row).await?;
-    ex.after_work_item(export, &row).await
+    Ok(Some(fetched))
 }
 
 /// A work item's staging blob being written: gzip members of staged lines, uploaded in the

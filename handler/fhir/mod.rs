@@ -307,28 +307,7 @@ impl FhirClient {
         }
         loop {
             let permit = self.limiter.acquire().await;
-            let token = self
-                .tokens
-                .bearer()
-                .await
-                .map_err(|e| FhirError::Auth(e.to_string()))?;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .header("Accept", "application/fhir+json");
-            if let Some(body) = &body {
-                // return=minimal: the loader reads statuses only; echoed resources cost bandwidth.
-                req = req
-                    .header("Content-Type", "application/fhir+json")
-                    .header("Prefer", "return=minimal")
-                    .body(body.clone());
-                if let Some(logic) = &self.processing_logic {
-                    req = req.header("x-bundle-processing-logic", logic);
-                }
-            }
-            if let Some(token) = token {
-                req = req.bearer_auth(token);
-            }
+            let req = self.request(&method, &url, body.as_ref()).await?;
             let outcome = self
                 .try_once(req, method_name, &path, !refreshed_token, &read, &throttled)
                 .await;
@@ -374,6 +353,38 @@ impl FhirClient {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// A request with this client's headers and token (refreshed when it is about to expire).
+    async fn request(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Bytes>,
+    ) -> Result<reqwest::RequestBuilder, FhirError> {
+        let token = self
+            .tokens
+            .bearer()
+            .await
+            .map_err(|e| FhirError::Auth(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .header("Accept", "application/fhir+json");
+        if let Some(body) = body {
+            // return=minimal: the loader reads statuses only; echoed resources cost bandwidth.
+            req = req
+                .header("Content-Type", "application/fhir+json")
+                .header("Prefer", "return=minimal")
+                .body(body.clone());
+            if let Some(logic) = &self.processing_logic {
+                req = req.header("x-bundle-processing-logic", logic);
+            }
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Ok(req)
     }
 
     /// One try: the reply read, or what kind of failure it was (the limiter is told either way).
@@ -435,36 +446,51 @@ impl FhirClient {
                 Try::Done(value)
             }
             decision => {
-                let text = resp.text().await.unwrap_or_default();
-                let outcome: Option<Value> = serde_json::from_str(&text).ok();
-                let diagnostics = outcome
-                    .as_ref()
-                    .map(diagnostics)
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| text.chars().take(300).collect());
-                let error = FhirError::Status {
-                    method,
-                    path: path.to_string(),
-                    status,
-                    diagnostics,
-                    outcome,
-                };
-                if decision == RetryDecision::DontRetry {
-                    self.limiter.record(Signal::Neutral);
-                    return Try::Final(error);
-                }
-                if is_backpressure(status) {
-                    self.limiter.record(Signal::Backpressure);
-                    return Try::Throttled(error, server_delay);
-                }
-                self.limiter.record(if matches!(status, 408 | 504) {
-                    Signal::Backpressure
-                } else {
-                    Signal::Neutral
-                });
-                Try::Failed(error, server_delay)
+                self.refused(resp, decision, method, path, server_delay)
+                    .await
             }
         }
+    }
+
+    /// A try the server answered with an error status: final, throttled or failed, by
+    /// `decision`, with the server's diagnostics.
+    async fn refused<T>(
+        &self,
+        resp: reqwest::Response,
+        decision: RetryDecision,
+        method: &'static str,
+        path: &str,
+        server_delay: Option<Duration>,
+    ) -> Try<T> {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let outcome: Option<Value> = serde_json::from_str(&text).ok();
+        let diagnostics = outcome
+            .as_ref()
+            .map(diagnostics)
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        let error = FhirError::Status {
+            method,
+            path: path.to_string(),
+            status,
+            diagnostics,
+            outcome,
+        };
+        if decision == RetryDecision::DontRetry {
+            self.limiter.record(Signal::Neutral);
+            return Try::Final(error);
+        }
+        if is_backpressure(status) {
+            self.limiter.record(Signal::Backpressure);
+            return Try::Throttled(error, server_delay);
+        }
+        self.limiter.record(if matches!(status, 408 | 504) {
+            Signal::Backpressure
+        } else {
+            Signal::Neutral
+        });
+        Try::Failed(error, server_delay)
     }
 }
 

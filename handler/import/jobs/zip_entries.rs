@@ -114,39 +114,44 @@ async fn load_entries(
         while let Some(done) = in_order.next().await {
             record(progress, done?).await?;
         }
-        progress.zip_entry = Some((index as i64, name.clone()));
-        let lines_done = if (index as i64) == start_entry {
-            progress.row.data.line
-        } else {
-            0
-        };
-        // The line checkpoint is this entry's: a resume must start here, not at a skipped
-        // entry before it.
-        progress.row.data.entry = index as i64;
         let stream = stream_entry(archive, index, gzip, limit);
-        let result =
-            match load_unseekable(importer, progress, stream, lines_done, "zip entry").await {
-                Ok(lines) => {
-                    progress.counts.lines += lines - lines_done;
-                    Ok(EntryTally::default())
-                }
-                Err(ImportError::Rejected(reason)) => Err(reason),
-                Err(other) => return Err(other),
-            };
-        record(
-            progress,
-            EntryDone {
-                index,
-                name,
-                result,
-            },
-        )
-        .await?;
+        let resumed = (index as i64) == start_entry;
+        load_ndjson_entry(importer, progress, stream, index, name, resumed).await?;
     }
     while let Some(done) = in_order.next().await {
         record(progress, done?).await?;
     }
     Ok(())
+}
+
+/// Loads NDJSON entry `index` (from the part's line checkpoint when the part `resumed` at
+/// it) and records its outcome; the line checkpoint in the part row is this entry's.
+async fn load_ndjson_entry<S: ChunkStream>(
+    importer: &Importer,
+    progress: &mut PartProgress<'_>,
+    stream: S,
+    index: usize,
+    name: String,
+    resumed: bool,
+) -> Result<(), ImportError> {
+    progress.zip_entry = Some((index as i64, name.clone()));
+    let lines_done = if resumed { progress.row.data.line } else { 0 };
+    // A resume must start here, not at a skipped entry before it.
+    progress.row.data.entry = index as i64;
+    let result = match load_unseekable(importer, progress, stream, lines_done, "zip entry").await {
+        Ok(lines) => {
+            progress.counts.lines += lines - lines_done;
+            Ok(EntryTally::default())
+        }
+        Err(ImportError::Rejected(reason)) => Err(reason),
+        Err(other) => return Err(other),
+    };
+    let done = EntryDone {
+        index,
+        name,
+        result,
+    };
+    record(progress, done).await
 }
 
 /// Entries at or after `from` that were to be loaded or refused (a part given up on).
