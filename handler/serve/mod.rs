@@ -20,6 +20,8 @@ use crate::functions::{AppState, export_worker, import_worker, public_router, re
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Serves until told to stop. It listens only once its storage is set up: an open port means
+/// ready (scripts and tests wait for it).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let state = build_state(&settings).await?;
     let address = std::net::SocketAddr::new(settings.http.listen, settings.serve.port);

@@ -125,6 +125,24 @@ pub const GIVE_UP_FAST: [(&str, &str); 5] = [
     ("FHIRBULK_MAX_WORK_ATTEMPTS", "2"),
 ];
 
+/// Reads `from` line by line on a thread of its own into `into`, echoing each line to the
+/// test's stderr when `echo`.
+fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+    into: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    echo: bool,
+) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("{line}");
+            }
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
 pub struct Handler {
     child: std::process::Child,
     pub base: String,
@@ -147,54 +165,73 @@ impl Handler {
         Self::spawn(azurite, fhir_url, extra_env, true)
     }
 
+    /// Starts `handler serve` on a free port. A port found free can be taken before the
+    /// handler binds it: a handler that exits saying so is started again on another; one that
+    /// exits for any other reason fails the test with what it wrote to stderr.
     fn spawn(azurite: &Azurite, fhir_url: &str, extra_env: &[(&str, &str)], capture: bool) -> Self {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
-            .arg("serve")
-            .env(
-                "FHIRBULK_STORAGE_CONNECTION_STRING",
-                &azurite.connection_string,
-            )
-            .env("FHIRBULK_FHIR_URL", fhir_url)
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .env("FHIRBULK_WATCH_INTERVAL_MS", "200")
-            .env("RUST_LOG", "warn")
-            .env("FHIRBULK_API_KEYS", TEST_API_KEY)
-            .envs(extra_env.iter().copied())
-            .stdout(if capture {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::inherit()
-            })
-            .spawn()
-            .expect("the handler binary starts");
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        if let Some(stdout) = child.stdout.take() {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stdout)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    logs.lock().unwrap().push(line);
+        for attempt in 1.. {
+            let port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
+                .arg("serve")
+                .env(
+                    "FHIRBULK_STORAGE_CONNECTION_STRING",
+                    &azurite.connection_string,
+                )
+                .env("FHIRBULK_FHIR_URL", fhir_url)
+                .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+                .env("FHIRBULK_WATCH_INTERVAL_MS", "200")
+                .env("RUST_LOG", "warn")
+                .env("FHIRBULK_API_KEYS", TEST_API_KEY)
+                .envs(extra_env.iter().copied())
+                .stdout(if capture {
+                    std::process::Stdio::piped()
+                } else {
+                    std::process::Stdio::inherit()
+                })
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the handler binary starts");
+            let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            if let Some(stdout) = child.stdout.take() {
+                forward_lines(stdout, logs.clone(), false);
+            }
+            let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            forward_lines(child.stderr.take().expect("piped"), stderr.clone(), true);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Let the forwarding thread take the last lines.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    let said = stderr.lock().unwrap().join("\n");
+                    assert!(
+                        attempt < 3 && said.contains("in use"),
+                        "handler serve exited ({status}) before it listened: {said}"
+                    );
+                    break;
                 }
-            });
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "handler serve did not listen within 30 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("x-functions-key", TEST_API_KEY.parse().unwrap());
+            let client = reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap();
+            return Handler {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                client,
+                logs,
+            };
         }
-        let base = format!("http://127.0.0.1:{port}");
-        wait_for_port(port, 30, "handler serve did not start");
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("x-functions-key", TEST_API_KEY.parse().unwrap());
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap();
-        Handler {
-            child,
-            base,
-            client,
-            logs,
-        }
+        unreachable!()
     }
 
     /// SIGKILL, as a crash would: no graceful drain.
