@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::fetch::{BLOCK_BYTES, staging_blob};
-use super::state::{JobStatus, parse_work_row, type_counts};
+use super::state::{JobStatus, WorkRow, parse_work_row, type_counts};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::clock::now_rfc3339;
 use crate::storage::lines::{ChunkStream, LineReader};
 use crate::storage::stream::{BlobChunks, gunzip};
-use crate::storage::{BlobEntry, BlobStore, block_id};
+use crate::storage::{BlobEntry, BlobStore, Row, block_id};
 
 /// Ids held in one type's duplicate set at once (16 bytes each); more resources of a type mean
 /// more passes over its staging. Several types may be composed at once.
@@ -117,57 +117,10 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
     if rows.iter().any(|r| r.data.is_pending()) {
         return Ok(()); // not ready: the last of those items queues this step again
     }
-    let mut staged = Vec::new();
-    let mut resources = 0u64;
-    for row in &rows {
-        let Some(n) = type_counts(&row.data)
-            .find(|(t, _)| t == resource_type)
-            .map(|(_, n)| n)
-        else {
-            continue;
-        };
-        let Some((batch, include)) = parse_work_row(&row.row_key) else {
-            continue;
-        };
-        resources += n;
-        staged.push(BlobEntry {
-            name: staging_blob(export, batch, include),
-            size: row.data.staged_bytes.max(0) as u64,
-            etag: String::new(),
-        });
-    }
-    staged.sort_by(|a, b| a.name.cmp(&b.name));
-    let passes = resources.div_ceil(IDS_PER_PASS).max(1);
+    let (staged, resources) = staged_of_type(export, resource_type, &rows);
     let mut writer = OutputWriter::new(&ex.blobs, container, export, ex.settings.max_file_bytes);
-    let mut duplicates = 0u64;
-    let mut malformed = 0u64;
-    for pass in 0..passes {
-        let mut seen: HashSet<u128> = HashSet::new();
-        let chunks = gunzip(StagedChunks::new(&ex.blobs, container, &staged));
-        let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .map_err(|e| ExportError::transient(format!("cannot read the staged output: {e}")))?
-        {
-            let Some((kind, id, json)) = super::page::split_staged(&line.bytes) else {
-                malformed += 1;
-                continue;
-            };
-            if kind != resource_type {
-                continue; // another type returned by an _include search
-            }
-            let hash = id_hash(id);
-            if passes > 1 && (hash % passes as u128) as u64 != pass {
-                continue;
-            }
-            if !seen.insert(hash) {
-                duplicates += 1;
-                continue;
-            }
-            writer.push(kind, json).await?;
-        }
-    }
+    let (duplicates, malformed) =
+        write_each_once(ex, resource_type, &staged, resources, &mut writer).await?;
     let files = writer.finish().await?;
     let composed = ComposedType {
         resource_type: resource_type.to_string(),
@@ -192,6 +145,80 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
         malformed_staged_lines = malformed
     );
     ex.finish_when_nothing_pending(export).await
+}
+
+/// The staging blobs whose work items returned `resource_type`, in name order, and how many
+/// resources of that type they hold together.
+fn staged_of_type(
+    export: &str,
+    resource_type: &str,
+    rows: &[Row<WorkRow>],
+) -> (Vec<BlobEntry>, u64) {
+    let mut staged = Vec::new();
+    let mut resources = 0u64;
+    for row in rows {
+        let Some(n) = type_counts(&row.data)
+            .find(|(t, _)| t == resource_type)
+            .map(|(_, n)| n)
+        else {
+            continue;
+        };
+        let Some((batch, include)) = parse_work_row(&row.row_key) else {
+            continue;
+        };
+        resources += n;
+        staged.push(BlobEntry {
+            name: staging_blob(export, batch, include),
+            size: row.data.staged_bytes.max(0) as u64,
+            etag: String::new(),
+        });
+    }
+    staged.sort_by(|a, b| a.name.cmp(&b.name));
+    (staged, resources)
+}
+
+/// Writes each resource of `resource_type` in the `staged` blobs once, in passes of at most
+/// `IDS_PER_PASS` ids (an id's pass is decided by its hash, so the set of ids seen stays
+/// bounded); the duplicates dropped and the malformed staged lines skipped.
+async fn write_each_once(
+    ex: &Exporter,
+    resource_type: &str,
+    staged: &[BlobEntry],
+    resources: u64,
+    writer: &mut OutputWriter<'_>,
+) -> Result<(u64, u64), ExportError> {
+    let container = &ex.settings.container;
+    let passes = resources.div_ceil(IDS_PER_PASS).max(1);
+    let mut duplicates = 0u64;
+    let mut malformed = 0u64;
+    for pass in 0..passes {
+        let mut seen: HashSet<u128> = HashSet::new();
+        let chunks = gunzip(StagedChunks::new(&ex.blobs, container, staged));
+        let mut lines = LineReader::new(chunks, 0, u64::MAX, false);
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| ExportError::transient(format!("cannot read the staged output: {e}")))?
+        {
+            let Some((kind, id, json)) = super::page::split_staged(&line.bytes) else {
+                malformed += 1;
+                continue;
+            };
+            if kind != resource_type {
+                continue; // another type returned by an _include search
+            }
+            let hash = id_hash(id);
+            if passes > 1 && (hash % passes as u128) as u64 != pass {
+                continue;
+            }
+            if !seen.insert(hash) {
+                duplicates += 1;
+                continue;
+            }
+            writer.push(kind, json).await?;
+        }
+    }
+    Ok((duplicates, malformed))
 }
 
 /// A 128-bit hash of a resource id (the head of its SHA-256): the same in every pass, every
