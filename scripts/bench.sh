@@ -3,7 +3,8 @@
 #   scripts/bench.sh            all cases
 #   scripts/bench.sh CASE ...   some of: ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink
 #                               zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files
-#                               ndjson-real bundles-real zip-bundles-real export-real storage-costs
+#                               ndjson-real bundles-real zip-bundles-real export-real export-e2e
+#                               storage-costs
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
@@ -11,6 +12,13 @@
 # export-real loads EXPORT_PATIENTS carebundle patients into sekmet, then runs an `$alt-export`
 # of all of them (six includes) and, on the same server in the same run, the same searches by an
 # ideal client (scripts/export-baseline.py): resources/second of both, peak RSS and CPU/resource.
+# export-e2e measures exports as a client sees them (scripts/export-client.py: POST to the 200,
+# polling at the handler's Retry-After) of Groups of EXPORT_E2E_SIZES (10 40 300 1000) of the
+# EXPORT_E2E_PATIENTS (1000) patients loaded into sekmet, with six includes with `&_count=50`
+# (fhir-loader's style) and without, against the ideal client with 4 threads and 20 ids per
+# search on the same server, alternating EXPORT_E2E_ROUNDS (3) rounds; prints both times and
+# the speed ratio (ideal seconds / handler seconds: above 1.0 the loader is faster), then the
+# median ratio of each case.
 # gz-sink is a gzip NDJSON file (GZ_LINES, default 400000), which is read as one stream;
 # big-lines-sink a gzip NDJSON of BIG_LINES (300) lines of ~1 MB each, like DocumentReferences
 # with their attachments inline: memory must stay bounded however large the lines.
@@ -25,7 +33,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real storage-costs}
+CASES=${*:-ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real export-e2e storage-costs}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
@@ -159,6 +167,66 @@ JSON
   echo "export-real    median handler/ideal over $EXPORT_ROUNDS rounds: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') %"
 }
 
+# export_e2e_case: exports of Groups of several sizes, timed as a client sees them, against the
+# ideal 4-thread client with 20 ids per search; one handler and Azurite for every export.
+export_e2e_case() {
+  local sizes patients=${EXPORT_E2E_PATIENTS:-1000}
+  read -r -a sizes <<< "${EXPORT_E2E_SIZES:-10 40 300 1000}"
+  local rounds=${EXPORT_E2E_ROUNDS:-3}
+  rm -rf "$WORK/fhir-e2e"
+  STATE_DIR="$WORK/fhir-e2e" FHIR_PORT=31093 FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-e2e.pid"
+  local url=http://127.0.0.1:31093/fhir
+  FHIR_PIDS[$url]=$(cat "$WORK/fhir-e2e.pid"); PIDS+=("${FHIR_PIDS[$url]}")
+  [ -d "$WORK/e2e-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$patients" --sex mixed --age-range 30-90 --seed 23 --out "$WORK/e2e-patients" > /dev/null
+  run_case e2e-load bundles "$WORK/e2e-patients" "$url" "$patients"
+  # One Group per size, of the first patients the server lists.
+  python3 - "$url" "${sizes[@]}" <<'PY'
+import json, sys, urllib.request
+base, sizes = sys.argv[1], [int(n) for n in sys.argv[2:]]
+ids, url = [], f"{base}/Patient?_count=500&_elements=id"
+while url and len(ids) < max(sizes):
+    page = json.load(urllib.request.urlopen(url))
+    ids += [e["resource"]["id"] for e in page.get("entry", [])]
+    url = next((l["url"] for l in page.get("link", []) if l["relation"] == "next"), None)
+for n in sizes:
+    group = {"resourceType": "Group", "id": f"e2e-{n}", "type": "person", "actual": True,
+             "member": [{"entity": {"reference": f"Patient/{i}"}} for i in ids[:n]]}
+    req = urllib.request.Request(f"{base}/Group/e2e-{n}", data=json.dumps(group).encode(), method="PUT",
+                                 headers={"Content-Type": "application/fhir+json"})
+    urllib.request.urlopen(req).read()
+PY
+  local azurite_pid services; start_azurite
+  export FHIRBULK_FHIR_URL=$url
+  "$HANDLER" serve > "$WORK/handler-e2e.log" 2>&1 &
+  local hpid=$!; PIDS+=("$hpid")
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$HANDLER_PORT/health" > /dev/null && break; sleep 0.1; done
+  local n count
+  for n in "${sizes[@]}"; do
+    for count in "&_count=50" ""; do
+      python3 - "$n" "$count" > "$WORK/e2e-definition.json" <<'PY'
+import json, sys
+n, count = sys.argv[1], sys.argv[2]
+types = ["Patient?_id", "Encounter?patient", "Observation?patient", "Condition?patient",
+         "DiagnosticReport?patient", "MedicationRequest?patient"]
+print(json.dumps({"query": f"Group/e2e-{n}", "patientreferencefield": "id",
+                  "include": [f"{t}=$IDS{count}" for t in types]}))
+PY
+      local ratios=() round
+      for round in $(seq 1 "$rounds"); do
+        local ideal handler
+        ideal=$(python3 scripts/export-baseline.py "$url" "$WORK/e2e-definition.json" 4 4096 500 20)
+        handler=$(python3 scripts/export-client.py "http://127.0.0.1:$HANDLER_PORT" "$WORK/e2e-definition.json")
+        ratios+=("$(python3 -c 'import re,sys; h=float(re.search(r" in ([\d.]+)s", sys.argv[1])[1]); i=float(re.search(r" in ([\d.]+)s", sys.argv[2])[1]); print(f"{i / h:.2f}")' "$handler" "$ideal")")
+        echo "export-e2e     patients=$n count=${count:-none} round $round: $handler | $ideal"
+      done
+      echo "export-e2e     patients=$n count=${count:-none} median speed ratio (ideal s / handler s) over $rounds rounds: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+    done
+  done
+  kill "$hpid" 2>/dev/null || true
+  wait "$hpid" 2>/dev/null || true
+  stop_azurite "$azurite_pid"
+}
+
 # export_once URL: one `$alt-export` of the definition on a fresh Azurite and handler; prints
 # the handler's figures (and its phases on a second line).
 export_once() {
@@ -280,6 +348,7 @@ for c in $CASES; do
       [ -f "$WORK/zip-bundles/bundles.zip" ] || zip_bundles "$WORK/zip-bundles/bundles.zip" "$WORK/carebundle-zip"
       run_case zip-bundles-real zip "$WORK/zip-bundles/bundles.zip" "$fhir_url" 1 ;;
     export-real) export_case ;;
+    export-e2e) export_e2e_case ;;
     *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
   esac
 done

@@ -4,7 +4,10 @@ a FHIR server (page the query for patient ids, batch the ids under the same URL 
 batch x include with THREADS concurrent readers), with no storage or state in between, and
 prints resources/second: the ceiling `$alt-export` is compared with on the same server.
 
-  export-baseline.py BASE_URL DEFINITION.json [THREADS=4] [MAX_URL=4096] [PAGE_SIZE=500]
+  export-baseline.py BASE_URL DEFINITION.json [THREADS=4] [MAX_URL=4096] [PAGE_SIZE=500] [IDS=0]
+
+IDS: most ids per search (0: as many as the URL limit allows). A query that returns a Group
+contributes its members, as the loader's gather does.
 """
 import json, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +17,7 @@ definition = json.load(open(sys.argv[2]))
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 max_url = int(sys.argv[4]) if len(sys.argv) > 4 else 4096
 page_size = int(sys.argv[5]) if len(sys.argv) > 5 else 500
+max_ids = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 
 
 def with_count(search):
@@ -38,20 +42,25 @@ start = time.time()
 ids, seen = [], set()
 field = definition["patientreferencefield"]
 for page in pages(with_count(definition["query"])):
-    for e in page.get("entry", []):
+    entries = page.get("entry", []) if page.get("resourceType") == "Bundle" else [{"resource": page}]
+    for e in entries:
         r = e.get("resource", {})
-        if field == "id":
-            pid = r.get("id")
+        if r.get("resourceType") == "Group":
+            found = [m.get("entity", {}).get("reference", "").split("/")[-1] for m in r.get("member", [])]
+        elif field == "id":
+            found = [r.get("id")]
         else:
-            pid = (r.get(field) or {}).get("reference", "").split("/")[-1]
-        if pid and pid not in seen:
-            seen.add(pid)
-            ids.append(pid)
+            found = [(r.get(field) or {}).get("reference", "").split("/")[-1]]
+        for pid in found:
+            if pid and pid not in seen:
+                seen.add(pid)
+                ids.append(pid)
 overhead = len(base) + 1 + len(f"&_count={page_size}")
 longest = max(len(i) - len("$IDS") for i in definition["include"])
 batches, current = [], []
 for pid in ids:
-    if current and overhead + longest + len(",".join(current + [pid])) > max_url:
+    full = max_ids and len(current) >= max_ids
+    if current and (full or overhead + longest + len(",".join(current + [pid])) > max_url):
         batches.append(current)
         current = []
     current.append(pid)
@@ -61,4 +70,4 @@ urls = [with_count(inc.replace("$IDS", ",".join(b))) for b in batches for inc in
 with ThreadPoolExecutor(threads) as pool:
     total = sum(pool.map(fetch, urls))
 secs = time.time() - start
-print(f"ideal export client: {len(ids)} patients, {len(urls)} searches, {total} resources in {secs:.1f}s: {total / secs:.0f} resources/second ({threads} threads)")
+print(f"ideal export client: {len(ids)} patients, {len(urls)} searches, {total} resources in {secs:.2f}s: {total / secs:.0f} resources/second ({threads} threads)")

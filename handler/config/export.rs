@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_EXPORTS: usize = 10;
 pub const ENV_EXPORT_MAX_URL_LENGTH: &str = "FHIRBULK_EXPORT_MAX_URL_LENGTH";
 pub const DEFAULT_EXPORT_MAX_URL_LENGTH: usize = 4096;
 const MAX_URL_LENGTH_LIMIT: usize = 32_768;
+pub const ENV_EXPORT_IDS_PER_SEARCH: &str = "FHIRBULK_EXPORT_IDS_PER_SEARCH";
+pub const DEFAULT_EXPORT_IDS_PER_SEARCH: usize = 20;
 pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
 pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
 pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
@@ -33,6 +35,8 @@ pub struct ExportSettings {
     pub max_exports: usize,
     /// Longest search URL sent: patient ids are batched so that every include stays under it.
     pub max_url_length: usize,
+    /// Most patient ids one search names (fewer when the URL limit or a small cohort says so).
+    pub ids_per_search: usize,
     /// `_count` added to searches that do not set one.
     pub page_size: usize,
     /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
@@ -67,6 +71,11 @@ impl ExportSettings {
             table: r.text(ENV_EXPORTS_TABLE, DEFAULT_EXPORTS_TABLE),
             max_exports: r.number(ENV_MAX_EXPORTS, DEFAULT_MAX_EXPORTS, 0)?,
             max_url_length,
+            ids_per_search: r.number(
+                ENV_EXPORT_IDS_PER_SEARCH,
+                DEFAULT_EXPORT_IDS_PER_SEARCH,
+                1,
+            )?,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB
                 * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
 use super::all::AllDefinition;
@@ -13,8 +14,17 @@ use super::{ExportKind, ExportWork, Exporter, valid_export_id};
 pub use crate::protocol::reply::Reply;
 use crate::storage::Row;
 
-/// Seconds a client is asked to wait between status polls.
-pub const STATUS_RETRY_AFTER_SECS: u32 = 5;
+/// Most seconds a client is asked to wait between status polls.
+pub const STATUS_RETRY_AFTER_MAX_SECS: u64 = 10;
+
+/// Seconds a client is asked to wait before polling an export running for `age` again: one
+/// while it is young (a small export is done within seconds, and waiting 5 s more for the
+/// answer would double its time), then a tenth of its age, up to
+/// `STATUS_RETRY_AFTER_MAX_SECS`: a client never waits more than about a tenth of the time
+/// the export took.
+pub fn status_retry_after(age: std::time::Duration) -> u64 {
+    (age.as_secs() / 10).clamp(1, STATUS_RETRY_AFTER_MAX_SECS)
+}
 /// Largest definition accepted (it is stored in one table property).
 const MAX_DEFINITION_BYTES: usize = 30_000;
 
@@ -403,7 +413,27 @@ async fn running_status(ex: &Exporter, id: &str, job: &ExportJob, running: JobSt
         per_type: p.per_type,
         patients: (job.kind == ExportKind::Patients).then(|| job.patients.max(job.ids_found)),
     };
+    let age = time::OffsetDateTime::parse(&job.created, &Rfc3339)
+        .map(|created| (time::OffsetDateTime::now_utc() - created).unsigned_abs())
+        .unwrap_or_default();
     Reply::new(202, json!(body))
         .header("X-Progress", progress)
-        .header("Retry-After", STATUS_RETRY_AFTER_SECS.to_string())
+        .header("Retry-After", status_retry_after(age).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_polls_start_at_a_second_and_stay_a_tenth_of_the_age() {
+        use std::time::Duration;
+        assert_eq!(status_retry_after(Duration::ZERO), 1);
+        assert_eq!(status_retry_after(Duration::from_secs(19)), 1);
+        assert_eq!(status_retry_after(Duration::from_secs(45)), 4);
+        assert_eq!(
+            status_retry_after(Duration::from_secs(3600)),
+            STATUS_RETRY_AFTER_MAX_SECS
+        );
+    }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::definition::ExportDefinition;
-use super::patients::{batch_ids, dedupe, next_link, patient_ids};
+use super::patients::{batch_ids, dedupe, ids_per_batch, next_link, patient_ids};
 use super::schedule::WorkItem;
 use super::state::ExportJob;
 use super::state::JobStatus;
@@ -164,11 +164,18 @@ async fn plan(
         }
     }
     let ids = dedupe(all);
+    let max_ids = ids_per_batch(
+        ids.len(),
+        definition.include.len(),
+        ex.settings.ids_per_search,
+        ex.fhir.max_concurrency(),
+    );
     let batches = batch_ids(
         &ids,
         &definition.include,
         ex.url_overhead(),
         ex.settings.max_url_length,
+        max_ids,
     );
     info!(
         message = "Export patients gathered.",

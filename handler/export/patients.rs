@@ -132,14 +132,32 @@ pub fn dedupe(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
-/// Cuts `ids` into consecutive batches such that every include, with the batch's ids joined by
-/// commas and `extra` more characters (base URL, `_count`), stays within `max_url` characters.
-/// An id too long to fit even alone gets a batch of its own.
+/// The most ids one search names: at most `ids_per_search`, and few enough that the cohort
+/// makes at least `searches_wanted` searches across its `includes` (so the FHIR client's
+/// concurrency has work for every slot: a search is paged one page after another, and on a
+/// server that pages by offset a long one costs more than its share). A 42-patient export of 6
+/// includes with 16 searches wanted: 3 batches of 14, not one of 42.
+pub fn ids_per_batch(
+    patients: usize,
+    includes: usize,
+    ids_per_search: usize,
+    searches_wanted: usize,
+) -> usize {
+    let batches_wanted = searches_wanted.div_ceil(includes.max(1)).max(1);
+    patients
+        .div_ceil(batches_wanted)
+        .clamp(1, ids_per_search.max(1))
+}
+
+/// Cuts `ids` into consecutive batches of at most `max_ids` such that every include, with the
+/// batch's ids joined by commas and `extra` more characters (base URL, `_count`), stays within
+/// `max_url` characters. An id too long to fit even alone gets a batch of its own.
 pub fn batch_ids(
     ids: &[String],
     includes: &[Include],
     extra: usize,
     max_url: usize,
+    max_ids: usize,
 ) -> Vec<Range<usize>> {
     let template = includes
         .iter()
@@ -158,7 +176,7 @@ pub fn batch_ids(
     let mut length = 0;
     for (i, id) in ids.iter().enumerate() {
         let added = (id.len() + usize::from(i > start)) * placeholders;
-        if i > start && length + added > budget {
+        if i > start && (length + added > budget || i - start >= max_ids) {
             batches.push(start..i);
             start = i;
             length = id.len() * placeholders;
@@ -243,7 +261,7 @@ mod tests {
         ];
         let ids: Vec<String> = (0..1000).map(|i| format!("{:036}", i)).collect();
         let extra = "http://h:1/fhir/".len() + "&_count=500".len();
-        let batches = batch_ids(&ids, &includes, extra, 2048);
+        let batches = batch_ids(&ids, &includes, extra, 2048, usize::MAX);
         assert_eq!(batches.first().unwrap().start, 0);
         assert_eq!(batches.last().unwrap().end, 1000);
         for pair in batches.windows(2) {
@@ -261,10 +279,26 @@ mod tests {
             assert!(b.len() >= 50 || n == batches.len() - 1, "{}", b.len());
         }
         assert_eq!(
-            batch_ids(&[], &includes, extra, 2048),
+            batch_ids(&[], &includes, extra, 2048, usize::MAX),
             Vec::<Range<usize>>::new()
         );
         let huge = vec!["x".repeat(5000)];
-        assert_eq!(batch_ids(&huge, &includes, extra, 2048), vec![0..1]);
+        assert_eq!(batch_ids(&huge, &includes, extra, 2048, 20), vec![0..1]);
+        // At most `max_ids` per batch, the URL limit still holding.
+        let small = batch_ids(&ids, &includes, extra, 2048, 20);
+        assert_eq!(small.len(), 50);
+        assert!(small.iter().all(|b| b.len() == 20));
+    }
+
+    #[test]
+    fn small_cohorts_are_spread_over_enough_searches() {
+        // The 42 patients: 3 batches of 14 across 6 includes for 16 searches.
+        assert_eq!(ids_per_batch(42, 6, 20, 16), 14);
+        assert_eq!(ids_per_batch(10, 6, 20, 16), 4);
+        assert_eq!(ids_per_batch(1, 6, 20, 16), 1);
+        // Large cohorts: the cap.
+        assert_eq!(ids_per_batch(300, 6, 20, 16), 20);
+        // One include: as many batches as searches wanted.
+        assert_eq!(ids_per_batch(40, 1, 20, 16), 3);
     }
 }
