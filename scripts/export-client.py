@@ -6,6 +6,7 @@ time from the POST to the 200 (the manifest), with the resources the manifest co
   export-client.py HANDLER_URL DEFINITION.json
 """
 import json, sys, time, urllib.parse, urllib.request
+from datetime import datetime
 
 handler = sys.argv[1].rstrip("/")
 definition = open(sys.argv[2], "rb").read()
@@ -26,4 +27,10 @@ while True:
 secs = time.time() - start
 resources = sum(o.get("count", 0) for o in manifest.get("output", []))
 errors = len(manifest.get("error", []))
-print(f"handler export: {resources} resources in {secs:.2f}s, {polls} polls, {errors} errors")
+x = manifest.get("extension", {})
+at = lambda k: datetime.fromisoformat(x[k][:26].rstrip("Z")) if x.get(k) else None
+phases = ""
+if at("started") and at("finished"):
+    since = lambda k: f"{(at(k) - at('started')).total_seconds():.2f}s" if at(k) else "-"
+    phases = f" (planned {since('planned')}, composing {since('composeStarted')}, finished {since('finished')})"
+print(f"handler export: {resources} resources in {secs:.2f}s, {polls} polls, {errors} errors{phases}")

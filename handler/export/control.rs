@@ -176,6 +176,27 @@ async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Re
 
 /// `GET /$alt-export/{id}`: 202 with `X-Progress` while running, 200 with the manifest when
 /// finished, an OperationOutcome when failed or terminated.
+/// How long a status request of a running export is held, waiting for it to finish, before it
+/// answers 202: a small export's client gets its manifest when the export is done, not at its
+/// next poll (which a `Retry-After` of whole seconds puts a second or more later).
+pub const STATUS_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The status a client polls (`GET /$alt-export/{id}`): `status`, after holding the request
+/// up to `hold` while the export runs (its job row read every 100 ms).
+pub async fn status_after_hold(ex: &Exporter, id: &str, hold: std::time::Duration) -> Reply {
+    let until = tokio::time::Instant::now() + hold;
+    while tokio::time::Instant::now() < until {
+        match ex.job(id).await {
+            Ok(Some((_, status))) if status.is_running() => {}
+            _ => break,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    status(ex, id).await
+}
+
+/// An export's status: its manifest (200) once completed, where it is (202) while it runs,
+/// why it failed or was refused.
 pub async fn status(ex: &Exporter, id: &str) -> Reply {
     let (job, status) = match load(ex, id).await {
         Ok(found) => found,

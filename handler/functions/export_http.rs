@@ -94,13 +94,15 @@ pub async fn status_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let id = id_param(&request_of(&invocation));
-    control::status(&state.exporter, &id)
+    control::status_after_hold(&state.exporter, &id, control::STATUS_HOLD)
         .await
         .into_invocation(RESPONSE_BINDING)
 }
 
 pub async fn status_direct(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    control::status(&state.exporter, &id).await.into_response()
+    control::status_after_hold(&state.exporter, &id, control::STATUS_HOLD)
+        .await
+        .into_response()
 }
 
 pub async fn terminate_invoke(

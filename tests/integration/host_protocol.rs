@@ -730,3 +730,27 @@ async fn import_of(state: &AppState, name: &str) -> String {
     let file = files.iter().find(|f| f.data.blob == name).unwrap();
     fhir_bulk::import::work::import_id(&file.partition_key)
 }
+
+/// A status request of a running export is held until the export completes (up to the hold):
+/// a small export's client gets its manifest when it is done, not a second or more later at
+/// its next poll. Fails before the hold: the first answer was a 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_request_waits_for_a_running_export_to_complete() {
+    use fhir_bulk::export::control;
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let client = reqwest::Client::new();
+    let patient: Value = serde_json::from_str(&crate::fixtures::patient_line(1)).unwrap();
+    let url = format!("{}/Patient/{}", fhir.base_url, patient_id(1));
+    client.put(url).json(&patient).send().await.unwrap();
+    let state = host_state(&azurite, &fhir).await;
+    let id = start_patient_export(&state).await;
+    let held = tokio::spawn({
+        let (state, id) = (state.clone(), id.clone());
+        async move { control::status_after_hold(&state.exporter, &id, Duration::from_secs(60)).await }
+    });
+    run_export_to_completion(&state, &id).await;
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["output"][0]["count"], 1, "{}", answer.body);
+}
