@@ -16,6 +16,8 @@ pub const DEFAULT_EXPORT_MAX_URL_LENGTH: usize = 4096;
 const MAX_URL_LENGTH_LIMIT: usize = 32_768;
 pub const ENV_EXPORT_IDS_PER_SEARCH: &str = "FHIRBULK_EXPORT_IDS_PER_SEARCH";
 pub const DEFAULT_EXPORT_IDS_PER_SEARCH: usize = 20;
+pub const ENV_EXPORT_SEARCHES_IN_STEP: &str = "FHIRBULK_EXPORT_SEARCHES_IN_STEP";
+pub const DEFAULT_EXPORT_SEARCHES_IN_STEP: usize = 32;
 pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
 pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
 pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
@@ -37,6 +39,8 @@ pub struct ExportSettings {
     pub max_url_length: usize,
     /// Most patient ids one search names (fewer when the URL limit or a small cohort says so).
     pub ids_per_search: usize,
+    /// A plan of at most this many searches runs them in its planning step, not on the queue.
+    pub searches_in_step: usize,
     /// `_count` added to searches that do not set one.
     pub page_size: usize,
     /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
@@ -75,6 +79,11 @@ impl ExportSettings {
                 ENV_EXPORT_IDS_PER_SEARCH,
                 DEFAULT_EXPORT_IDS_PER_SEARCH,
                 1,
+            )?,
+            searches_in_step: r.number(
+                ENV_EXPORT_SEARCHES_IN_STEP,
+                DEFAULT_EXPORT_SEARCHES_IN_STEP,
+                0,
             )?,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB

@@ -24,6 +24,7 @@ use super::state::{WorkRow, WorkStatus, work_row};
 use super::uploads::BlockUploads;
 use super::{ExportError, Exporter};
 use crate::clock::now_rfc3339;
+use crate::storage::Row;
 use crate::storage::{BlobStore, block_id};
 
 /// Staged output is sent in blocks of about this size.
@@ -62,13 +63,27 @@ pub async fn run(
         return Ok(());
     }
     let key = work_row(batch, include);
-    let Some(mut row) = ex.store.work(export, &key).await? else {
+    let Some(row) = ex.store.work(export, &key).await? else {
         return Ok(());
     };
     if !row.data.is_pending() {
         // A repeat of a finished item: the first delivery may have died before scheduling.
         return ex.after_work_item(export, &row).await;
     }
+    fetch_pending(ex, export, row, batch, include, search, attempt).await
+}
+
+/// Runs a pending work item whose row is `row`: pages its search into its staging blob, closes
+/// its row, and schedules what its end makes ready.
+pub(crate) async fn fetch_pending(
+    ex: &Exporter,
+    export: &str,
+    mut row: Row<WorkRow>,
+    batch: u32,
+    include: u32,
+    search: &str,
+    attempt: u32,
+) -> Result<(), ExportError> {
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut staging = Staging::new(&ex.blobs, container, &blob);
@@ -190,9 +205,7 @@ async fn fetch_pages(
             }
         }
     }
-    if !buffer.is_empty() {
-        staging.push(buffer).await?;
-    }
+    staging.last = buffer;
     Ok(Some(fetched))
 }
 
@@ -205,6 +218,8 @@ struct Staging<'a> {
     blocks: Vec<Vec<u8>>,
     uploads: BlockUploads,
     bytes: u64,
+    /// The lines after the last block, written by `commit`.
+    last: String,
 }
 
 impl<'a> Staging<'a> {
@@ -216,6 +231,7 @@ impl<'a> Staging<'a> {
             blocks: Vec::new(),
             uploads: BlockUploads::new(UPLOADS_IN_FLIGHT),
             bytes: 0,
+            last: String::new(),
         }
     }
 
@@ -231,8 +247,23 @@ impl<'a> Staging<'a> {
         Ok(())
     }
 
-    /// Waits for the uploads and commits the blob; returns its size.
+    /// Writes the last lines and commits the blob; returns its size. A search whose lines
+    /// all fit one block (most of a small export's) is one request: the blob put whole.
     async fn commit(mut self) -> Result<u64, ExportError> {
+        let last = std::mem::take(&mut self.last);
+        if self.blocks.is_empty() {
+            let chunk = if last.is_empty() {
+                Bytes::new()
+            } else {
+                gzip_member(last).await?
+            };
+            let bytes = chunk.len() as u64;
+            self.blobs.upload(self.container, self.blob, chunk).await?;
+            return Ok(bytes);
+        }
+        if !last.is_empty() {
+            self.push(last).await?;
+        }
         self.uploads.finish().await?;
         self.blobs
             .commit_blocks(self.container, self.blob, self.blocks)

@@ -65,9 +65,10 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
     };
     match status {
         JobStatus::Gathering => {}
-        // A repeat after planning: the first delivery may have died between marking the job
-        // `exporting` and queuing the types that were ready by then.
-        JobStatus::Exporting => return ex.schedule_ready_types(export).await,
+        // A repeat after planning: the first delivery may have died while it ran a small
+        // plan's searches, or between marking the job `exporting` and queuing the types that
+        // were ready by then.
+        JobStatus::Exporting => return ex.queue_pending(export, &job.data).await,
         _ => return Ok(()),
     }
     if job.data.kind == ExportKind::All {

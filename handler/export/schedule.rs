@@ -7,7 +7,8 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::compose::composed_types;
-use super::state::{ExportJob, JobStatus, Returns, WorkRow, ready_types, work_row};
+use super::fetch::fetch_pending;
+use super::state::{ExportJob, JobStatus, Returns, WorkRow, parse_work_row, ready_types, work_row};
 use super::{ExportError, ExportWork, Exporter};
 use crate::storage::{Row, StorageError};
 
@@ -23,6 +24,18 @@ pub struct WorkItem {
     pub resource_type: String,
     /// The search, relative to the FHIR base URL.
     pub search: String,
+}
+
+impl WorkItem {
+    /// Its `fetch` message.
+    fn fetch(&self, export: &str) -> ExportWork {
+        ExportWork::Fetch {
+            export: export.to_string(),
+            batch: self.batch,
+            include: self.include,
+            search: self.search.clone(),
+        }
+    }
 }
 
 impl Exporter {
@@ -47,7 +60,8 @@ impl Exporter {
     /// (a message whose row is missing would be dropped). Safe to repeat with the same items:
     /// rows already there stay, a repeated message finds its row no longer pending or does the
     /// same work again. `item(n)` builds the n-th of `count` items when it is needed, so a
-    /// large plan is never held whole in memory.
+    /// large plan is never held whole in memory. A small plan (`fetches_in_step`) gets no
+    /// messages: its searches run in this step (`fetch_in_step`).
     pub(crate) async fn register_work(
         &self,
         export: &str,
@@ -56,6 +70,7 @@ impl Exporter {
         item: impl Fn(usize) -> WorkItem + Sync,
     ) -> Result<(), ExportError> {
         let item = &item;
+        let in_step = count <= self.fetches_in_step();
         futures::stream::iter(0..count)
             .map(|n| async move {
                 let item = item(n);
@@ -65,13 +80,10 @@ impl Exporter {
                     WorkRow::pending(&item.resource_type, &item.search),
                 );
                 self.store.insert(&row).await?;
-                self.enqueue(&ExportWork::Fetch {
-                    export: export.to_string(),
-                    batch: item.batch,
-                    include: item.include,
-                    search: item.search,
-                })
-                .await
+                if in_step {
+                    return Ok(());
+                }
+                self.enqueue(&item.fetch(export)).await
             })
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -80,7 +92,95 @@ impl Exporter {
         if !self.store.replace_if_unchanged(&mut job).await? {
             return Ok(()); // terminated meanwhile, or another delivery registered first
         }
-        info!(message = "Export planned.", export, work_items = count);
+        info!(
+            message = "Export planned.",
+            export,
+            work_items = count,
+            in_step
+        );
+        if in_step {
+            self.fetch_in_step(export, count, item).await?;
+        }
+        self.schedule_ready_types(export).await
+    }
+
+    /// Plans of at most this many searches (`FHIRBULK_EXPORT_SEARCHES_IN_STEP`, 32) run them
+    /// in the planning step, as many at once as the FHIR client allows: a search queued costs
+    /// three queue requests, two row reads and a hop through the queue, which for a small
+    /// export are most of its time. Larger plans go on the queue, shared by every instance.
+    pub(crate) fn fetches_in_step(&self) -> usize {
+        self.settings.searches_in_step
+    }
+
+    /// Runs the searches of a small plan (see `fetches_in_step`); one that fails transiently
+    /// is queued to be tried again like any other. Should this step die meanwhile, its repeat
+    /// queues the searches still pending (`queue_pending`).
+    async fn fetch_in_step(
+        &self,
+        export: &str,
+        count: usize,
+        item: &(impl Fn(usize) -> WorkItem + Sync),
+    ) -> Result<(), ExportError> {
+        futures::stream::iter(0..count)
+            .map(|n| async move {
+                let item = item(n);
+                let row = Row::new(
+                    export,
+                    &work_row(item.batch, item.include),
+                    WorkRow::pending(&item.resource_type, &item.search),
+                );
+                let fetched = fetch_pending(
+                    self,
+                    export,
+                    row,
+                    item.batch,
+                    item.include,
+                    &item.search,
+                    1,
+                )
+                .await;
+                match fetched {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        warn!(message = "Export search failed in its planning step; it is queued to be tried again.", export, batch = item.batch, include = item.include, error = %e);
+                        self.enqueue(&item.fetch(export)).await
+                    }
+                }
+            })
+            .buffer_unordered(self.fhir.max_concurrency())
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// A repeated planning step of an export already planned: the first delivery may have
+    /// died while it ran a small plan's searches (`fetch_in_step`), so those still pending are
+    /// queued (a search queued twice finds its row no longer pending, or does the same work
+    /// again); then the types ready by now are scheduled.
+    pub(crate) async fn queue_pending(
+        &self,
+        export: &str,
+        job: &ExportJob,
+    ) -> Result<(), ExportError> {
+        if job.work_items.max(0) as usize <= self.fetches_in_step() {
+            for row in self.store.work_rows(export).await? {
+                if !row.data.is_pending() {
+                    continue;
+                }
+                let (Some((batch, include)), Some(search)) =
+                    (parse_work_row(&row.row_key), row.data.search.clone())
+                else {
+                    continue;
+                };
+                self.enqueue(&ExportWork::Fetch {
+                    export: export.to_string(),
+                    batch,
+                    include,
+                    search,
+                })
+                .await?;
+            }
+        }
         self.schedule_ready_types(export).await
     }
 

@@ -443,6 +443,41 @@ async fn the_sweep_requeues_lost_work_and_closes_imports_whose_rows_fell_behind(
 async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
+    let (state, id) = an_export_whose_fetch_steps_were_lost(&azurite, &fhir).await;
+    let exporter = &state.exporter;
+    let queued = exporter
+        .reconcile_stale_after(Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(queued >= 1, "{queued}");
+    assert_exports_the_three_patients(&state, &id).await;
+}
+
+/// A planning step delivered again after its export was planned (its first delivery died
+/// while it ran a small plan's searches itself) queues the searches still pending, each with
+/// its own search, and the export completes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_planning_step_queues_the_searches_still_pending() {
+    let azurite = Azurite::start();
+    let fhir = FhirServer::start();
+    let (queued_state, id) = an_export_whose_fetch_steps_were_lost(&azurite, &fhir).await;
+    // The same export's planning step, delivered again to a handler that runs small plans in
+    // the step (the default): what the dead delivery left pending is queued.
+    let state = host_state(&azurite, &fhir).await;
+    let gather = json!({"Data": {"work": serde_json::to_string(&fhir_bulk::export::ExportWork::Gather { export: id.clone() }).unwrap()}, "Metadata": {"DequeueCount": 2, "Id": "again"}});
+    let (status, body) = invoke(&state, "ExportWorker", gather).await;
+    assert_eq!(status, 200, "{body}");
+    drop(queued_state);
+    assert_exports_the_three_patients(&state, &id).await;
+}
+
+/// Three patients on the server, an export of them planned by a handler that queues every
+/// search (`FHIRBULK_EXPORT_SEARCHES_IN_STEP=0`), and the fetch steps it queued lost: that
+/// handler's state and the export's id.
+async fn an_export_whose_fetch_steps_were_lost(
+    azurite: &Azurite,
+    fhir: &FhirServer,
+) -> (AppState, String) {
     let client = reqwest::Client::new();
     for n in 1..=3 {
         let patient: Value = serde_json::from_str(&crate::fixtures::patient_line(n)).unwrap();
@@ -450,7 +485,13 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
         let resp = client.put(url).json(&patient).send().await.unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
     }
-    let state = host_state(&azurite, &fhir).await;
+    let every_search_queued = [("FHIRBULK_EXPORT_SEARCHES_IN_STEP", "0")];
+    let state = host_state_on(
+        &azurite.connection_string,
+        &fhir.base_url,
+        &every_search_queued,
+    )
+    .await;
     let exporter = &state.exporter;
     let id = start_patient_export(&state).await;
     // The gather step runs and plans; the fetch steps it queued are lost.
@@ -476,12 +517,12 @@ async fn the_sweep_requeues_lost_fetch_steps_with_their_searches() {
     for m in &lost {
         exporter.queue.delete(m).await.unwrap();
     }
-    let queued = exporter
-        .reconcile_stale_after(Duration::ZERO)
-        .await
-        .unwrap();
-    assert!(queued >= 1, "{queued}");
-    let manifest = run_export_to_completion(&state, &id).await;
+    (state, id)
+}
+
+/// Runs export `id` to completion: it holds the three patients, and no error.
+async fn assert_exports_the_three_patients(state: &AppState, id: &str) {
+    let manifest = run_export_to_completion(state, id).await;
     let patients: u64 = manifest["output"]
         .as_array()
         .unwrap()

@@ -46,6 +46,9 @@ fn app_settings(azurite: &Azurite, fhir: &FhirServer) -> BTreeMap<&'static str, 
         ("FHIRBULK_EXPORT_QUEUE", "export-work".to_string()),
         ("FHIRBULK_FHIR_URL", fhir.base_url.clone()),
         ("FHIRBULK_FHIR_AUTH", "none".to_string()),
+        // Files up to 1 KiB load on the delivery of their event, larger ones through the
+        // queue: both paths of the package run.
+        ("FHIRBULK_LOAD_ON_DELIVERY_MAX_KIB", "1".to_string()),
         ("RUST_LOG", "warn".to_string()),
     ])
 }
@@ -419,12 +422,17 @@ async fn every_packaged_function_runs_when_invoked_as_the_host_invokes_it() {
         ("bundles", "host/p4.json", bundle.into_bytes()),
         ("zip", "host/more.zip", zipped),
     ] {
+        let outcome = if content.len() <= 1024 {
+            "on delivery: loaded"
+        } else {
+            "queued"
+        };
         store
             .upload(container, name, Bytes::from(content))
             .await
             .unwrap();
         handler
-            .blob_created(&root, "ImportBlobCreated", container, name, "queued")
+            .blob_created(&root, "ImportBlobCreated", container, name, outcome)
             .await;
     }
     handler
