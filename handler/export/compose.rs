@@ -102,20 +102,33 @@ pub async fn composed(
 }
 
 pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(), ExportError> {
+    if compose_type(ex, export, resource_type).await? {
+        ex.finish_when_nothing_pending(export).await?;
+    }
+    Ok(())
+}
+
+/// Composes `resource_type`'s files once no pending search can return it; `true` when it is
+/// composed (now or before), so the finish step may be due.
+pub(crate) async fn compose_type(
+    ex: &Exporter,
+    export: &str,
+    resource_type: &str,
+) -> Result<bool, ExportError> {
     if !matches!(
         ex.job(export).await?,
         Some((_, JobStatus::Exporting | JobStatus::Composing))
     ) {
-        return Ok(());
+        return Ok(false);
     }
     let container = &ex.settings.container;
     let record = composed_blob(export, resource_type);
     if ex.blobs.properties(container, &record).await?.is_some() {
-        return ex.finish_when_nothing_pending(export).await; // a repeat
+        return Ok(true); // a repeat
     }
     let rows = ex.store.work_rows_returning(export, resource_type).await?;
     if rows.iter().any(|r| r.data.is_pending()) {
-        return Ok(()); // not ready: the last of those items queues this step again
+        return Ok(false); // not ready: the last of those items queues this step again
     }
     let (staged, resources) = staged_of_type(export, resource_type, &rows);
     let mut writer = OutputWriter::new(&ex.blobs, container, export, ex.settings.max_file_bytes);
@@ -144,7 +157,7 @@ pub async fn run(ex: &Exporter, export: &str, resource_type: &str) -> Result<(),
         duplicates_dropped = duplicates,
         malformed_staged_lines = malformed
     );
-    ex.finish_when_nothing_pending(export).await
+    Ok(true)
 }
 
 /// The staging blobs whose work items returned `resource_type`, in name order, and how many

@@ -70,11 +70,15 @@ pub async fn run(
         // A repeat of a finished item: the first delivery may have died before scheduling.
         return ex.after_work_item(export, &row).await;
     }
-    fetch_pending(ex, export, row, batch, include, search, attempt).await
+    let Some(row) = fetch_pending(ex, export, row, batch, include, search, attempt).await? else {
+        return Ok(());
+    };
+    ex.after_work_item(export, &row).await
 }
 
-/// Runs a pending work item whose row is `row`: pages its search into its staging blob, closes
-/// its row, and schedules what its end makes ready.
+/// Runs a pending work item whose row is `row`: pages its search into its staging blob and
+/// closes its row, which it returns (`None` when the export was terminated meanwhile). What
+/// its end makes ready is the caller's to schedule.
 pub(crate) async fn fetch_pending(
     ex: &Exporter,
     export: &str,
@@ -83,12 +87,12 @@ pub(crate) async fn fetch_pending(
     include: u32,
     search: &str,
     attempt: u32,
-) -> Result<(), ExportError> {
+) -> Result<Option<Row<WorkRow>>, ExportError> {
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut staging = Staging::new(&ex.blobs, container, &blob);
     let Some(fetched) = fetch_pages(ex, export, search, attempt, &mut staging).await? else {
-        return Ok(()); // terminated or purged: stop, write nothing
+        return Ok(None); // terminated or purged: stop, write nothing
     };
     let staged_bytes = staging.commit().await?;
     if let Some(f) = &fetched.failure {
@@ -102,7 +106,7 @@ pub(crate) async fn fetch_pending(
     }
     fetched.record(&mut row.data, staged_bytes);
     ex.store.upsert(&row).await?;
-    ex.after_work_item(export, &row).await
+    Ok(Some(row))
 }
 
 /// What a search's pages gave.

@@ -6,7 +6,7 @@
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
-use super::compose::composed_types;
+use super::compose::{compose_type, composed_types};
 use super::fetch::fetch_pending;
 use super::state::{ExportJob, JobStatus, Returns, WorkRow, parse_work_row, ready_types, work_row};
 use super::{ExportError, ExportWork, Exporter};
@@ -14,6 +14,8 @@ use crate::storage::{Row, StorageError};
 
 /// Work items registered at once.
 const REGISTRATION_CONCURRENCY: usize = 16;
+/// Types a small plan composes at once in its planning step.
+const COMPOSE_IN_STEP: usize = 4;
 
 /// One planned search: it becomes the row `w-<batch>-<include>` and a `fetch` message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +102,7 @@ impl Exporter {
         );
         if in_step {
             self.fetch_in_step(export, count, item).await?;
+            return self.compose_in_step(export).await;
         }
         self.schedule_ready_types(export).await
     }
@@ -140,7 +143,7 @@ impl Exporter {
                 )
                 .await;
                 match fetched {
-                    Ok(()) => Ok(()),
+                    Ok(_) => Ok(()),
                     Err(e) => {
                         warn!(message = "Export search failed in its planning step; it is queued to be tried again.", export, batch = item.batch, include = item.include, error = %e);
                         self.enqueue(&item.fetch(export)).await
@@ -150,6 +153,38 @@ impl Exporter {
             .buffer_unordered(self.fhir.max_concurrency())
             .try_collect::<Vec<()>>()
             .await?;
+        Ok(())
+    }
+
+    /// After a small plan's searches ran in its step: composes the types they made ready and,
+    /// when no search is left pending, finishes the export, in this step too (each a hop
+    /// through the queue otherwise). A step that fails is queued, to be tried again like any
+    /// other; searches queued after failing schedule what they make ready themselves.
+    async fn compose_in_step(&self, export: &str) -> Result<(), ExportError> {
+        let rows = self.store.work_rows(export).await?;
+        let composed = composed_types(self, export).await?;
+        let ready: Vec<String> = ready_types(&rows)
+            .into_iter()
+            .filter(|t| !composed.contains(t))
+            .collect();
+        futures::stream::iter(ready)
+            .map(|resource_type| async move {
+                if let Err(e) = compose_type(self, export, &resource_type).await {
+                    warn!(message = "Export compose step failed in its planning step; it is queued to be tried again.", export, resource_type = %resource_type, error = %e);
+                    self.enqueue_compose_type(export, &resource_type).await?;
+                }
+                Ok::<(), ExportError>(())
+            })
+            .buffer_unordered(COMPOSE_IN_STEP)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if rows.iter().any(|r| r.data.is_pending()) {
+            return Ok(());
+        }
+        if let Err(e) = super::finish::run(self, export).await {
+            warn!(message = "Export finish step failed in its planning step; it is queued to be tried again.", export, error = %e);
+            self.enqueue_finish(export).await?;
+        }
         Ok(())
     }
 

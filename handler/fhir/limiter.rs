@@ -1,6 +1,9 @@
 //! Adaptive concurrency (AIMD) for requests to the FHIR server: the server sets the pace.
-//! Start at the minimum; each healthy reply adds 1/limit (about +1 per round of replies);
-//! a 429/503, a timeout or a latency spike multiplies the limit by 0.9 (never below the minimum).
+//! Start at the minimum and, until the server first pushes back, add 1 per healthy reply (the
+//! limit doubles each round of replies, as TCP's slow start: a short export or a small file
+//! is not over before the limit has grown); from then on each healthy reply adds 1/limit
+//! (about +1 per round). A 429/503, a timeout or a latency spike multiplies the limit by 0.9
+//! (never below the minimum).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +17,8 @@ struct State {
     in_flight: usize,
     /// Smoothed round-trip time of healthy replies, for spotting latency spikes.
     rtt_ewma: Option<Duration>,
+    /// No pushback seen yet: the limit grows by 1 per healthy reply.
+    slow_start: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +60,7 @@ impl AdaptiveLimiter {
                 limit: min as f64,
                 in_flight: 0,
                 rtt_ewma: None,
+                slow_start: true,
             }),
             notify: Notify::new(),
             min,
@@ -92,12 +98,17 @@ impl AdaptiveLimiter {
                     None => rtt,
                 });
                 if spike {
+                    s.slow_start = false;
                     s.limit = (s.limit * 0.9).max(self.min as f64);
                 } else {
-                    s.limit = (s.limit + 1.0 / s.limit).min(self.max as f64);
+                    let step = if s.slow_start { 1.0 } else { 1.0 / s.limit };
+                    s.limit = (s.limit + step).min(self.max as f64);
                 }
             }
-            Signal::Backpressure => s.limit = (s.limit * 0.9).max(self.min as f64),
+            Signal::Backpressure => {
+                s.slow_start = false;
+                s.limit = (s.limit * 0.9).max(self.min as f64);
+            }
             Signal::Neutral => {}
         }
         let after = s.limit.floor() as usize;
@@ -125,6 +136,27 @@ impl AdaptiveLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubles_each_round_until_the_first_pushback_then_adds_one() {
+        let l = AdaptiveLimiter::new(1, 64);
+        let healthy = Signal::Healthy(Duration::from_millis(50));
+        // Rounds of as many replies as the limit allows: 1, 2, 4, 8.
+        for round in [1, 2, 4, 8] {
+            assert_eq!(l.limit(), round);
+            for _ in 0..round {
+                l.record(healthy);
+            }
+        }
+        assert_eq!(l.limit(), 16);
+        l.record(Signal::Backpressure);
+        assert_eq!(l.limit(), 14);
+        // A round of 14 healthy replies now adds about one.
+        for _ in 0..14 {
+            l.record(healthy);
+        }
+        assert_eq!(l.limit(), 15);
+    }
 
     #[test]
     fn grows_while_healthy_and_shrinks_on_backpressure() {
