@@ -182,15 +182,20 @@ async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Re
 pub const STATUS_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The status a client polls (`GET /$alt-export/{id}`): `status`, after holding the request
-/// up to `hold` while the export runs (its job row read every 100 ms).
+/// up to `hold` while the export runs: its job row is read again when an export of this
+/// process ends, and every 100 ms for one another instance runs.
 pub async fn status_after_hold(ex: &Exporter, id: &str, hold: std::time::Duration) -> Reply {
     let until = tokio::time::Instant::now() + hold;
     while tokio::time::Instant::now() < until {
+        let ended = ex.ended.notified();
         match ex.job(id).await {
             Ok(Some((_, status))) if status.is_running() => {}
             _ => break,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
     }
     status(ex, id).await
 }

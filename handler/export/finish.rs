@@ -82,6 +82,7 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
     if !ex.store.replace_if_unchanged(&mut job).await? {
         return Ok(()); // terminated while finishing (the terminate stands), or a repeat won
     }
+    ex.ended.notify_waiters();
     info!(
         message = "Export completed.",
         export,

@@ -82,6 +82,9 @@ pub struct Exporter {
     pub queue: WorkQueue,
     pub store: ExportStore,
     pub fhir: Arc<FhirClient>,
+    /// Told whenever an export of this process ends: status requests held for a running
+    /// export (`control::status_after_hold`) answer at once, not at their next look.
+    pub ended: tokio::sync::Notify,
 }
 
 /// What an export exports, recorded on its job row (`kind`).
@@ -118,6 +121,7 @@ impl Exporter {
             queue,
             store,
             fhir,
+            ended: tokio::sync::Notify::new(),
         }
     }
 
