@@ -15,7 +15,7 @@ pub use crate::protocol::reply::Reply;
 use crate::storage::Row;
 
 /// Most seconds a client is asked to wait between status polls.
-pub const STATUS_RETRY_AFTER_MAX_SECS: u64 = 10;
+pub const STATUS_RETRY_AFTER_MAX_SECS: u64 = 5;
 
 /// Seconds a client is asked to wait before polling an export running for `age` again: one
 /// while it is young (a small export is done within seconds, and waiting 5 s more for the

@@ -89,9 +89,7 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         }
     };
     let mut next = job.data.gather_next.clone();
-    let mut found = Vec::new();
-    let mut pages = 0i64;
-    let mut skipped = 0i64;
+    let mut gathered = Gathered::default();
     let mut last_checkpoint = Instant::now();
     while !next.is_empty() {
         let url = match ex.same_server_url(&next) {
@@ -109,41 +107,65 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
                 return ex.fail_planning(job, &why, refused).await;
             }
         };
-        skipped += patient_ids(
+        gathered.skipped += patient_ids(
             &page,
             &definition.patient_reference_field,
             ex.fhir.base(),
-            &mut found,
+            &mut gathered.ids,
         ) as i64;
-        pages += 1;
+        gathered.pages += 1;
         next = next_link(&page).unwrap_or_default().to_string();
         if next.is_empty() || last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            let seq = job.data.gather_seq;
-            let text = found.join("\n");
-            ex.blobs
-                .upload(
-                    &ex.settings.container,
-                    &ids_blob(export, seq),
-                    Bytes::from(text),
-                )
-                .await?;
-            let j = &mut job.data;
-            j.gather_seq = seq + 1;
-            j.pages += pages;
-            j.ids_found += found.len() as i64;
-            j.references_skipped += skipped;
-            j.gather_next = next.clone();
-            if !ex.store.replace_if_unchanged(&mut job).await? {
+            if !gathered.checkpoint(ex, export, &mut job, &next).await? {
                 // Terminated, or another delivery of this step moved on: leave it to that one.
                 return Ok(());
             }
-            found.clear();
-            pages = 0;
-            skipped = 0;
             last_checkpoint = Instant::now();
         }
     }
     plan(ex, export, job, &definition).await
+}
+
+/// Patient ids found since the last checkpoint, and the pages and references they took.
+#[derive(Default)]
+struct Gathered {
+    ids: Vec<String>,
+    pages: i64,
+    /// References that named no patient of this server.
+    skipped: i64,
+}
+
+impl Gathered {
+    /// Saves the ids as the job's next ids blob and moves its checkpoint on to `next`, then
+    /// starts afresh; `false` when the job row moved on meanwhile.
+    async fn checkpoint(
+        &mut self,
+        ex: &Exporter,
+        export: &str,
+        job: &mut Row<ExportJob>,
+        next: &str,
+    ) -> Result<bool, ExportError> {
+        let seq = job.data.gather_seq;
+        let text = self.ids.join("\n");
+        ex.blobs
+            .upload(
+                &ex.settings.container,
+                &ids_blob(export, seq),
+                Bytes::from(text),
+            )
+            .await?;
+        let j = &mut job.data;
+        j.gather_seq = seq + 1;
+        j.pages += self.pages;
+        j.ids_found += self.ids.len() as i64;
+        j.references_skipped += self.skipped;
+        j.gather_next = next.to_string();
+        if !ex.store.replace_if_unchanged(job).await? {
+            return Ok(false);
+        }
+        *self = Gathered::default();
+        Ok(true)
+    }
 }
 
 /// Batches the gathered ids and registers one work item per batch × include.

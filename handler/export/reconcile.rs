@@ -10,6 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use super::schedule::fetch_of;
 use super::state::{ExportJob, JobStatus, WorkStatus, parse_work_row};
 use super::{ExportError, ExportWork, Exporter};
 use crate::storage::Row;
@@ -75,10 +76,10 @@ impl Exporter {
         }
         let mut queued = 0;
         for row in rows.iter().filter(|r| r.data.is_pending()) {
-            let Some((batch, include)) = parse_work_row(&row.row_key) else {
+            if parse_work_row(&row.row_key).is_none() {
                 continue;
-            };
-            let Some(search) = row.data.search.clone().filter(|s| !s.is_empty()) else {
+            }
+            let Some(fetch) = fetch_of(export, row) else {
                 // A row of a version that did not keep the search: end it as failed, so the
                 // export completes and its errors file says what is missing.
                 let mut failed = row.clone();
@@ -89,13 +90,7 @@ impl Exporter {
                 self.store.upsert(&failed).await?;
                 continue;
             };
-            self.enqueue(&ExportWork::Fetch {
-                export: export.to_string(),
-                batch,
-                include,
-                search,
-            })
-            .await?;
+            self.enqueue(&fetch).await?;
             queued += 1;
         }
         // The compose steps of the types ready, and the finish step when nothing is pending.

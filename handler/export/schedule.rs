@@ -28,6 +28,19 @@ pub struct WorkItem {
     pub search: String,
 }
 
+/// The `fetch` step of a work row, from its key and its search; `None` for a row whose key is
+/// not a work item's, or that does not record its search (written by an earlier version).
+pub(crate) fn fetch_of(export: &str, row: &Row<WorkRow>) -> Option<ExportWork> {
+    let (batch, include) = parse_work_row(&row.row_key)?;
+    let search = row.data.search.clone().filter(|s| !s.is_empty())?;
+    Some(ExportWork::Fetch {
+        export: export.to_string(),
+        batch,
+        include,
+        search,
+    })
+}
+
 impl WorkItem {
     /// Its `fetch` message.
     fn fetch(&self, export: &str) -> ExportWork {
@@ -198,22 +211,11 @@ impl Exporter {
         job: &ExportJob,
     ) -> Result<(), ExportError> {
         if job.work_items.max(0) as usize <= self.fetches_in_step() {
-            for row in self.store.work_rows(export).await? {
-                if !row.data.is_pending() {
-                    continue;
+            let rows = self.store.work_rows(export).await?;
+            for row in rows.iter().filter(|r| r.data.is_pending()) {
+                if let Some(fetch) = fetch_of(export, row) {
+                    self.enqueue(&fetch).await?;
                 }
-                let (Some((batch, include)), Some(search)) =
-                    (parse_work_row(&row.row_key), row.data.search.clone())
-                else {
-                    continue;
-                };
-                self.enqueue(&ExportWork::Fetch {
-                    export: export.to_string(),
-                    batch,
-                    include,
-                    search,
-                })
-                .await?;
             }
         }
         self.schedule_ready_types(export).await

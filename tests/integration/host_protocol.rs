@@ -587,21 +587,8 @@ async fn a_small_file_costs_at_most_seven_storage_requests() {
         ),
     ];
     for (container, name, content) in cases {
-        let blobs = &state.importer.blobs;
-        blobs
-            .upload(container, name, Bytes::from(content))
-            .await
-            .unwrap();
-        let version = blobs.properties(container, name).await.unwrap().unwrap();
-        let event = json!({
-            "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
-            "subject": format!("/blobServices/default/containers/{container}/blobs/{name}"),
-            "eventType": "Microsoft.Storage.BlobCreated", "id": "evt-m", "eventTime": "2026-12-06T10:00:00Z",
-            "data": {"api": "PutBlob", "eTag": version.etag, "contentLength": version.size},
-            "dataVersion": "", "metadataVersion": "1"
-        });
+        let delivery = upload_with_event(&state, container, name, Bytes::from(content)).await;
         meter.reset();
-        let delivery = json!({"Data": {"event": event.to_string()}, "Metadata": {}});
         let (status, body) = invoke(&state, "ImportBlobCreated", delivery).await;
         assert_eq!(status, 200, "{body}");
         // The host's queue trigger: receive, run, delete. Its polling of an empty queue is not
@@ -661,31 +648,9 @@ async fn a_small_file_loads_on_delivery_and_a_dead_delivery_is_taken_over() {
             .collect();
         Bytes::from(lines.join("\n") + "\n")
     };
-    let deliver = |container: &str, name: &str, version: &fhir_bulk::storage::BlobEntry| {
-        let event = json!({
-            "subject": format!("/blobServices/default/containers/{container}/blobs/{name}"),
-            "eventType": "Microsoft.Storage.BlobCreated", "id": "evt-d", "eventTime": "2026-12-06T10:00:00Z",
-            "data": {"api": "PutBlob", "eTag": version.etag, "contentLength": version.size},
-        });
-        json!({"Data": {"event": event.to_string()}, "Metadata": {}})
-    };
-    let blobs = &state.importer.blobs;
     let patient = Bytes::from(crate::fixtures::patient_line(5) + "\n");
-    blobs
-        .upload("ndjson", "patient.ndjson", patient)
-        .await
-        .unwrap();
-    let version = blobs
-        .properties("ndjson", "patient.ndjson")
-        .await
-        .unwrap()
-        .unwrap();
-    let (status, body) = invoke(
-        &state,
-        "ImportBlobCreated",
-        deliver("ndjson", "patient.ndjson", &version),
-    )
-    .await;
+    let payload = upload_with_event(&state, "ndjson", "patient.ndjson", patient).await;
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         first_log(&body),
@@ -696,21 +661,8 @@ async fn a_small_file_loads_on_delivery_and_a_dead_delivery_is_taken_over() {
     );
 
     // Four batches of 0.4 s outlast the 1 s a load on delivery may take: a work item goes on.
-    blobs
-        .upload("ndjson", "slow.ndjson", lines("slow"))
-        .await
-        .unwrap();
-    let version = blobs
-        .properties("ndjson", "slow.ndjson")
-        .await
-        .unwrap()
-        .unwrap();
-    let (status, body) = invoke(
-        &state,
-        "ImportBlobCreated",
-        deliver("ndjson", "slow.ndjson", &version),
-    )
-    .await;
+    let payload = upload_with_event(&state, "ndjson", "slow.ndjson", lines("slow")).await;
+    let (status, body) = invoke(&state, "ImportBlobCreated", payload).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         first_log(&body).contains("a queued work item goes on"),
@@ -722,16 +674,7 @@ async fn a_small_file_loads_on_delivery_and_a_dead_delivery_is_taken_over() {
     assert_eq!(view["resources"]["loaded"], 8, "{view}");
 
     // A delivery dies mid-load (its process killed: nothing after the kill runs).
-    blobs
-        .upload("ndjson", "dies.ndjson", lines("dies"))
-        .await
-        .unwrap();
-    let version = blobs
-        .properties("ndjson", "dies.ndjson")
-        .await
-        .unwrap()
-        .unwrap();
-    let payload = deliver("ndjson", "dies.ndjson", &version);
+    let payload = upload_with_event(&state, "ndjson", "dies.ndjson", lines("dies")).await;
     let dying = tokio::spawn({
         let (state, payload) = (state.clone(), payload.clone());
         async move { invoke(&state, "ImportBlobCreated", payload).await }
@@ -763,6 +706,22 @@ async fn a_small_file_loads_on_delivery_and_a_dead_delivery_is_taken_over() {
     );
     let search = format!("Observation?subject=Patient/{}", patient_id(5));
     assert_eq!(fhir_count(&fhir.base_url, &search).await, 16);
+}
+
+/// Uploads `content` as `container/name` and returns the Event Grid delivery of its
+/// BlobCreated event, naming the version uploaded (its ETag and size) as Azure does.
+async fn upload_with_event(state: &AppState, container: &str, name: &str, content: Bytes) -> Value {
+    let blobs = &state.importer.blobs;
+    blobs.upload(container, name, content).await.unwrap();
+    let version = blobs.properties(container, name).await.unwrap().unwrap();
+    let event = json!({
+        "topic": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+        "subject": format!("/blobServices/default/containers/{container}/blobs/{name}"),
+        "eventType": "Microsoft.Storage.BlobCreated", "id": format!("evt-{name}"), "eventTime": "2026-12-06T10:00:00Z",
+        "data": {"api": "PutBlob", "eTag": version.etag, "contentLength": version.size},
+        "dataVersion": "", "metadataVersion": "1"
+    });
+    json!({"Data": {"event": event.to_string()}, "Metadata": {}})
 }
 
 /// The id of the one import of `name`.
