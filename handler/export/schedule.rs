@@ -42,6 +42,15 @@ pub(crate) fn fetch_of(export: &str, row: &Row<WorkRow>) -> Option<ExportWork> {
 }
 
 impl WorkItem {
+    /// Its row, pending.
+    fn row(&self, export: &str) -> Row<WorkRow> {
+        Row::new(
+            export,
+            &work_row(self.batch, self.include),
+            WorkRow::pending(&self.resource_type, &self.search),
+        )
+    }
+
     /// Its `fetch` message.
     fn fetch(&self, export: &str) -> ExportWork {
         ExportWork::Fetch {
@@ -89,11 +98,7 @@ impl Exporter {
         futures::stream::iter(0..count)
             .map(|n| async move {
                 let item = item(n);
-                let row = Row::new(
-                    export,
-                    &work_row(item.batch, item.include),
-                    WorkRow::pending(&item.resource_type, &item.search),
-                );
+                let row = item.row(export);
                 self.store.insert(&row).await?;
                 if in_step {
                     return Ok(());
@@ -140,11 +145,7 @@ impl Exporter {
         futures::stream::iter(0..count)
             .map(|n| async move {
                 let item = item(n);
-                let row = Row::new(
-                    export,
-                    &work_row(item.batch, item.include),
-                    WorkRow::pending(&item.resource_type, &item.search),
-                );
+                let row = item.row(export);
                 let fetched = fetch_pending(
                     self,
                     export,
