@@ -4,8 +4,8 @@
 //!
 //! Steps, each a queue message safe to run twice:
 //! 1. `gather`: plan the searches. A patient export pages its query for patient ids
-//!    (checkpointed) and batches them so every include URL stays under the length limit, one
-//!    work item per batch × include (`gather`); an export-all counts its time windows and
+//!    (checkpointed) and batches them (at most `FHIRBULK_EXPORT_IDS_PER_SEARCH` each, and every
+//!    include URL under the length limit), one work item per batch × include (`gather`); an export-all counts its time windows and
 //!    balances them into ranges, one work item per range (`windows`). Both register their work
 //!    the same way (`schedule`).
 //! 2. `fetch`: one work item pages through its search and stages the resources in a blob of
@@ -15,6 +15,9 @@
 //!    size), while the searches for other types go on; types are composed in parallel.
 //! 4. `finish`: once every work item is finished and every type composed, the manifest is
 //!    written to `_completed_run.json`, and the staging blobs are deleted.
+//!
+//! A small plan (`FHIRBULK_EXPORT_SEARCHES_IN_STEP`) runs steps 2 to 4 inside its planning
+//! step, with no message for each (`schedule`); a step that fails there is queued.
 //!
 //! Laid out as import is: this file is the component ([`Exporter`]), `state` its typed rows
 //! and their store, `work` its queued work items, `control` the HTTP-facing operations, then
