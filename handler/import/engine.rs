@@ -169,17 +169,38 @@ impl Importer {
         if may_run_until.is_some_and(|until| until > OffsetDateTime::now_utc()) {
             return Ok(Registration::LoadingElsewhere { file: key });
         }
-        let work = f.work(&key, 0, 0, f.size.max(0) as u64);
-        let text = serde_json::to_string(&work).expect("work items serialise");
-        self.queue.send(&text, Duration::ZERO).await?;
-        // Once: a further delivery finds the file an ordinary queued one.
-        file.data.on_delivery = false;
-        self.store.replace_if_unchanged(&mut file).await?;
+        let work = f.whole_file_work(&key);
+        self.hand_on(&work, &mut file).await?;
         info!(message = "Load on delivery taken over by a work item.", import = %import_id(&key));
         Ok(Registration::Queued {
             file: key,
             parts: 1,
         })
+    }
+
+    /// Hands a file loaded on delivery on to a queued work item, which goes on from the
+    /// checkpoint, and records that it was: a further delivery of the event finds the file an
+    /// ordinary queued one (a file row moved on meanwhile keeps what it says).
+    async fn hand_on(
+        &self,
+        work: &ImportWork,
+        file: &mut Row<ImportFile>,
+    ) -> Result<(), ImportError> {
+        self.enqueue(work, Duration::ZERO).await?;
+        file.data.on_delivery = false;
+        self.store.replace_if_unchanged(file).await?;
+        Ok(())
+    }
+
+    /// Queues `work`, to be delivered after `delay`.
+    pub(super) async fn enqueue(
+        &self,
+        work: &ImportWork,
+        delay: Duration,
+    ) -> Result<(), ImportError> {
+        let text = serde_json::to_string(work).expect("work items serialise");
+        self.queue.send(&text, delay).await?;
+        Ok(())
     }
 
     /// Loads a file whose rows were just recorded as taken by this delivery, with no work item
@@ -194,7 +215,7 @@ impl Importer {
     ) -> Result<Registration, ImportError> {
         let delivered = OffsetDateTime::now_utc();
         let key = file.partition_key.clone();
-        let work = file.data.work(&key, 0, 0, file.data.size.max(0) as u64);
+        let work = file.data.whole_file_work(&key);
         info!(
             message = "Import registered; loading it on delivery.",
             import = %import_id(&key),
@@ -206,12 +227,8 @@ impl Importer {
         {
             Ok(loaded) => loaded,
             Err(_) => {
-                let text = serde_json::to_string(&work).expect("work items serialise");
-                self.queue.send(&text, Duration::ZERO).await?;
-                // A further delivery of the event finds the file an ordinary queued one.
                 let mut file = file;
-                file.data.on_delivery = false;
-                self.store.upsert(&file).await?;
+                self.hand_on(&work, &mut file).await?;
                 info!(message = "Load on delivery handed on to a work item.", import = %import_id(&key), secs = deadline.as_secs());
                 return Ok(Registration::Loaded {
                     file: key,
@@ -293,18 +310,16 @@ impl Importer {
         file: &Row<ImportFile>,
         ranges: &[(u64, u64)],
     ) -> Result<(), ImportError> {
-        let messages: Vec<String> = ranges
+        let items: Vec<ImportWork> = ranges
             .iter()
             .enumerate()
             .map(|(part, (start, end))| {
-                let work = file
-                    .data
-                    .work(&file.partition_key, part as u32, *start, *end);
-                serde_json::to_string(&work).expect("work items serialise")
+                file.data
+                    .work(&file.partition_key, part as u32, *start, *end)
             })
             .collect();
-        futures::stream::iter(messages)
-            .map(|text| async move { self.queue.send(&text, Duration::ZERO).await })
+        futures::stream::iter(items)
+            .map(|work| async move { self.enqueue(&work, Duration::ZERO).await })
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -448,8 +463,7 @@ impl Importer {
             retry,
             ..work.clone()
         };
-        let text = serde_json::to_string(&next).expect("work items serialise");
-        self.queue.send(&text, delay).await?;
+        self.enqueue(&next, delay).await?;
         Ok(None)
     }
 
@@ -652,11 +666,8 @@ impl Importer {
         result: &mut ImportResult,
         result_name: &str,
     ) -> Result<(), ImportError> {
-        let target = match result.status {
-            // The blob is the newer upload now: nothing of this version is left to move.
-            FileStatus::Superseded => return Ok(()),
-            FileStatus::Loaded => ImportSettings::processed_container(&work.container),
-            _ => ImportSettings::err_container(&work.container),
+        let Some(target) = target_container(&work.container, result.status) else {
+            return Ok(());
         };
         let went = self.move_input(work, &target).await?.describe();
         if went != result.input {
@@ -729,6 +740,17 @@ impl Importer {
     }
 }
 
+/// The container an input of `container` moves to once finished with `status`: processed
+/// when it loaded, err otherwise; `None` when superseded (the blob is the newer upload now:
+/// nothing of this version is left to move).
+fn target_container(container: &str, status: FileStatus) -> Option<String> {
+    match status {
+        FileStatus::Superseded => None,
+        FileStatus::Loaded => Some(ImportSettings::processed_container(container)),
+        _ => Some(ImportSettings::err_container(container)),
+    }
+}
+
 /// Where an import's input file is once it is finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InputOutcome {
@@ -743,18 +765,9 @@ enum InputOutcome {
 impl InputOutcome {
     /// Where the input goes when it is finished with `status`.
     fn planned(work: &ImportWork, status: FileStatus) -> Self {
-        match status {
-            FileStatus::Superseded => InputOutcome::Replaced,
-            FileStatus::Loaded => InputOutcome::MovedTo(format!(
-                "{}/{}",
-                ImportSettings::processed_container(&work.container),
-                work.blob
-            )),
-            _ => InputOutcome::MovedTo(format!(
-                "{}/{}",
-                ImportSettings::err_container(&work.container),
-                work.blob
-            )),
+        match target_container(&work.container, status) {
+            Some(target) => InputOutcome::MovedTo(format!("{target}/{}", work.blob)),
+            None => InputOutcome::Replaced,
         }
     }
 

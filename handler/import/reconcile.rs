@@ -124,8 +124,7 @@ impl Importer {
             if part.written_at.is_none_or(|at| at > stale) {
                 continue;
             }
-            let text = serde_json::to_string(&work_of(part)).expect("work items serialise");
-            self.queue.send(&text, Duration::ZERO).await?;
+            self.enqueue(&work_of(part), Duration::ZERO).await?;
             sweep.requeued += 1;
         }
         Ok(())
@@ -153,8 +152,7 @@ impl Importer {
             return Ok(false);
         }
         if still_there {
-            let size = file.data.size.max(0) as u64;
-            let work = file.data.work(key, 0, 0, size);
+            let work = file.data.whole_file_work(key);
             self.move_as_reported(&work, &mut result, &name).await?;
         }
         let mut row = file.clone();

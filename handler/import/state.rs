@@ -256,6 +256,11 @@ impl ImportFile {
         }
     }
 
+    /// The work item of the whole file (its only part), whose row key is `key`.
+    pub fn whole_file_work(&self, key: &str) -> ImportWork {
+        self.work(key, 0, 0, self.size.max(0) as u64)
+    }
+
     /// The first part to start marks the file as loading.
     pub fn start_loading(&mut self) {
         self.status = FileStatus::Loading;

@@ -133,10 +133,17 @@ impl<'a> PartProgress<'a> {
         Ok(())
     }
 
-    async fn save(&mut self) -> Result<(), ImportError> {
+    /// Writes the pending error records and brings the row up to date (counts, when the
+    /// checkpoint last moved), without writing it.
+    async fn flush(&mut self) -> Result<(), ImportError> {
         self.write_pending_errors().await?;
         self.row.data.counts = self.counts;
         self.stamp_progress();
+        Ok(())
+    }
+
+    async fn save(&mut self) -> Result<(), ImportError> {
+        self.flush().await?;
         // Another delivery of this work item moved the checkpoint on: leave the part to it.
         if !self
             .importer
@@ -193,9 +200,7 @@ impl<'a> PartProgress<'a> {
             self.save().await?;
             return Ok(self.row);
         }
-        self.write_pending_errors().await?;
-        self.row.data.counts = self.counts;
-        self.stamp_progress();
+        self.flush().await?;
         Ok(self.row)
     }
 }
