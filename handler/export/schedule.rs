@@ -175,12 +175,7 @@ impl Exporter {
     /// through the queue otherwise). A step that fails is queued, to be tried again like any
     /// other; searches queued after failing schedule what they make ready themselves.
     async fn compose_in_step(&self, export: &str) -> Result<(), ExportError> {
-        let rows = self.store.work_rows(export).await?;
-        let composed = composed_types(self, export).await?;
-        let ready: Vec<String> = ready_types(&rows)
-            .into_iter()
-            .filter(|t| !composed.contains(t))
-            .collect();
+        let (ready, nothing_pending) = self.ready_steps(export).await?;
         futures::stream::iter(ready)
             .map(|resource_type| async move {
                 if let Err(e) = compose_type(self, export, &resource_type).await {
@@ -192,7 +187,7 @@ impl Exporter {
             .buffer_unordered(COMPOSE_IN_STEP)
             .try_collect::<Vec<()>>()
             .await?;
-        if rows.iter().any(|r| r.data.is_pending()) {
+        if !nothing_pending {
             return Ok(());
         }
         if let Err(e) = super::finish::run(self, export).await {
@@ -254,17 +249,27 @@ impl Exporter {
     /// can return any more, and is not composed yet; then the finish step if nothing is
     /// pending. Reads every work row: for the end of registration and `_include` searches.
     pub(crate) async fn schedule_ready_types(&self, export: &str) -> Result<(), ExportError> {
-        let rows = self.store.work_rows(export).await?;
-        let composed = composed_types(self, export).await?;
-        for resource_type in ready_types(&rows) {
-            if !composed.contains(&resource_type) {
-                self.enqueue_compose_type(export, &resource_type).await?;
-            }
+        let (ready, nothing_pending) = self.ready_steps(export).await?;
+        for resource_type in ready {
+            self.enqueue_compose_type(export, &resource_type).await?;
         }
-        if !rows.iter().any(|r| r.data.is_pending()) {
+        if nothing_pending {
             self.enqueue_finish(export).await?;
         }
         Ok(())
+    }
+
+    /// The types ready to compose (finished items returned them, no pending item can return
+    /// them any more, not composed yet), and whether no item is pending (the finish step is
+    /// due). Reads every work row.
+    async fn ready_steps(&self, export: &str) -> Result<(Vec<String>, bool), ExportError> {
+        let rows = self.store.work_rows(export).await?;
+        let composed = composed_types(self, export).await?;
+        let ready = ready_types(&rows)
+            .into_iter()
+            .filter(|t| !composed.contains(t))
+            .collect();
+        Ok((ready, !rows.iter().any(|r| r.data.is_pending())))
     }
 
     /// Queues the finish step when no work item is pending.
