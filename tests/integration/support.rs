@@ -331,6 +331,16 @@ pub fn blobs(azurite: &Azurite) -> fhir_bulk::storage::BlobStore {
     .unwrap()
 }
 
+/// The export state tables of `azurite` (the default `exports` table), read as the handler
+/// reads them.
+pub fn export_store(azurite: &Azurite) -> fhir_bulk::export::state::ExportStore {
+    let settings = fhir_bulk::config::parse_connection_string(&azurite.connection_string).unwrap();
+    let credentials = fhir_bulk::storage::StorageCredentials::new(&settings).unwrap();
+    let tables =
+        fhir_bulk::storage::TableClient::new(&credentials, reqwest::Client::new()).unwrap();
+    fhir_bulk::export::state::ExportStore::new(tables, "exports")
+}
+
 /// A blob's whole content as text.
 pub async fn blob_text(
     store: &fhir_bulk::storage::BlobStore,
