@@ -135,16 +135,24 @@ cpu_ticks() {
   local p; for p in "$@"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat" 2>/dev/null || printf '0 '; done
 }
 
+# loaded_fhir NAME PORT PATIENTS SEED: a fresh sekmet server of its own on PORT, holding
+# PATIENTS carebundle patients (generated once with SEED) loaded through the importer (case
+# NAME-load); sets url to its base URL.
+loaded_fhir() {
+  local name=$1 port=$2 patients=$3 seed=$4
+  rm -rf "$WORK/fhir-$name"
+  STATE_DIR="$WORK/fhir-$name" FHIR_PORT=$port FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-$name.pid"
+  url=http://127.0.0.1:$port/fhir
+  FHIR_PIDS[$url]=$(cat "$WORK/fhir-$name.pid"); PIDS+=("${FHIR_PIDS[$url]}")
+  [ -d "$WORK/$name-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$patients" --sex mixed --age-range 30-90 --seed "$seed" --out "$WORK/$name-patients" > /dev/null
+  run_case "$name-load" bundles "$WORK/$name-patients" "$url" "$patients"
+}
+
 # export_case: loads patients through the importer, then measures exports against the ideal
 # client on the same server.
 export_case() {
   # A server of its own, holding only the export data.
-  rm -rf "$WORK/fhir-export"
-  STATE_DIR="$WORK/fhir-export" FHIR_PORT=31092 FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-export.pid"
-  local url=http://127.0.0.1:31092/fhir
-  FHIR_PIDS[$url]=$(cat "$WORK/fhir-export.pid"); PIDS+=("${FHIR_PIDS[$url]}")
-  [ -d "$WORK/export-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$EXPORT_PATIENTS" --sex mixed --age-range 30-90 --seed 17 --out "$WORK/export-patients" > /dev/null
-  run_case export-load bundles "$WORK/export-patients" "$url" "$EXPORT_PATIENTS"
+  local url; loaded_fhir export 31092 "$EXPORT_PATIENTS" 17
   cat > "$WORK/export-definition.json" <<'JSON'
 {"query": "Patient", "patientreferencefield": "id",
  "include": ["Patient?_id=$IDS", "Encounter?patient=$IDS", "Observation?patient=$IDS",
@@ -173,12 +181,7 @@ export_e2e_case() {
   local sizes patients=${EXPORT_E2E_PATIENTS:-1000}
   read -r -a sizes <<< "${EXPORT_E2E_SIZES:-10 40 300 1000}"
   local rounds=${EXPORT_E2E_ROUNDS:-3}
-  rm -rf "$WORK/fhir-e2e"
-  STATE_DIR="$WORK/fhir-e2e" FHIR_PORT=31093 FHIR_VALIDATION=off scripts/fhir-up.sh > "$WORK/fhir-e2e.pid"
-  local url=http://127.0.0.1:31093/fhir
-  FHIR_PIDS[$url]=$(cat "$WORK/fhir-e2e.pid"); PIDS+=("${FHIR_PIDS[$url]}")
-  [ -d "$WORK/e2e-patients" ] || .tools/carebundle/bin/carebundle generate --profile mixed --count "$patients" --sex mixed --age-range 30-90 --seed 23 --out "$WORK/e2e-patients" > /dev/null
-  run_case e2e-load bundles "$WORK/e2e-patients" "$url" "$patients"
+  local url; loaded_fhir e2e 31093 "$patients" 23
   # One Group per size, of the first patients the server lists.
   python3 - "$url" "${sizes[@]}" <<'PY'
 import json, sys, urllib.request

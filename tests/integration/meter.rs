@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
 
+use crate::standin::send_upstream;
 use crate::support::Azurite;
 
 #[derive(Clone)]
@@ -115,18 +116,10 @@ async fn forward(
         .unwrap()
         .push(operation(e.service, &method, &uri));
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = e
-        .client
-        .request(method, format!("{}{path}", e.upstream))
-        .body(body);
-    for (name, value) in headers.iter() {
-        if name != "host" && name != "content-length" {
-            req = req.header(name, value);
-        }
-    }
-    let upstream = match req.send().await {
+    let url = format!("{}{path}", e.upstream);
+    let upstream = match send_upstream(&e.client, method, &url, &headers, body).await {
         Ok(r) => r,
-        Err(err) => return (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
+        Err(bad_gateway) => return bad_gateway,
     };
     let mut response = Response::builder().status(upstream.status().as_u16());
     for (name, value) in upstream.headers() {

@@ -125,6 +125,26 @@ impl StandIn {
     }
 }
 
+/// Sends a request a stand-in received on to `url` with its headers (but `Host` and
+/// `Content-Length`, which are the new request's own); a request that cannot be sent is a 502.
+pub async fn send_upstream(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<reqwest::Response, Response> {
+    let mut req = client.request(method, url).body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    req.send()
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response())
+}
+
 async fn forward(
     State(s): State<StandIn>,
     method: Method,
@@ -199,18 +219,10 @@ async fn forward(
             }
         }
     }
-    let mut req = s
-        .client
-        .request(method.clone(), format!("{}{}", s.upstream, rest))
-        .body(body);
-    for (name, value) in headers.iter() {
-        if name != "host" && name != "content-length" {
-            req = req.header(name, value);
-        }
-    }
-    let upstream = match req.send().await {
+    let url = format!("{}{}", s.upstream, rest);
+    let upstream = match send_upstream(&s.client, method.clone(), &url, &headers, body).await {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(bad_gateway) => return bad_gateway,
     };
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap();
     let bytes = upstream.bytes().await.unwrap_or_default();
