@@ -55,7 +55,7 @@ impl Links {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         let mut url = format!("{}/{path}", self.base);
         if let Some(code) = &self.code {
             url.push_str("?code=");
@@ -104,42 +104,21 @@ pub async fn start(
             time::OffsetDateTime::now_utc(),
         )
         .map(|d| (d.to_json(), None)),
+        ExportKind::Bulk => {
+            Err("a $export starts at [base]/$export, Patient/$export or Group/{id}/$export".into())
+        }
     };
     let (definition, query_page) = match parsed {
         Ok(d) => d,
         Err(why) => return Reply::outcome(400, "invalid", &why),
     };
-    if ex.settings.max_exports > 0 {
-        let running = match ex.store.jobs().await {
-            Ok(jobs) => jobs.iter().filter(|j| j.data.status.is_running()).count(),
-            Err(e) => return Reply::unavailable(STATE, e),
-        };
-        if running >= ex.settings.max_exports {
-            return Reply::new(
-                429,
-                json!({"error": format!(
-                    "Unable to start export: {running} exports are running and at most {} may run at once (FHIRBULK_MAX_EXPORTS); try again when one finishes",
-                    ex.settings.max_exports
-                )}),
-            )
-            .header("Retry-After", "60");
-        }
-    }
-    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    // The first step is queued before the job row exists; it waits for the row (see gather).
-    if let Err(e) = ex.enqueue(&ExportWork::Gather { export: id.clone() }).await {
-        return Reply::unavailable(STATE, e);
-    }
-    let job = Row::new(
-        &id,
-        super::state::JOB_ROW,
-        ExportJob::start(kind, definition.to_string(), request, query_page),
-    );
-    match ex.store.insert(&job).await {
-        Ok(Some(_)) => info!(message = "Export started.", export = %id, kind = kind.as_str()),
-        Ok(None) => {} // the same trigger file again: the export exists already
-        Err(e) => return Reply::unavailable(STATE, e),
-    }
+    let id = match ex
+        .open_job(kind, definition.to_string(), request, query_page, &[], id)
+        .await
+    {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
     let status_uri = links.status(&id);
     Reply::new(
         202,
@@ -153,7 +132,72 @@ pub async fn start(
     .header("Content-Location", status_uri)
 }
 
-async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Reply> {
+impl Exporter {
+    /// Records a new export and queues its first step, within the cap on running exports
+    /// (429 beyond it): the id (given for trigger files, whose events may repeat) or the
+    /// answer to give. `listed_ids` are patients given by the request: they are the export's
+    /// gathered ids, and no query is paged for them.
+    pub(crate) async fn open_job(
+        &self,
+        kind: ExportKind,
+        definition: String,
+        request: &str,
+        first_page: Option<String>,
+        listed_ids: &[String],
+        id: Option<String>,
+    ) -> Result<String, Reply> {
+        if self.settings.max_exports > 0 {
+            let running = match self.store.jobs().await {
+                Ok(jobs) => jobs.iter().filter(|j| j.data.status.is_running()).count(),
+                Err(e) => return Err(Reply::unavailable(STATE, e)),
+            };
+            if running >= self.settings.max_exports {
+                return Err(Reply::new(
+                    429,
+                    json!({"error": format!(
+                        "Unable to start export: {running} exports are running and at most {} may run at once (FHIRBULK_MAX_EXPORTS); try again when one finishes",
+                        self.settings.max_exports
+                    )}),
+                )
+                .header("Retry-After", "60"));
+            }
+        }
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let mut row = ExportJob::start(kind, definition, request, first_page);
+        if !listed_ids.is_empty() {
+            let ids = bytes::Bytes::from(listed_ids.join("\n"));
+            let name = super::gather::ids_blob(&id, 0);
+            if let Err(e) = self
+                .blobs
+                .upload(&self.settings.container, &name, ids)
+                .await
+            {
+                return Err(Reply::unavailable(STATE, e));
+            }
+            row.gather_seq = 1;
+            row.ids_found = listed_ids.len() as i64;
+        }
+        // The first step is queued before the job row exists; it waits for the row (see gather).
+        if let Err(e) = self
+            .enqueue(&ExportWork::Gather { export: id.clone() })
+            .await
+        {
+            return Err(Reply::unavailable(STATE, e));
+        }
+        match self
+            .store
+            .insert(&Row::new(&id, super::state::JOB_ROW, row))
+            .await
+        {
+            Ok(Some(_)) => info!(message = "Export started.", export = %id, kind = kind.as_str()),
+            Ok(None) => {} // the same trigger file again: the export exists already
+            Err(e) => return Err(Reply::unavailable(STATE, e)),
+        }
+        Ok(id)
+    }
+}
+
+pub(crate) async fn load(ex: &Exporter, id: &str) -> Result<(Row<ExportJob>, JobStatus), Reply> {
     if !valid_export_id(id) {
         return Err(Reply::outcome(
             404,
@@ -185,6 +229,12 @@ pub const STATUS_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 /// up to `hold` while the export runs: its job row is read again when an export of this
 /// process ends, and every 100 ms for one another instance runs.
 pub async fn status_after_hold(ex: &Exporter, id: &str, hold: std::time::Duration) -> Reply {
+    hold_while_running(ex, id, hold).await;
+    status(ex, id).await
+}
+
+/// Waits up to `hold` while export `id` runs (or until it cannot be read).
+pub(crate) async fn hold_while_running(ex: &Exporter, id: &str, hold: std::time::Duration) {
     let until = tokio::time::Instant::now() + hold;
     while tokio::time::Instant::now() < until {
         let ended = ex.ended.notified();
@@ -197,7 +247,6 @@ pub async fn status_after_hold(ex: &Exporter, id: &str, hold: std::time::Duratio
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
     }
-    status(ex, id).await
 }
 
 /// An export's status: its manifest (200) once completed, where it is (202) while it runs,
@@ -401,25 +450,34 @@ struct WorkItemCounts {
 }
 
 /// 202 for a running export: where it is (`X-Progress`, one line) and its counts so far.
-async fn running_status(ex: &Exporter, id: &str, job: &ExportJob, running: JobStatus) -> Reply {
+pub(crate) async fn running_status(
+    ex: &Exporter,
+    id: &str,
+    job: &ExportJob,
+    running: JobStatus,
+) -> Reply {
     let rows = match ex.store.work_rows(id).await {
         Ok(r) => r,
         Err(e) => return Reply::unavailable(STATE, e),
     };
     let p = Progress::of(&rows);
-    let progress = match (running, job.kind) {
+    // A standard export runs as a patient export (Patient, Group level) or an export-all.
+    let shape = match job.kind {
+        ExportKind::Bulk if job.definition.contains("\"patientQuery\"") => ExportKind::Patients,
+        ExportKind::Bulk => ExportKind::All,
+        other => other,
+    };
+    let progress = match (running, shape) {
         (JobStatus::Gathering, ExportKind::Patients) => format!(
             "gathering patients: {} found on {} pages",
             job.ids_found, job.pages
         ),
-        (JobStatus::Gathering, ExportKind::All) => {
-            "planning: counting resources per time window".to_string()
-        }
+        (JobStatus::Gathering, _) => "planning the searches".to_string(),
         (JobStatus::Exporting, ExportKind::Patients) => format!(
             "exporting: {} patients, {}/{} work items, {} resources",
             job.patients, p.finished, p.items, p.resources
         ),
-        (JobStatus::Exporting, ExportKind::All) => format!(
+        (JobStatus::Exporting, _) => format!(
             "exporting: {}/{} searches, {} resources",
             p.finished, p.items, p.resources
         ),
@@ -437,7 +495,7 @@ async fn running_status(ex: &Exporter, id: &str, job: &ExportJob, running: JobSt
         },
         resources_fetched: p.resources,
         per_type: p.per_type,
-        patients: (job.kind == ExportKind::Patients).then(|| job.patients.max(job.ids_found)),
+        patients: (shape == ExportKind::Patients).then(|| job.patients.max(job.ids_found)),
     };
     let age = time::OffsetDateTime::parse(&job.created, &Rfc3339)
         .map(|created| (time::OffsetDateTime::now_utc() - created).unsigned_abs())

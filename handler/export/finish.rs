@@ -52,7 +52,13 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
     {
         return Ok(()); // types still being composed: each queues this step when done
     }
-    let errors = write_errors(ex, export, &rows).await?;
+    let notes = match job.data.kind {
+        ExportKind::Bulk => super::bulk::BulkDefinition::parse(&job.data.definition)
+            .map(|d| d.notes)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let errors = write_errors(ex, export, &rows, &notes).await?;
     let final_status = if progress.failed > 0 {
         JobStatus::CompletedWithErrors
     } else {
@@ -108,20 +114,28 @@ async fn clean_up(ex: &Exporter, export: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// One OperationOutcome per failed work item, in `errors/OperationOutcome-1.ndjson`.
+/// One OperationOutcome per failed work item, then one (informational) per note of the
+/// definition, in `errors/OperationOutcome-1.ndjson`.
 async fn write_errors(
     ex: &Exporter,
     export: &str,
     rows: &[Row<WorkRow>],
+    notes: &[String],
 ) -> Result<Option<OutputFile>, ExportError> {
     let failed: Vec<&Row<WorkRow>> = rows
         .iter()
         .filter(|r| r.data.status == WorkStatus::Failed)
         .collect();
-    if failed.is_empty() {
+    if failed.is_empty() && notes.is_empty() {
         return Ok(None);
     }
     let mut text = String::new();
+    for note in notes {
+        let outcome =
+            crate::fhir::batch_response::operation_outcome("information", "informational", note);
+        text.push_str(&outcome.to_string());
+        text.push('\n');
+    }
     for row in &failed {
         let outcome = json!({
             "resourceType": "OperationOutcome",
@@ -153,7 +167,7 @@ async fn write_errors(
     Ok(Some(OutputFile {
         resource_type: "OperationOutcome".into(),
         name,
-        count: failed.len() as u64,
+        count: (failed.len() + notes.len()) as u64,
         size,
     }))
 }

@@ -80,6 +80,17 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
             }
         };
     }
+    if job.data.kind == ExportKind::Bulk {
+        match super::bulk::BulkDefinition::parse(&job.data.definition) {
+            Ok(d) if d.patient_query.is_none() => return d.plan_system(ex, export, job).await,
+            Ok(_) => {} // Patient or Group level: its patients are gathered below
+            Err(e) => {
+                return ex
+                    .fail_planning(job, &format!("the stored definition is invalid: {e}"), None)
+                    .await;
+            }
+        }
+    }
     let definition = match ex.definition(&job.data) {
         Ok(d) => d,
         Err(e) => {

@@ -24,6 +24,9 @@
 //! the steps.
 
 pub mod all;
+pub mod bulk;
+pub mod capability;
+pub mod compartment;
 pub mod compose;
 pub mod control;
 pub mod definition;
@@ -88,6 +91,10 @@ pub struct Exporter {
     /// Told whenever an export of this process ends: status requests held for a running
     /// export (`control::status_after_hold`) answer at once, not at their next look.
     pub ended: tokio::sync::Notify,
+    /// The FHIR server's CapabilityStatement, read when a `$export` needs it.
+    pub capabilities: capability::CapabilityCache,
+    /// When each running `$export` may be polled again.
+    pub polls: bulk::operation::PollPacer,
 }
 
 /// What an export exports, recorded on its job row (`kind`).
@@ -99,6 +106,8 @@ pub enum ExportKind {
     Patients,
     /// `$alt-export-all`: every resource of one type, optionally in a `_lastUpdated` range.
     All,
+    /// `$export` (Bulk Data IG): system, Patient or Group level (`bulk::BulkDefinition`).
+    Bulk,
 }
 
 impl ExportKind {
@@ -106,6 +115,7 @@ impl ExportKind {
         match self {
             ExportKind::Patients => "patients",
             ExportKind::All => "all",
+            ExportKind::Bulk => "bulk",
         }
     }
 }
@@ -125,6 +135,8 @@ impl Exporter {
             store,
             fhir,
             ended: tokio::sync::Notify::new(),
+            capabilities: Default::default(),
+            polls: Default::default(),
         }
     }
 
@@ -169,8 +181,14 @@ impl Exporter {
         }
     }
 
-    /// The patient-export definition stored with an export.
+    /// The patient-export definition stored with an export (for a Patient- or Group-level
+    /// `$export`, the one its definition derives).
     pub(crate) fn definition(&self, job: &ExportJob) -> Result<ExportDefinition, String> {
+        if job.kind == ExportKind::Bulk {
+            return bulk::BulkDefinition::parse(&job.definition)?
+                .patient_definition(self.fhir.base())
+                .unwrap_or_else(|| Err("a system-level $export has no patients".into()));
+        }
         ExportDefinition::parse(&job.definition, self.fhir.base())
     }
 

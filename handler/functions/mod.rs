@@ -2,6 +2,7 @@
 //! HTTP request in `serve` mode) to the engine. Function names are the folder names under
 //! `functions/` and the paths the Functions host POSTs to.
 
+pub mod bulk_http;
 pub mod export_blob_created;
 pub mod export_http;
 pub mod export_worker;
@@ -42,6 +43,12 @@ pub const EXPORT_LIST: &str = "ExportList";
 pub const EXPORT_WORKER: &str = "ExportWorker";
 pub const EXPORT_BLOB_CREATED: &str = "ExportBlobCreated";
 pub const RECONCILE: &str = "Reconcile";
+pub const BULK_EXPORT: &str = "BulkExport";
+pub const BULK_EXPORT_PATIENT: &str = "BulkExportPatient";
+pub const BULK_EXPORT_GROUP: &str = "BulkExportGroup";
+pub const BULK_EXPORT_STATUS: &str = "BulkExportStatus";
+pub const BULK_EXPORT_FILE: &str = "BulkExportFile";
+pub const METADATA: &str = "Metadata";
 
 /// Every function this handler implements, for the layout check against `functions/`.
 pub const FUNCTION_NAMES: &[&str] = &[
@@ -58,6 +65,12 @@ pub const FUNCTION_NAMES: &[&str] = &[
     EXPORT_WORKER,
     EXPORT_BLOB_CREATED,
     RECONCILE,
+    BULK_EXPORT,
+    BULK_EXPORT_PATIENT,
+    BULK_EXPORT_GROUP,
+    BULK_EXPORT_STATUS,
+    BULK_EXPORT_FILE,
+    METADATA,
 ];
 
 /// How a queue message ended.
@@ -173,6 +186,7 @@ pub struct AppState {
 /// The routes the Functions host invokes: `POST /<FunctionName>` with an invocation payload
 /// (the host has checked the function key), and `/health`. Listened to on loopback only.
 pub fn host_router(state: AppState) -> Router {
+    use bulk_http as b;
     use export_http as x;
     Router::new()
         .route(
@@ -194,6 +208,12 @@ pub fn host_router(state: AppState) -> Router {
             post(export_blob_created::invoke),
         )
         .route(&format!("/{RECONCILE}"), post(reconcile::invoke))
+        .route(&format!("/{BULK_EXPORT}"), post(b::system_invoke))
+        .route(&format!("/{BULK_EXPORT_PATIENT}"), post(b::patient_invoke))
+        .route(&format!("/{BULK_EXPORT_GROUP}"), post(b::group_invoke))
+        .route(&format!("/{BULK_EXPORT_STATUS}"), post(b::status_invoke))
+        .route(&format!("/{BULK_EXPORT_FILE}"), post(b::file_invoke))
+        .route(&format!("/{METADATA}"), post(b::metadata_invoke))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -202,6 +222,7 @@ pub fn host_router(state: AppState) -> Router {
 /// one of `FHIRBULK_API_KEYS` (as `?code=` or `x-functions-key`, like the Functions host).
 /// The host's invocation routes are not here: nobody reaches the functions around the key.
 pub fn public_router(state: AppState) -> Router {
+    use bulk_http as b;
     use export_http as x;
     Router::new()
         .route("/imports", get(import_status::list_direct))
@@ -218,13 +239,34 @@ pub fn public_router(state: AppState) -> Router {
             get(x::status_direct).delete(x::purge_direct),
         )
         .route("/$alt-export/{id}/terminate", post(x::terminate_direct))
+        .route("/$export", get(b::system_direct).post(b::system_direct))
+        .route(
+            "/Patient/$export",
+            get(b::patient_direct).post(b::patient_direct),
+        )
+        .route(
+            "/Group/{id}/$export",
+            get(b::group_direct).post(b::group_direct),
+        )
+        .route(
+            "/$export-status/{id}",
+            get(b::status_direct).delete(b::status_direct),
+        )
+        .route(
+            "/$export-file/{id}/{*file}",
+            get(b::file_direct).layer(tower_http::compression::CompressionLayer::new().gzip(true)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        // A client reads the CapabilityStatement before it authenticates.
+        .route("/metadata", get(b::metadata_direct))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }
 
 /// Lets a request through when it carries one of the keys (or when none are configured, which
-/// start-up allows on a loopback address only); otherwise 401 with an OperationOutcome.
+/// start-up allows on a loopback address only): as `?code=`, `x-functions-key`, or a bearer
+/// token (`Authorization: Bearer <key>`, what a Bulk Data client sends); otherwise 401 with
+/// an OperationOutcome.
 async fn require_key(
     State(state): State<AppState>,
     request: axum::extract::Request,
@@ -238,18 +280,31 @@ async fn require_key(
         .get("x-functions-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let bearer = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string());
     let code = request.uri().query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "code")
             .map(|(_, v)| v.into_owned())
     });
-    if header.or(code).is_some_and(|key| state.http.accepts(&key)) {
+    if [header, bearer, code]
+        .into_iter()
+        .flatten()
+        .any(|key| state.http.accepts(&key))
+    {
         return next.run(request).await;
     }
     crate::protocol::reply::Reply::outcome(
         401,
         "login",
-        "a key is required: send one of FHIRBULK_API_KEYS as ?code= or in the x-functions-key header",
+        "a key is required: send one of FHIRBULK_API_KEYS as ?code=, in the x-functions-key header, or as a bearer token (Authorization: Bearer)",
     )
     .into_response()
 }
