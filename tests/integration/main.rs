@@ -1,6 +1,7 @@
 //! Integration tests against real Azurite and the real sekmet FHIR server (one test binary).
 //! Each test starts its own services on free ports; nothing is shared between tests.
 
+mod bulk;
 mod corpus;
 mod export;
 mod faults;
