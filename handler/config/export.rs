@@ -20,6 +20,8 @@ pub const ENV_EXPORT_SEARCHES_IN_STEP: &str = "FHIRBULK_EXPORT_SEARCHES_IN_STEP"
 pub const DEFAULT_EXPORT_SEARCHES_IN_STEP: usize = 32;
 pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
 pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
+pub const ENV_EXPORT_IDS_PER_CHUNK: &str = "FHIRBULK_EXPORT_IDS_PER_CHUNK";
+pub const DEFAULT_EXPORT_IDS_PER_CHUNK: usize = 50_000;
 pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
 pub const DEFAULT_EXPORT_MAX_FILE_MIB: u64 = 256;
 
@@ -41,6 +43,9 @@ pub struct ExportSettings {
     pub ids_per_search: usize,
     /// A plan of at most this many searches runs them in its planning step, not on the queue.
     pub searches_in_step: usize,
+    /// Patient ids gathered per ids blob; a cohort of more than four chunks is planned one
+    /// chunk at a time (memory holds a chunk, not the cohort).
+    pub ids_per_chunk: usize,
     /// `_count` added to searches that do not set one.
     pub page_size: usize,
     /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
@@ -85,6 +90,7 @@ impl ExportSettings {
                 DEFAULT_EXPORT_SEARCHES_IN_STEP,
                 0,
             )?,
+            ids_per_chunk: r.number(ENV_EXPORT_IDS_PER_CHUNK, DEFAULT_EXPORT_IDS_PER_CHUNK, 1)?,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB
                 * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,

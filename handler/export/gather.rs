@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::definition::ExportDefinition;
+use super::members::{self, ReadError};
 use super::patients::{batch_ids, dedupe, ids_per_batch, next_link, patient_ids};
 use super::schedule::WorkItem;
 use super::state::ExportJob;
@@ -22,6 +23,10 @@ use super::{ExportError, ExportKind, Exporter};
 use crate::storage::Row;
 
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(3);
+/// Cohorts of up to this many chunks (`FHIRBULK_EXPORT_IDS_PER_CHUNK`) are planned in memory
+/// (de-duplicated whole, and a small plan runs in the planning step); larger ones one ids blob
+/// at a time (`plan_streamed`).
+const PLAN_IN_MEMORY_CHUNKS: i64 = 4;
 /// Deliveries after which a gather step for an export with no job row is dropped (the start
 /// request queues the step just before writing the row, and fails if it cannot).
 const MISSING_JOB_ATTEMPTS: u32 = 3;
@@ -99,6 +104,12 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
                 .await;
         }
     };
+    if members::is_group_read(&definition.query) && !job.data.gather_next.is_empty() {
+        if !read_group(ex, export, &mut job, attempt).await? {
+            return Ok(());
+        }
+        return plan(ex, export, job, &definition).await;
+    }
     let mut next = job.data.gather_next.clone();
     let mut gathered = Gathered::default();
     let mut last_checkpoint = Instant::now();
@@ -126,7 +137,10 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         ) as i64;
         gathered.pages += 1;
         next = next_link(&page).unwrap_or_default().to_string();
-        if next.is_empty() || last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+        if next.is_empty()
+            || last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || gathered.ids.len() >= ex.settings.ids_per_chunk
+        {
             if !gathered.checkpoint(ex, export, &mut job, &next).await? {
                 // Terminated, or another delivery of this step moved on: leave it to that one.
                 return Ok(());
@@ -135,6 +149,46 @@ pub async fn run(ex: &Exporter, export: &str, attempt: u32) -> Result<(), Export
         }
     }
     plan(ex, export, job, &definition).await
+}
+
+/// Reads the Group the export's query names, its members streamed to ids blobs (a Group can
+/// hold millions), and records them on the job row; `false` when the job ended (failed, or
+/// moved on meanwhile).
+async fn read_group(
+    ex: &Exporter,
+    export: &str,
+    job: &mut Row<ExportJob>,
+    attempt: u32,
+) -> Result<bool, ExportError> {
+    let url = match ex.same_server_url(&job.data.gather_next) {
+        Ok(u) => u,
+        Err(e) => {
+            ex.fail_planning(job.clone(), &e, None).await?;
+            return Ok(false);
+        }
+    };
+    let (why, refused) = match members::gather(ex, export, &url).await {
+        Ok(found) => {
+            let j = &mut job.data;
+            j.gather_seq = found.blobs;
+            j.pages = 1;
+            j.ids_found = found.ids;
+            j.references_skipped = found.skipped;
+            j.gather_next = String::new();
+            return Ok(ex.store.replace_if_unchanged(job).await?);
+        }
+        Err(ReadError::Fhir(e)) if e.is_transient() && attempt < ex.settings.work.max_attempts => {
+            return Err(ExportError::from(e));
+        }
+        Err(ReadError::Fhir(e)) => (
+            format!("the query could not be read: {e}"),
+            e.status().filter(|s| (400..500).contains(s)),
+        ),
+        Err(ReadError::Retry(e)) => return Err(e),
+        Err(ReadError::Invalid(why)) => (why, None),
+    };
+    ex.fail_planning(job.clone(), &why, refused).await?;
+    Ok(false)
 }
 
 /// Patient ids found since the last checkpoint, and the pages and references they took.
@@ -186,6 +240,9 @@ async fn plan(
     mut job: Row<ExportJob>,
     definition: &ExportDefinition,
 ) -> Result<(), ExportError> {
+    if job.data.ids_found > PLAN_IN_MEMORY_CHUNKS * ex.settings.ids_per_chunk as i64 {
+        return plan_streamed(ex, export, job, definition).await;
+    }
     let mut all = Vec::new();
     for seq in 0..job.data.gather_seq {
         if let Some((_, bytes)) = ex
@@ -231,4 +288,77 @@ async fn plan(
     };
     ex.register_work(export, job, batches.len() * includes.len(), item)
         .await
+}
+
+/// Plans a large cohort one ids blob at a time, so that memory holds one blob's ids (a
+/// checkpoint's, at most `FHIRBULK_EXPORT_IDS_PER_CHUNK`), not the cohort: each blob's ids are
+/// de-duplicated and batched, and its work items registered and queued, batch numbers
+/// following on from the blob before. An id listed in two blobs is searched twice; compose
+/// writes each resource once. A repeat registers the same items (the blobs do not change).
+async fn plan_streamed(
+    ex: &Exporter,
+    export: &str,
+    mut job: Row<ExportJob>,
+    definition: &ExportDefinition,
+) -> Result<(), ExportError> {
+    let includes = &definition.include;
+    let max_ids = ids_per_batch(
+        job.data.ids_found.max(0) as usize,
+        includes.len(),
+        ex.settings.ids_per_search,
+        ex.fhir.max_concurrency(),
+    );
+    let (mut patients, mut batches_before) = (0usize, 0usize);
+    for seq in 0..job.data.gather_seq {
+        let Some((_, bytes)) = ex
+            .blobs
+            .read_all(&ex.settings.container, &ids_blob(export, seq))
+            .await?
+        else {
+            continue;
+        };
+        let ids = dedupe(
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
+        drop(bytes);
+        let batches = batch_ids(
+            &ids,
+            includes,
+            ex.url_overhead(),
+            ex.settings.max_url_length,
+            max_ids,
+        );
+        let item = |n: usize| {
+            let (batch, include) = (n / includes.len(), n % includes.len());
+            WorkItem {
+                batch: (batches_before + batch) as u32,
+                include: include as u32,
+                resource_type: includes[include].resource_type.clone(),
+                search: includes[include].for_ids(&ids[batches[batch].clone()]),
+            }
+        };
+        ex.register_rows(export, batches.len() * includes.len(), &item, true)
+            .await?;
+        patients += ids.len();
+        batches_before += batches.len();
+    }
+    info!(
+        message = "Export patients gathered.",
+        export,
+        patients,
+        batches = batches_before
+    );
+    job.data.patients = patients as i64;
+    job.data.batches = batches_before as i64;
+    if ex
+        .mark_planned(export, job, batches_before * includes.len(), false)
+        .await?
+    {
+        ex.schedule_ready_types(export).await?;
+    }
+    Ok(())
 }

@@ -33,6 +33,7 @@ pub mod definition;
 pub mod fetch;
 pub mod finish;
 pub mod gather;
+pub mod members;
 pub mod page;
 pub mod patients;
 pub mod reconcile;

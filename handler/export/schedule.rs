@@ -89,18 +89,36 @@ impl Exporter {
     pub(crate) async fn register_work(
         &self,
         export: &str,
-        mut job: Row<ExportJob>,
+        job: Row<ExportJob>,
         count: usize,
         item: impl Fn(usize) -> WorkItem + Sync,
     ) -> Result<(), ExportError> {
-        let item = &item;
         let in_step = count <= self.fetches_in_step();
+        self.register_rows(export, count, &item, !in_step).await?;
+        if !self.mark_planned(export, job, count, in_step).await? {
+            return Ok(()); // terminated meanwhile, or another delivery registered first
+        }
+        if in_step {
+            self.fetch_in_step(export, count, &item).await?;
+            return self.compose_in_step(export).await;
+        }
+        self.schedule_ready_types(export).await
+    }
+
+    /// Writes the rows of `count` items, each followed by its `fetch` message when `queue`.
+    pub(crate) async fn register_rows(
+        &self,
+        export: &str,
+        count: usize,
+        item: &(impl Fn(usize) -> WorkItem + Sync),
+        queue: bool,
+    ) -> Result<(), ExportError> {
         futures::stream::iter(0..count)
             .map(|n| async move {
                 let item = item(n);
                 let row = item.row(export);
                 self.store.insert(&row).await?;
-                if in_step {
+                if !queue {
                     return Ok(());
                 }
                 self.enqueue(&item.fetch(export)).await
@@ -108,9 +126,21 @@ impl Exporter {
             .buffer_unordered(REGISTRATION_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        Ok(())
+    }
+
+    /// Marks the job `exporting` with `count` work items registered; `false` when it changed
+    /// meanwhile (terminated, or another delivery registered first).
+    pub(crate) async fn mark_planned(
+        &self,
+        export: &str,
+        mut job: Row<ExportJob>,
+        count: usize,
+        in_step: bool,
+    ) -> Result<bool, ExportError> {
         job.data.exporting(count);
         if !self.store.replace_if_unchanged(&mut job).await? {
-            return Ok(()); // terminated meanwhile, or another delivery registered first
+            return Ok(false);
         }
         info!(
             message = "Export planned.",
@@ -118,11 +148,7 @@ impl Exporter {
             work_items = count,
             in_step
         );
-        if in_step {
-            self.fetch_in_step(export, count, item).await?;
-            return self.compose_in_step(export).await;
-        }
-        self.schedule_ready_types(export).await
+        Ok(true)
     }
 
     /// Plans of at most this many searches (`FHIRBULK_EXPORT_SEARCHES_IN_STEP`, 32) run them

@@ -53,6 +53,14 @@ pub enum FhirError {
     Auth(String),
 }
 
+/// A GET reply from `get_streamed`.
+pub enum Streamed {
+    /// Its body is still to be read.
+    Body(reqwest::Response),
+    /// Read whole (the first try failed and a retry succeeded).
+    Whole(Bytes),
+}
+
 impl FhirError {
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<u16> {
@@ -262,6 +270,22 @@ impl FhirClient {
             false
         })
         .await
+    }
+
+    /// GETs a URL whose reply may be too large to hold (a Group of millions of members): the
+    /// response with its body unread once the server answers 2xx at the first try. Any other
+    /// first answer goes the way of `get_bytes` (retries, the error the server gave), whose
+    /// reply, if a retry succeeds, is read whole.
+    pub async fn get_streamed(&self, url: &Url) -> Result<Streamed, FhirError> {
+        if self.is_under_base(url) {
+            let first = self.request(&Method::GET, url, None).await?.send().await;
+            if let Ok(resp) = first
+                && resp.status().is_success()
+            {
+                return Ok(Streamed::Body(resp));
+            }
+        }
+        self.get_bytes(url).await.map(Streamed::Whole)
     }
 
     /// A request sent for the first time, with every retry of its kind.

@@ -24,7 +24,7 @@ fn patient(n: usize) -> String {
 /// Ten patients, each with a laboratory and a vital-signs Observation and an Encounter; one
 /// Observation of patient 8 performed by patient 1 (in patient 1's compartment through
 /// `performer`, not `subject`); a Practitioner and a Device (in no patient's compartment);
-/// and Group `cohort` of patients 0 to 3.
+/// and Group `cohort` of patients 0 to 3 (and patient 0 again, and the Device).
 fn seed() -> Vec<Value> {
     let mut out = Vec::new();
     for n in 0..PATIENTS {
@@ -46,8 +46,16 @@ fn seed() -> Vec<Value> {
         "performer": [{"reference": format!("Patient/{}", patient(1))}]}));
     out.push(json!({"resourceType": "Practitioner", "id": "bulk-dr"}));
     out.push(json!({"resourceType": "Device", "id": "bulk-device"}));
-    out.push(json!({"resourceType": "Group", "id": "cohort", "type": "person", "actual": true,
-        "member": (0..MEMBERS).map(|n| json!({"entity": {"reference": format!("Patient/{}", patient(n))}})).collect::<Vec<_>>()}));
+    // Patient 0 is listed twice, and a Device is a member too.
+    let mut members: Vec<Value> = (0..MEMBERS)
+        .chain([0])
+        .map(|n| json!({"entity": {"reference": format!("Patient/{}", patient(n))}}))
+        .collect();
+    members.push(json!({"entity": {"reference": "Device/bulk-device"}}));
+    out.push(
+        json!({"resourceType": "Group", "id": "cohort", "type": "person", "actual": true,
+        "member": members}),
+    );
     out
 }
 
@@ -202,11 +210,17 @@ fn assert_same(level: &str, got: &BTreeMap<String, Value>, want: &BTreeMap<Strin
 async fn smart_fetch_exports_exactly_the_server_s_resources_at_every_level() {
     let azurite = Azurite::start();
     let fhir = FhirServer::start();
-    // Two ids per search: the Group's four members make several batches per compartment search.
+    // Two ids per search: the Group's four members make several batches per compartment
+    // search. One id per chunk: the Group's members and the paged patients go to one ids blob
+    // each, and cohorts of more than four are planned one blob at a time, as ten million
+    // would be.
     let handler = Handler::start(
         &azurite,
         &fhir.base_url,
-        &[("FHIRBULK_EXPORT_IDS_PER_SEARCH", "2")],
+        &[
+            ("FHIRBULK_EXPORT_IDS_PER_SEARCH", "2"),
+            ("FHIRBULK_EXPORT_IDS_PER_CHUNK", "1"),
+        ],
     );
     put_all(&fhir.base_url, &seed()).await;
     let f = &fhir.base_url;
