@@ -4,7 +4,7 @@
 #   scripts/bench.sh CASE ...   some of: ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink
 #                               zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files
 #                               ndjson-real bundles-real zip-bundles-real export-real export-e2e
-#                               storage-costs
+#                               storage-costs group-memory
 # Each case runs the release `handler serve` against a fresh Azurite, and either the null FHIR
 # sink (the loader's own speed) or the sekmet FHIR server. Reported per case: resources loaded,
 # resources/second (first part started to last file finished, from the imports ledger), peak
@@ -28,12 +28,18 @@
 # EXPORT_PATIENTS (300), EXPORT_ROUNDS (5: ideal client and handler export alternate, each
 # round prints both and their ratio, then the median ratio), AZURITE_ARGS (extra Azurite options),
 # SINK_DELAY_MS (0: the sink answers each batch after this long, like a distant FHIR server).
+# group-memory plans an `$alt-export` of a Group of GROUP_MEMBERS (10000000) patients, read from
+# the null sink (which generates the Group as it sends it), with one include and 1,000 ids per
+# search (10,000 work items: Azurite's table slows down past a few tens of thousands of rows),
+# one queue worker (the planning step alone): seconds from POST until the export is planned
+# (every work item registered and queued) and the handler's peak RSS over that time. The
+# searches that follow are not measured.
 # storage-costs measures what each kind of storage request the importer makes costs Azurite
 # (CPU ms per request, and per MiB of ranged reads by range size): the bound on files/hour here.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-CASES=${*:-ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real export-e2e storage-costs}
+CASES=${*:-ndjson-sink gz-sink big-lines-sink zip-sink zip-small-sink zip-huge-sink big-bundles-sink huge-bundles-sink bundles-sink small-files ndjson-real bundles-real zip-bundles-real export-real export-e2e storage-costs group-memory}
 EXPORT_PATIENTS=${EXPORT_PATIENTS:-300}
 EXPORT_ROUNDS=${EXPORT_ROUNDS:-5}
 NDJSON_LINES=${NDJSON_LINES:-1500000}
@@ -283,6 +289,44 @@ gzip_ndjson() {
   gzip -1 "$1"
 }
 
+# group_memory_case: see group-memory above.
+group_memory_case() {
+  local members=${GROUP_MEMBERS:-10000000} port=31093 azurite_pid services
+  start_azurite
+  target/release/fhir-null-sink "$port" 0 "$members" & local gpid=$!; PIDS+=("$gpid")
+  FHIRBULK_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:31000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:31001/devstoreaccount1;TableEndpoint=http://127.0.0.1:31002/devstoreaccount1;" \
+    FHIRBULK_FHIR_URL=http://127.0.0.1:$port/fhir FUNCTIONS_CUSTOMHANDLER_PORT=$HANDLER_PORT RUST_LOG=${BENCH_RUST_LOG:-warn} \
+    FHIRBULK_API_KEYS="" FHIRBULK_EXPORT_IDS_PER_SEARCH=1000 FHIRBULK_EXPORT_MAX_URL_LENGTH=16384 FHIRBULK_WORKERS=1 \
+    "$HANDLER" serve > "$WORK/handler-group-memory.log" 2>&1 &
+  local hpid=$!; PIDS+=("$hpid")
+  local base=http://127.0.0.1:$HANDLER_PORT
+  for _ in $(seq 1 100); do curl -sf "$base/health" > /dev/null && break; sleep 0.2; done
+  local started id status="gathering" peak=0 rss
+  started=$(date +%s.%N)
+  # shellcheck disable=SC2016 # $IDS is the definition's placeholder, not a shell variable
+  id=$(curl -sf -X POST "$base/\$alt-export" \
+    -d '{"query": "Group/big", "patientreferencefield": "id", "include": ["Patient?_id=$IDS"]}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+  while [ "$status" = "gathering" ]; do
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status" 2>/dev/null || echo 0)
+    [ "$rss" -gt "$peak" ] && peak=$rss
+    sleep 0.5
+    status=$(curl -s "$base/\$alt-export/$id" | python3 -c 'import json, sys
+b = json.load(sys.stdin); print(b.get("status") or b.get("extension", {}).get("status") or "failed")')
+  done
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status" 2>/dev/null || echo 0)
+  [ "$rss" -gt "$peak" ] && peak=$rss
+  local planned; planned=$(date +%s.%N)
+  local items; items=$(curl -s "$base/\$alt-export/$id" | python3 -c 'import json, sys
+b = json.load(sys.stdin); print(b.get("workItems", {}).get("total") or b.get("extension", {}).get("workItems"))')
+  printf 'group-memory   members=%-9s status=%-10s seconds_to_planned=%-7s work_items=%-7s peak_rss_mb=%s\n' \
+    "$members" "$status" "$(awk -v a="$started" -v b="$planned" 'BEGIN { printf "%.1f", b - a }')" \
+    "$items" "$((peak / 1024))"
+  kill "$hpid" "$gpid" 2>/dev/null || true
+  wait "$hpid" "$gpid" 2>/dev/null || true
+  stop_azurite "$azurite_pid"
+}
+
 for c in $CASES; do
   case $c in
     ndjson-sink)
@@ -352,6 +396,7 @@ for c in $CASES; do
       run_case zip-bundles-real zip "$WORK/zip-bundles/bundles.zip" "$fhir_url" 1 ;;
     export-real) export_case ;;
     export-e2e) export_e2e_case ;;
+    group-memory) group_memory_case ;;
     *) echo "bench.sh: unknown case $c" >&2; exit 1 ;;
   esac
 done

@@ -294,14 +294,7 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
                 job.data.error.as_deref().unwrap_or("no reason recorded")
             ),
         ),
-        JobStatus::Failed => Reply::outcome(
-            500,
-            "exception",
-            &format!(
-                "export {id} failed: {}",
-                job.data.error.as_deref().unwrap_or("no reason recorded")
-            ),
-        ),
+        JobStatus::Failed => failed(id, &job.data),
         JobStatus::Terminated => Reply::outcome(
             410,
             "deleted",
@@ -312,6 +305,18 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
         ),
         running => running_status(ex, id, &job.data, running).await,
     }
+}
+
+/// 500 for a failed export, with the reason recorded on its job row.
+pub(crate) fn failed(id: &str, job: &ExportJob) -> Reply {
+    Reply::outcome(
+        500,
+        "exception",
+        &format!(
+            "export {id} failed: {}",
+            job.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    )
 }
 
 /// `POST /$alt-export/{id}/terminate`: stops scheduling; work in flight stops at its next page.
@@ -456,15 +461,23 @@ pub(crate) async fn running_status(
     job: &ExportJob,
     running: JobStatus,
 ) -> Reply {
-    let rows = match ex.store.work_rows(id).await {
-        Ok(r) => r,
-        Err(e) => return Reply::unavailable(STATE, e),
+    // While gathering, progress is on the job row: the work rows a large plan is registering
+    // meanwhile (hundreds of thousands for a cohort of millions) are not read on every poll.
+    let rows = if running == JobStatus::Gathering {
+        Vec::new()
+    } else {
+        match ex.store.work_row_summaries(id).await {
+            Ok(r) => r,
+            Err(e) => return Reply::unavailable(STATE, e),
+        }
     };
     let p = Progress::of(&rows);
     // A standard export runs as a patient export (Patient, Group level) or an export-all.
     let shape = match job.kind {
-        ExportKind::Bulk if job.definition.contains("\"patientQuery\"") => ExportKind::Patients,
-        ExportKind::Bulk => ExportKind::All,
+        ExportKind::Bulk => match super::bulk::BulkDefinition::parse(&job.definition) {
+            Ok(d) if d.patient_query.is_some() => ExportKind::Patients,
+            _ => ExportKind::All,
+        },
         other => other,
     };
     let progress = match (running, shape) {

@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::compose::{OutputFile, composed};
 use super::fetch::staging_prefix;
-use super::state::{ExportJob, JobStatus, Progress, WorkRow, WorkStatus};
+use super::state::{ExportJob, FAILED, JobStatus, Progress, WorkRow};
 use super::{ExportError, ExportKind, Exporter};
 use crate::storage::Row;
 
@@ -33,7 +33,7 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
         }
         _ => return Ok(()),
     }
-    let rows = ex.store.work_rows(export).await?;
+    let rows = ex.store.work_row_summaries(export).await?;
     let progress = Progress::of(&rows);
     if !progress.all_finished() {
         return Ok(()); // the last work item queues this step again
@@ -58,7 +58,12 @@ pub async fn run(ex: &Exporter, export: &str) -> Result<(), ExportError> {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    let errors = write_errors(ex, export, &rows, &notes).await?;
+    let failed = if progress.failed > 0 {
+        ex.store.work_rows_where(export, FAILED).await?
+    } else {
+        Vec::new()
+    };
+    let errors = write_errors(ex, export, &failed, &notes).await?;
     let final_status = if progress.failed > 0 {
         JobStatus::CompletedWithErrors
     } else {
@@ -119,13 +124,9 @@ async fn clean_up(ex: &Exporter, export: &str) -> Result<(), ExportError> {
 async fn write_errors(
     ex: &Exporter,
     export: &str,
-    rows: &[Row<WorkRow>],
+    failed: &[Row<WorkRow>],
     notes: &[String],
 ) -> Result<Option<OutputFile>, ExportError> {
-    let failed: Vec<&Row<WorkRow>> = rows
-        .iter()
-        .filter(|r| r.data.status == WorkStatus::Failed)
-        .collect();
     if failed.is_empty() && notes.is_empty() {
         return Ok(None);
     }
@@ -136,7 +137,7 @@ async fn write_errors(
         text.push_str(&outcome.to_string());
         text.push('\n');
     }
-    for row in &failed {
+    for row in failed {
         let outcome = json!({
             "resourceType": "OperationOutcome",
             "issue": [{

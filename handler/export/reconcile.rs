@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::schedule::fetch_of;
-use super::state::{ExportJob, JobStatus, WorkStatus, parse_work_row};
+use super::state::{ExportJob, JobStatus, PENDING, WorkStatus, parse_work_row};
 use super::{ExportError, ExportWork, Exporter};
 use crate::storage::Row;
 
@@ -67,15 +67,16 @@ impl Exporter {
             .await?;
             return Ok(1);
         }
-        let rows = self.store.work_rows(export).await?;
+        let rows = self.store.work_row_summaries(export).await?;
         if rows
             .iter()
             .any(|r| r.written_at.is_none_or(|at| at > stale))
         {
             return Ok(0); // some of its work is alive
         }
+        drop(rows);
         let mut queued = 0;
-        for row in rows.iter().filter(|r| r.data.is_pending()) {
+        for row in &self.store.work_rows_where(export, PENDING).await? {
             if parse_work_row(&row.row_key).is_none() {
                 continue;
             }

@@ -8,7 +8,9 @@ use tracing::{info, warn};
 
 use super::compose::{compose_type, composed_types};
 use super::fetch::fetch_pending;
-use super::state::{ExportJob, JobStatus, Returns, WorkRow, parse_work_row, ready_types, work_row};
+use super::state::{
+    ExportJob, JobStatus, PENDING, Returns, WorkRow, parse_work_row, ready_types, work_row,
+};
 use super::{ExportError, ExportWork, Exporter};
 use crate::storage::{Row, StorageError};
 
@@ -233,8 +235,8 @@ impl Exporter {
         job: &ExportJob,
     ) -> Result<(), ExportError> {
         if job.work_items.max(0) as usize <= self.fetches_in_step() {
-            let rows = self.store.work_rows(export).await?;
-            for row in rows.iter().filter(|r| r.data.is_pending()) {
+            let pending = self.store.work_rows_where(export, PENDING).await?;
+            for row in &pending {
                 if let Some(fetch) = fetch_of(export, row) {
                     self.enqueue(&fetch).await?;
                 }
@@ -289,7 +291,7 @@ impl Exporter {
     /// them any more, not composed yet), and whether no item is pending (the finish step is
     /// due). Reads every work row.
     async fn ready_steps(&self, export: &str) -> Result<(Vec<String>, bool), ExportError> {
-        let rows = self.store.work_rows(export).await?;
+        let rows = self.store.work_row_summaries(export).await?;
         let composed = composed_types(self, export).await?;
         let ready = ready_types(&rows)
             .into_iter()

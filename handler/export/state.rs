@@ -335,6 +335,14 @@ pub fn parse_work_row(key: &str) -> Option<(u32, u32)> {
     Some((batch.parse().ok()?, include.parse().ok()?))
 }
 
+/// The properties of a work row but its search and error texts (`work_row_summaries`).
+const WORK_SUMMARY: &str = "PartitionKey,RowKey,Timestamp,status,type,returns,resources,pages,skipped,stagedBytes,types,finished,errorStatus";
+
+/// The filter of work rows still pending.
+pub const PENDING: &str = "status eq 'pending'";
+/// The filter of work rows that failed.
+pub const FAILED: &str = "status eq 'failed'";
+
 /// How a work row's status and `returns` are stored, for table filters.
 const WORK_PENDING: &str = "pending";
 const RETURNS_ANY_TYPE: &str = "any-type";
@@ -494,6 +502,26 @@ impl ExportStore {
     pub async fn work_rows(&self, id: &str) -> StorageResult<Vec<Row<WorkRow>>> {
         self.tables
             .query_rows(&self.table, &work_filter(id, None))
+            .await
+    }
+
+    /// Every work row of an export without its search and error texts: what progress,
+    /// readiness and liveness need. A search names up to a URL's worth of ids, so the rows
+    /// of a plan of 10,000 searches would be ~100 MB with them.
+    pub async fn work_row_summaries(&self, id: &str) -> StorageResult<Vec<Row<WorkRow>>> {
+        self.tables
+            .query_rows_selected(&self.table, &work_filter(id, None), Some(WORK_SUMMARY))
+            .await
+    }
+
+    /// The work rows with `condition` (an OData filter on their properties), whole.
+    pub async fn work_rows_where(
+        &self,
+        id: &str,
+        condition: &str,
+    ) -> StorageResult<Vec<Row<WorkRow>>> {
+        self.tables
+            .query_rows(&self.table, &work_filter(id, Some(condition)))
             .await
     }
 

@@ -119,7 +119,18 @@ impl TableClient {
         table: &str,
         filter: &str,
     ) -> StorageResult<Vec<Row<R>>> {
-        self.query(table, filter)
+        self.query_rows_selected(table, filter, None).await
+    }
+
+    /// `query_rows` reading only the properties `select` names: those left out take their
+    /// defaults.
+    pub async fn query_rows_selected<R: TableRow>(
+        &self,
+        table: &str,
+        filter: &str,
+        select: Option<&str>,
+    ) -> StorageResult<Vec<Row<R>>> {
+        self.query_selected(table, filter, select)
             .await?
             .into_iter()
             .map(Row::from_entity)

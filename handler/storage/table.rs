@@ -431,7 +431,18 @@ impl TableClient {
 
     /// All entities matching an OData `$filter`, following continuation tokens.
     pub async fn query(&self, table: &str, filter: &str) -> StorageResult<Vec<Entity>> {
+        self.query_selected(table, filter, None).await
+    }
+
+    /// `query` reading only the properties `select` names (`$select`, comma-separated).
+    pub async fn query_selected(
+        &self,
+        table: &str,
+        filter: &str,
+        select: Option<&str>,
+    ) -> StorageResult<Vec<Entity>> {
         let mut pages = self.query_pages(table, filter);
+        pages.select = select.map(str::to_string);
         let mut out = Vec::new();
         while let Some(page) = pages.next_page().await? {
             out.extend(page);
@@ -460,6 +471,7 @@ impl TableClient {
             table: table.to_string(),
             filter: filter.to_string(),
             top: None,
+            select: None,
             next: None,
             done: false,
         }
@@ -471,6 +483,7 @@ impl TableClient {
         table: &str,
         filter: &str,
         top: Option<usize>,
+        select: Option<&str>,
         next: Option<&(String, String)>,
     ) -> StorageResult<(Vec<Entity>, Option<(String, String)>)> {
         let mut url = self.url(&format!("{table}()"));
@@ -479,6 +492,9 @@ impl TableClient {
             q.append_pair("$filter", filter);
             if let Some(top) = top {
                 q.append_pair("$top", &top.to_string());
+            }
+            if let Some(select) = select {
+                q.append_pair("$select", select);
             }
             if let Some((pk, rk)) = next {
                 q.append_pair("NextPartitionKey", pk);
@@ -538,6 +554,8 @@ pub struct QueryPages<'a> {
     filter: String,
     /// `$top`: entities per page at most.
     top: Option<usize>,
+    /// `$select`: the properties read.
+    select: Option<String>,
     next: Option<(String, String)>,
     done: bool,
 }
@@ -550,7 +568,13 @@ impl QueryPages<'_> {
         }
         let (page, more) = self
             .client
-            .query_page(&self.table, &self.filter, self.top, self.next.as_ref())
+            .query_page(
+                &self.table,
+                &self.filter,
+                self.top,
+                self.select.as_deref(),
+                self.next.as_ref(),
+            )
             .await?;
         self.done = more.is_none();
         self.next = more;

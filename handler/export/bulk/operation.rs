@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::Level;
 use super::plan::plan;
 use super::request::KickOff;
-use super::{BulkDefinition, Level};
 use crate::export::ExportKind;
 use crate::export::Exporter;
 use crate::export::control::{
-    Links, Reply, STATUS_HOLD, hold_while_running, load, purge, running_status,
+    Links, Reply, STATUS_HOLD, failed, hold_while_running, load, purge, running_status,
 };
 use crate::export::finish::MANIFEST_NAME;
 use crate::export::state::JobStatus;
@@ -201,14 +201,7 @@ pub async fn status(ex: &Exporter, id: &str, links: &Links) -> Reply {
         }
         JobStatus::Failed => {
             ex.polls.forget(id);
-            Reply::outcome(
-                500,
-                "exception",
-                &format!(
-                    "export {id} failed: {}",
-                    job.data.error.as_deref().unwrap_or("no reason recorded")
-                ),
-            )
+            failed(id, &job.data)
         }
         JobStatus::Terminated => Reply::outcome(
             404,
@@ -359,11 +352,6 @@ pub async fn file(
         )),
         Err(e) => Err(Reply::unavailable("export files", e)),
     }
-}
-
-/// The definition stored with a standard export's job.
-pub fn definition_of(job: &crate::export::state::ExportJob) -> Result<BulkDefinition, String> {
-    BulkDefinition::parse(&job.definition)
 }
 
 #[cfg(test)]
