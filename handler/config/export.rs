@@ -22,6 +22,8 @@ pub const ENV_EXPORT_PAGE_SIZE: &str = "FHIRBULK_EXPORT_PAGE_SIZE";
 pub const DEFAULT_EXPORT_PAGE_SIZE: usize = 500;
 pub const ENV_EXPORT_IDS_PER_CHUNK: &str = "FHIRBULK_EXPORT_IDS_PER_CHUNK";
 pub const DEFAULT_EXPORT_IDS_PER_CHUNK: usize = 50_000;
+pub const ENV_EXPORT_SPLIT_PAGES: &str = "FHIRBULK_EXPORT_SPLIT_PAGES";
+pub const DEFAULT_EXPORT_SPLIT_PAGES: usize = 4;
 pub const ENV_EXPORT_MAX_FILE_MIB: &str = "FHIRBULK_EXPORT_MAX_FILE_MIB";
 pub const DEFAULT_EXPORT_MAX_FILE_MIB: u64 = 256;
 
@@ -46,6 +48,9 @@ pub struct ExportSettings {
     /// Patient ids gathered per ids blob; a cohort of more than four chunks is planned one
     /// chunk at a time (memory holds a chunk, not the cohort).
     pub ids_per_chunk: usize,
+    /// A search of several patients whose first page shows more than this many pages is cut
+    /// into searches of fewer patients (0: never).
+    pub split_pages: usize,
     /// `_count` added to searches that do not set one.
     pub page_size: usize,
     /// An output file rolls over to `<Type>-<n+1>.ndjson` before it would exceed this.
@@ -91,6 +96,7 @@ impl ExportSettings {
                 0,
             )?,
             ids_per_chunk: r.number(ENV_EXPORT_IDS_PER_CHUNK, DEFAULT_EXPORT_IDS_PER_CHUNK, 1)?,
+            split_pages: r.number(ENV_EXPORT_SPLIT_PAGES, DEFAULT_EXPORT_SPLIT_PAGES, 0)?,
             page_size: r.number(ENV_EXPORT_PAGE_SIZE, DEFAULT_EXPORT_PAGE_SIZE, 1)?,
             max_file_bytes: MIB
                 * r.number(ENV_EXPORT_MAX_FILE_MIB, DEFAULT_EXPORT_MAX_FILE_MIB, 1)?,

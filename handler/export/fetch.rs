@@ -20,9 +20,11 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::page::stage_page;
+use super::schedule::WorkItem;
+use super::split;
 use super::state::{WorkRow, WorkStatus, work_row};
 use super::uploads::BlockUploads;
-use super::{ExportError, Exporter};
+use super::{ExportError, ExportKind, Exporter};
 use crate::clock::now_rfc3339;
 use crate::storage::Row;
 use crate::storage::{BlobStore, block_id};
@@ -91,9 +93,17 @@ pub(crate) async fn fetch_pending(
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut staging = Staging::new(&ex.blobs, container, &blob);
-    let Some(fetched) = fetch_pages(ex, export, search, attempt, &mut staging).await? else {
+    let cuttable = ex.id_search(export, batch, include, search).await?;
+    let split_pages = cuttable.as_ref().map(|_| ex.settings.split_pages);
+    let Some(fetched) = fetch_pages(ex, export, search, attempt, split_pages, &mut staging).await?
+    else {
         return Ok(None); // terminated or purged: stop, write nothing
     };
+    if let (Some(parts), Some(id_search)) = (fetched.cut_into, &cuttable) {
+        return cut(ex, export, row, batch, include, id_search, parts)
+            .await
+            .map(Some);
+    }
     let staged_bytes = staging.commit().await?;
     if let Some(f) = &fetched.failure {
         warn!(
@@ -109,6 +119,63 @@ pub(crate) async fn fetch_pending(
     Ok(Some(row))
 }
 
+/// Cuts a long search into `parts` work items of fewer patients, registered and queued before
+/// its own row is closed (so the export never looks finished in between); its row records the
+/// cut and no resources.
+async fn cut(
+    ex: &Exporter,
+    export: &str,
+    mut row: Row<WorkRow>,
+    batch: u32,
+    include: u32,
+    id_search: &split::IdSearch,
+    parts: usize,
+) -> Result<Row<WorkRow>, ExportError> {
+    let searches = id_search.parts(parts);
+    let resource_type = row.data.resource_type.clone();
+    let item = |n: usize| WorkItem {
+        batch: split::child_batch(batch, n),
+        include,
+        resource_type: resource_type.clone(),
+        search: searches[n].clone(),
+    };
+    ex.register_rows(export, searches.len(), &item, true)
+        .await?;
+    Fetched::default().record(&mut row.data, 0);
+    row.data.split_into = searches.len() as i64;
+    ex.store.upsert(&row).await?;
+    Ok(row)
+}
+
+impl Exporter {
+    /// The ids a patient export's search names, when it may be cut (`export::split`): a search
+    /// of several patients, not itself a part, with cutting on.
+    async fn id_search(
+        &self,
+        export: &str,
+        batch: u32,
+        include: u32,
+        search: &str,
+    ) -> Result<Option<split::IdSearch>, ExportError> {
+        if self.settings.split_pages == 0 || split::is_part(batch) || !search.contains(',') {
+            return Ok(None);
+        }
+        let Some((job, _)) = self.job(export).await? else {
+            return Ok(None);
+        };
+        let template = match job.data.kind {
+            ExportKind::All => return Ok(None),
+            _ => match self.definition(&job.data) {
+                Ok(d) => d.include.get(include as usize).map(|i| i.search.clone()),
+                Err(_) => None, // a system-level $export: its searches name no patients
+            },
+        };
+        Ok(template
+            .and_then(|t| split::IdSearch::of(&t, search))
+            .filter(|s| s.ids() > 1))
+    }
+}
+
 /// What a search's pages gave.
 #[derive(Default)]
 struct Fetched {
@@ -119,6 +186,8 @@ struct Fetched {
     skipped: i64,
     /// What ended the search early, when something did.
     failure: Option<Failure>,
+    /// The search is long: cut it into this many (its first page is dropped).
+    cut_into: Option<usize>,
 }
 
 impl Fetched {
@@ -149,11 +218,13 @@ impl Fetched {
 /// Follows `search` page by page into `staging`. A transient failure before the last attempt
 /// is an `Err` (the step is delivered again); any other failure ends the search with what it
 /// staged. `None` when the export was terminated or purged meanwhile.
+/// With `split_pages`, a first page showing more pages than that ends it with `cut_into`.
 async fn fetch_pages(
     ex: &Exporter,
     export: &str,
     search: &str,
     attempt: u32,
+    split_pages: Option<usize>,
     staging: &mut Staging<'_>,
 ) -> Result<Option<Fetched>, ExportError> {
     let mut fetched = Fetched::default();
@@ -192,6 +263,17 @@ async fn fetch_pages(
             }
         };
         fetched.pages += 1;
+        if let Some(split_pages) = split_pages
+            && fetched.pages == 1
+            && lines.next.is_some()
+        {
+            let pages = split::pages(lines.total, lines.entries).unwrap_or(0);
+            let parts = split::parts_wanted(pages, split_pages);
+            if parts > 1 {
+                fetched.cut_into = Some(parts);
+                return Ok(Some(fetched));
+            }
+        }
         fetched.skipped += lines.skipped as i64;
         for (t, n) in lines.counts {
             *fetched.types.entry(t).or_default() += n;

@@ -38,6 +38,7 @@ pub mod page;
 pub mod patients;
 pub mod reconcile;
 pub mod schedule;
+pub mod split;
 pub mod state;
 pub mod trigger;
 pub mod uploads;

@@ -13,6 +13,8 @@ struct SearchPage<'a> {
     #[serde(rename = "resourceType", borrow, default)]
     resource_type: Option<Cow<'a, str>>,
     #[serde(default)]
+    total: Option<u64>,
+    #[serde(default)]
     link: Vec<PageLink>,
     #[serde(borrow, default)]
     entry: Vec<PageEntry<'a>>,
@@ -58,6 +60,10 @@ pub struct PageLines {
     pub next: Option<String>,
     /// Entries skipped: OperationOutcome notes (`search.mode = outcome`), resources without id.
     pub skipped: u64,
+    /// The Bundle's `total`, when the server gave one, and the entries on this page: how many
+    /// pages the search has, roughly.
+    pub total: Option<u64>,
+    pub entries: u64,
 }
 
 /// Turns a searchset page into staged lines; `Err` when it is not a searchset Bundle.
@@ -76,6 +82,8 @@ pub fn stage_page(bytes: &[u8]) -> Result<PageLines, String> {
             .into_iter()
             .find(|l| l.relation == "next" && !l.url.is_empty())
             .map(|l| l.url),
+        total: page.total,
+        entries: page.entry.len() as u64,
         ..Default::default()
     };
     for entry in page.entry {

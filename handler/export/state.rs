@@ -281,6 +281,10 @@ pub struct WorkRow {
     pub error_status: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Cut into this many searches of fewer patients when its first page showed it long
+    /// (`export::split`); it then fetched nothing itself.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub split_into: i64,
     /// The relative search (stored from the start: a lost fetch step is queued again with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<String>,
@@ -294,6 +298,7 @@ impl TableRow for WorkRow {
         "skipped",
         "stagedBytes",
         "errorStatus",
+        "splitInto",
     ];
 }
 
@@ -315,6 +320,7 @@ impl WorkRow {
             finished: None,
             error_status: 0,
             error: None,
+            split_into: 0,
             // Kept so that the sweep can queue a lost fetch step again (`export::reconcile`).
             search: Some(search.to_string()),
         }
@@ -336,7 +342,7 @@ pub fn parse_work_row(key: &str) -> Option<(u32, u32)> {
 }
 
 /// The properties of a work row but its search and error texts (`work_row_summaries`).
-const WORK_SUMMARY: &str = "PartitionKey,RowKey,Timestamp,status,type,returns,resources,pages,skipped,stagedBytes,types,finished,errorStatus";
+const WORK_SUMMARY: &str = "PartitionKey,RowKey,Timestamp,status,type,returns,resources,pages,skipped,stagedBytes,types,finished,errorStatus,splitInto";
 
 /// The filter of work rows still pending.
 pub const PENDING: &str = "status eq 'pending'";

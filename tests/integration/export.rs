@@ -248,6 +248,13 @@ async fn exports_hold_exactly_what_the_server_returns() {
         files.keys()
     );
     assert_eq!(files["Observation"].len(), 6 * 3 + 600);
+    // Patient 0's 600 Observations are 16 pages of 40: its batch's search was cut into
+    // searches of fewer patients (`export::split`), and the files are the same.
+    let rows = export_store(&azurite).work_rows(&id).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.data.split_into > 1),
+        "a long search is cut"
+    );
     assert!(
         manifest["extension"]["duplicatesDropped"].as_i64().unwrap() >= 18,
         "the second Observation search found the same resources again: {manifest}"
