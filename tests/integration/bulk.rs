@@ -11,7 +11,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{Azurite, FhirServer, Handler, TEST_API_KEY, repo_root};
+use crate::support::{
+    Azurite, FhirServer, Handler, TEST_API_KEY, repo_root, resource_key as key, searched,
+};
 
 const PATIENTS: usize = 10;
 /// The Group's members: patients 0 to 3.
@@ -76,36 +78,6 @@ async fn put_all(fhir: &str, resources: &[Value]) {
         .await
         .unwrap();
     assert!(resp.status().is_success(), "seeding: {}", resp.status());
-}
-
-/// Every resource a search returns (all pages), by `Type/id`.
-async fn searched(fhir: &str, search: &str) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    let sep = if search.contains('?') { '&' } else { '?' };
-    let mut next = Some(format!("{fhir}/{search}{sep}_count=100"));
-    while let Some(url) = next.take() {
-        let page: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        for e in page["entry"].as_array().cloned().unwrap_or_default() {
-            if e["search"]["mode"].as_str().unwrap_or("match") == "match" {
-                let r = e["resource"].clone();
-                out.insert(key(&r), r);
-            }
-        }
-        next = page["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_string);
-    }
-    out
-}
-
-fn key(resource: &Value) -> String {
-    format!(
-        "{}/{}",
-        resource["resourceType"].as_str().unwrap(),
-        resource["id"].as_str().unwrap()
-    )
 }
 
 fn smart_fetch() -> PathBuf {

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::fixtures::{observation_line, patient_bundle, patient_id};
-use crate::support::{Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, export_store};
+use crate::support::{
+    Azurite, FhirServer, GIVE_UP_FAST, Handler, blob_text, blobs, export_store, searched,
+};
 
 const PATIENTS: usize = 12;
 
@@ -62,27 +64,7 @@ async fn load(azurite: &Azurite, handler: &Handler) {
 
 /// Every `Type/id` the server returns for a search, following `next` links.
 async fn server_ids(fhir: &str, search: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let sep = if search.contains('?') { '&' } else { '?' };
-    let mut next = Some(format!("{fhir}/{search}{sep}_count=100"));
-    while let Some(url) = next.take() {
-        let page: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        for e in page["entry"].as_array().cloned().unwrap_or_default() {
-            if e["search"]["mode"].as_str().unwrap_or("match") == "match" {
-                out.insert(format!(
-                    "{}/{}",
-                    e["resource"]["resourceType"].as_str().unwrap(),
-                    e["resource"]["id"].as_str().unwrap()
-                ));
-            }
-        }
-        next = page["link"]
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_string);
-    }
-    out
+    searched(fhir, search).await.into_keys().collect()
 }
 
 pub(crate) async fn post_export(

@@ -362,3 +362,38 @@ pub async fn blob_text(
     )
     .unwrap()
 }
+
+/// Every resource a search of the FHIR server at `fhir` returns (all pages, matches only), by
+/// `Type/id`.
+pub async fn searched(
+    fhir: &str,
+    search: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    let sep = if search.contains('?') { '&' } else { '?' };
+    let mut next = Some(format!("{fhir}/{search}{sep}_count=100"));
+    while let Some(url) = next.take() {
+        let page: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        for e in page["entry"].as_array().cloned().unwrap_or_default() {
+            if e["search"]["mode"].as_str().unwrap_or("match") == "match" {
+                let r = e["resource"].clone();
+                out.insert(resource_key(&r), r);
+            }
+        }
+        next = page["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    out
+}
+
+/// `Type/id` of a resource.
+pub fn resource_key(resource: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    )
+}
