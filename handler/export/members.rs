@@ -54,17 +54,20 @@ pub async fn gather(ex: &Exporter, export: &str, url: &Url) -> Result<Members, R
         };
         let mut chunk = Vec::with_capacity(per_blob.min(65_536));
         let mut skipped = 0i64;
-        let mut closed = false;
+        // `false` (stop reading) once the writer is gone: it failed, and the step is retried.
         let mut sink = |id: Option<String>| match id {
             Some(id) => {
                 chunk.push(id);
-                if chunk.len() >= per_blob && !closed {
-                    let full =
-                        std::mem::replace(&mut chunk, Vec::with_capacity(per_blob.min(65_536)));
-                    closed = tx.blocking_send(full).is_err();
+                if chunk.len() < per_blob {
+                    return true;
                 }
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(per_blob.min(65_536)));
+                tx.blocking_send(full).is_ok()
             }
-            None => skipped += 1,
+            None => {
+                skipped += 1;
+                true
+            }
         };
         let result = read_members(BufReader::with_capacity(64 * 1024, read), &base, &mut sink);
         if result.is_ok() && !chunk.is_empty() {
@@ -110,11 +113,11 @@ impl ChunkStream for ResponseChunks {
 }
 
 /// Decodes a Group from `read`, giving `sink` each member's patient id (`None` for a member
-/// that is no Patient of this server).
+/// that is no Patient of this server); stops when `sink` answers `false`.
 pub fn read_members(
     read: impl Read,
     base: &Url,
-    sink: &mut dyn FnMut(Option<String>),
+    sink: &mut dyn FnMut(Option<String>) -> bool,
 ) -> Result<(), String> {
     let mut de = serde_json::Deserializer::from_reader(read);
     GroupSeed { base, sink }
@@ -125,7 +128,7 @@ pub fn read_members(
 
 struct GroupSeed<'a> {
     base: &'a Url,
-    sink: &'a mut dyn FnMut(Option<String>),
+    sink: &'a mut dyn FnMut(Option<String>) -> bool,
 }
 
 impl<'de> DeserializeSeed<'de> for GroupSeed<'_> {
@@ -168,7 +171,7 @@ impl<'de> Visitor<'de> for GroupSeed<'_> {
 
 struct MembersSeed<'a> {
     base: &'a Url,
-    sink: &'a mut dyn FnMut(Option<String>),
+    sink: &'a mut dyn FnMut(Option<String>) -> bool,
 }
 
 #[derive(Deserialize)]
@@ -201,7 +204,11 @@ impl<'de> Visitor<'de> for MembersSeed<'_> {
                 .entity
                 .and_then(|e| e.reference)
                 .and_then(|r| patient_id_from_reference(&r, self.base));
-            (self.sink)(id);
+            if !(self.sink)(id) {
+                return Err(serde::de::Error::custom(
+                    "reading stopped: its ids cannot be written",
+                ));
+            }
         }
         Ok(())
     }
@@ -215,11 +222,29 @@ mod tests {
         let base = Url::parse("http://fhir.example/fhir").unwrap();
         let mut ids = Vec::new();
         let mut skipped = 0;
-        read_members(json.as_bytes(), &base, &mut |id| match id {
-            Some(id) => ids.push(id),
-            None => skipped += 1,
+        read_members(json.as_bytes(), &base, &mut |id| {
+            match id {
+                Some(id) => ids.push(id),
+                None => skipped += 1,
+            }
+            true
         })?;
         Ok((ids, skipped))
+    }
+
+    #[test]
+    fn reading_stops_when_the_ids_cannot_be_written() {
+        let base = Url::parse("http://fhir.example/fhir").unwrap();
+        let group = r#"{"resourceType":"Group","member":[{"entity":{"reference":"Patient/a"}},
+            {"entity":{"reference":"Patient/b"}},{"entity":{"reference":"Patient/c"}}]}"#;
+        let mut seen = 0;
+        let err = read_members(group.as_bytes(), &base, &mut |_| {
+            seen += 1;
+            false
+        })
+        .unwrap_err();
+        assert_eq!(seen, 1, "no member is read after the sink says stop");
+        assert!(err.contains("stopped"), "{err}");
     }
 
     #[test]
