@@ -22,7 +22,7 @@ use tracing::warn;
 use super::page::stage_page;
 use super::schedule::WorkItem;
 use super::split;
-use super::state::{WorkRow, WorkStatus, work_row};
+use super::state::{ExportJob, WorkRow, WorkStatus, work_row};
 use super::uploads::BlockUploads;
 use super::{ExportError, ExportKind, Exporter};
 use crate::clock::now_rfc3339;
@@ -58,7 +58,7 @@ pub async fn run(
     search: &str,
     attempt: u32,
 ) -> Result<(), ExportError> {
-    let Some((_, status)) = ex.job(export).await? else {
+    let Some((job, status)) = ex.job(export).await? else {
         return Ok(()); // purged
     };
     if !status.is_running() {
@@ -72,7 +72,13 @@ pub async fn run(
         // A repeat of a finished item: the first delivery may have died before scheduling.
         return ex.after_work_item(export, &row).await;
     }
-    let Some(row) = fetch_pending(ex, export, row, batch, include, search, attempt).await? else {
+    let item = WorkItem {
+        batch,
+        include,
+        resource_type: row.data.resource_type.clone(),
+        search: search.to_string(),
+    };
+    let Some(row) = fetch_pending(ex, export, &job.data, row, &item, attempt).await? else {
         return Ok(());
     };
     ex.after_work_item(export, &row).await
@@ -84,25 +90,23 @@ pub async fn run(
 pub(crate) async fn fetch_pending(
     ex: &Exporter,
     export: &str,
+    job: &ExportJob,
     mut row: Row<WorkRow>,
-    batch: u32,
-    include: u32,
-    search: &str,
+    item: &WorkItem,
     attempt: u32,
 ) -> Result<Option<Row<WorkRow>>, ExportError> {
+    let (batch, include, search) = (item.batch, item.include, item.search.as_str());
     let container = &ex.settings.container;
     let blob = staging_blob(export, batch, include);
     let mut staging = Staging::new(&ex.blobs, container, &blob);
-    let cuttable = ex.id_search(export, batch, include, search).await?;
+    let cuttable = ex.id_search(job, item);
     let split_pages = cuttable.as_ref().map(|_| ex.settings.split_pages);
     let Some(fetched) = fetch_pages(ex, export, search, attempt, split_pages, &mut staging).await?
     else {
         return Ok(None); // terminated or purged: stop, write nothing
     };
     if let (Some(parts), Some(id_search)) = (fetched.cut_into, &cuttable) {
-        return cut(ex, export, row, batch, include, id_search, parts)
-            .await
-            .map(Some);
+        return cut(ex, export, row, item, id_search, parts).await.map(Some);
     }
     let staged_bytes = staging.commit().await?;
     if let Some(f) = &fetched.failure {
@@ -126,20 +130,18 @@ async fn cut(
     ex: &Exporter,
     export: &str,
     mut row: Row<WorkRow>,
-    batch: u32,
-    include: u32,
+    parent: &WorkItem,
     id_search: &split::IdSearch,
     parts: usize,
 ) -> Result<Row<WorkRow>, ExportError> {
     let searches = id_search.parts(parts);
-    let resource_type = row.data.resource_type.clone();
-    let item = |n: usize| WorkItem {
-        batch: split::child_batch(batch, n),
-        include,
-        resource_type: resource_type.clone(),
+    let part = |n: usize| WorkItem {
+        batch: split::child_batch(parent.batch, n),
+        include: parent.include,
+        resource_type: parent.resource_type.clone(),
         search: searches[n].clone(),
     };
-    ex.register_rows(export, searches.len(), &item, true)
+    ex.register_rows(export, searches.len(), &part, true)
         .await?;
     Fetched::default().record(&mut row.data, 0);
     row.data.split_into = searches.len() as i64;
@@ -150,29 +152,18 @@ async fn cut(
 impl Exporter {
     /// The ids a patient export's search names, when it may be cut (`export::split`): a search
     /// of several patients, not itself a part, with cutting on.
-    async fn id_search(
-        &self,
-        export: &str,
-        batch: u32,
-        include: u32,
-        search: &str,
-    ) -> Result<Option<split::IdSearch>, ExportError> {
-        if self.settings.split_pages == 0 || split::is_part(batch) || !search.contains(',') {
-            return Ok(None);
+    fn id_search(&self, job: &ExportJob, item: &WorkItem) -> Option<split::IdSearch> {
+        if self.settings.split_pages == 0
+            || split::is_part(item.batch)
+            || !item.search.contains(',')
+            || job.kind == ExportKind::All
+        {
+            return None;
         }
-        let Some((job, _)) = self.job(export).await? else {
-            return Ok(None);
-        };
-        let template = match job.data.kind {
-            ExportKind::All => return Ok(None),
-            _ => match self.definition(&job.data) {
-                Ok(d) => d.include.get(include as usize).map(|i| i.search.clone()),
-                Err(_) => None, // a system-level $export: its searches name no patients
-            },
-        };
-        Ok(template
-            .and_then(|t| split::IdSearch::of(&t, search))
-            .filter(|s| s.ids() > 1))
+        // A system-level $export has no patient definition: its searches name no patients.
+        let definition = self.definition(job).ok()?;
+        let template = &definition.include.get(item.include as usize)?.search;
+        split::IdSearch::of(template, &item.search).filter(|s| s.ids() > 1)
     }
 }
 

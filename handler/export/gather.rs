@@ -355,7 +355,7 @@ async fn plan_streamed(
     job.data.patients = patients as i64;
     job.data.batches = batches_before as i64;
     if ex
-        .mark_planned(export, job, batches_before * includes.len(), false)
+        .mark_planned(export, &mut job, batches_before * includes.len(), false)
         .await?
     {
         ex.schedule_ready_types(export).await?;

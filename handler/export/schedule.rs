@@ -91,17 +91,17 @@ impl Exporter {
     pub(crate) async fn register_work(
         &self,
         export: &str,
-        job: Row<ExportJob>,
+        mut job: Row<ExportJob>,
         count: usize,
         item: impl Fn(usize) -> WorkItem + Sync,
     ) -> Result<(), ExportError> {
         let in_step = count <= self.fetches_in_step();
         self.register_rows(export, count, &item, !in_step).await?;
-        if !self.mark_planned(export, job, count, in_step).await? {
+        if !self.mark_planned(export, &mut job, count, in_step).await? {
             return Ok(()); // terminated meanwhile, or another delivery registered first
         }
         if in_step {
-            self.fetch_in_step(export, count, &item).await?;
+            self.fetch_in_step(export, &job.data, count, &item).await?;
             return self.compose_in_step(export).await;
         }
         self.schedule_ready_types(export).await
@@ -136,12 +136,12 @@ impl Exporter {
     pub(crate) async fn mark_planned(
         &self,
         export: &str,
-        mut job: Row<ExportJob>,
+        job: &mut Row<ExportJob>,
         count: usize,
         in_step: bool,
     ) -> Result<bool, ExportError> {
         job.data.exporting(count);
-        if !self.store.replace_if_unchanged(&mut job).await? {
+        if !self.store.replace_if_unchanged(job).await? {
             return Ok(false);
         }
         info!(
@@ -167,6 +167,7 @@ impl Exporter {
     async fn fetch_in_step(
         &self,
         export: &str,
+        job: &ExportJob,
         count: usize,
         item: &(impl Fn(usize) -> WorkItem + Sync),
     ) -> Result<(), ExportError> {
@@ -174,16 +175,7 @@ impl Exporter {
             .map(|n| async move {
                 let item = item(n);
                 let row = item.row(export);
-                let fetched = fetch_pending(
-                    self,
-                    export,
-                    row,
-                    item.batch,
-                    item.include,
-                    &item.search,
-                    1,
-                )
-                .await;
+                let fetched = fetch_pending(self, export, job, row, &item, 1).await;
                 match fetched {
                     Ok(_) => Ok(()),
                     Err(e) => {
