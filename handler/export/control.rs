@@ -258,29 +258,9 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
     };
     match status {
         JobStatus::Completed | JobStatus::CompletedWithErrors => {
-            let name = Exporter::blob_name(id, MANIFEST_NAME);
-            match ex.blobs.read_all(&ex.settings.container, &name).await {
-                Ok(Some((_, bytes))) => match serde_json::from_slice(&bytes) {
-                    Ok(body) => Reply::new(200, body),
-                    Err(e) => Reply::outcome(
-                        500,
-                        "exception",
-                        &format!(
-                            "export {id} is {} but its manifest {name} is not valid JSON ({e}); its files are in the {} container under {id}/",
-                            status.as_str(),
-                            ex.settings.container
-                        ),
-                    ),
-                },
-                Ok(None) => Reply::outcome(
-                    500,
-                    "not-found",
-                    &format!(
-                        "export {id} is {} but its manifest {name} is missing",
-                        status.as_str()
-                    ),
-                ),
-                Err(e) => Reply::unavailable(STATE, e),
+            match stored_manifest(ex, id, status).await {
+                Ok(body) => Reply::new(200, body),
+                Err(reply) => reply,
             }
         }
         // The server refused the definition's own search: the definition is at fault (400),
@@ -304,6 +284,38 @@ pub async fn status(ex: &Exporter, id: &str) -> Reply {
             ),
         ),
         running => running_status(ex, id, &job.data, running).await,
+    }
+}
+
+/// The manifest a completed export wrote (`_completed_run.json`), or the answer to give when
+/// it cannot be read.
+pub(crate) async fn stored_manifest(
+    ex: &Exporter,
+    id: &str,
+    status: JobStatus,
+) -> Result<Value, Reply> {
+    let name = Exporter::blob_name(id, MANIFEST_NAME);
+    match ex.blobs.read_all(&ex.settings.container, &name).await {
+        Ok(Some((_, bytes))) => serde_json::from_slice(&bytes).map_err(|e| {
+            Reply::outcome(
+                500,
+                "exception",
+                &format!(
+                    "export {id} is {} but its manifest {name} is not valid JSON ({e}); its files are in the {} container under {id}/",
+                    status.as_str(),
+                    ex.settings.container
+                ),
+            )
+        }),
+        Ok(None) => Err(Reply::outcome(
+            500,
+            "not-found",
+            &format!(
+                "export {id} is {} but its manifest {name} is missing",
+                status.as_str()
+            ),
+        )),
+        Err(e) => Err(Reply::unavailable(STATE, e)),
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::definition::Include;
+use crate::import::references::is_fhir_id;
 
 /// The `next` link of a search page, wherever it is in `link[]` (fhir-loader only looked at
 /// the first link).
@@ -111,12 +112,7 @@ pub fn patient_id_from_reference(reference: &str, base: &Url) -> Option<String> 
         return None;
     }
     let id = parts.next()?;
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    valid.then(|| id.to_string())
+    is_fhir_id(id).then(|| id.to_string())
 }
 
 /// Keeps the first occurrence of every id, in order.

@@ -344,13 +344,11 @@ pub fn parse_work_row(key: &str) -> Option<(u32, u32)> {
 /// The properties of a work row but its search and error texts (`work_row_summaries`).
 const WORK_SUMMARY: &str = "PartitionKey,RowKey,Timestamp,status,type,returns,resources,pages,skipped,stagedBytes,types,finished,errorStatus,splitInto";
 
-/// The filter of work rows still pending.
+/// The filters of work rows still pending and of those that failed (as `WorkStatus` is stored).
 pub const PENDING: &str = "status eq 'pending'";
-/// The filter of work rows that failed.
 pub const FAILED: &str = "status eq 'failed'";
 
-/// How a work row's status and `returns` are stored, for table filters.
-const WORK_PENDING: &str = "pending";
+/// How a work row's `returns` is stored, for table filters.
 const RETURNS_ANY_TYPE: &str = "any-type";
 
 /// Whether a relative search can return resources of other types than the one it searches.
@@ -533,19 +531,15 @@ impl ExportStore {
 
     /// Whether any work item of an export is still pending (one small query).
     pub async fn any_work_pending(&self, id: &str) -> StorageResult<bool> {
-        let pending = format!("status eq '{WORK_PENDING}'");
         self.tables
-            .exists(&self.table, &work_filter(id, Some(&pending)))
+            .exists(&self.table, &work_filter(id, Some(PENDING)))
             .await
     }
 
     /// Whether a pending work item may still return resources of `resource_type`: its search
     /// is on that type, or can return any type.
     pub async fn may_still_return(&self, id: &str, resource_type: &str) -> StorageResult<bool> {
-        let pending = format!(
-            "status eq '{WORK_PENDING}' and ({})",
-            returning(resource_type)
-        );
+        let pending = format!("{PENDING} and ({})", returning(resource_type));
         self.tables
             .exists(&self.table, &work_filter(id, Some(&pending)))
             .await
@@ -587,6 +581,25 @@ impl ExportStore {
 mod tests {
     use super::*;
     use crate::storage::Entity;
+
+    #[test]
+    fn the_status_filters_name_statuses_as_they_are_stored() {
+        let stored = |s: WorkStatus| {
+            serde_json::to_value(s)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            PENDING,
+            format!("status eq '{}'", stored(WorkStatus::Pending))
+        );
+        assert_eq!(
+            FAILED,
+            format!("status eq '{}'", stored(WorkStatus::Failed))
+        );
+    }
 
     /// A work row as the Table service returns it (every version so far wrote it so).
     fn row(

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::export_http::{REQUEST_BINDING, RESPONSE_BINDING};
+use super::export_http::{RESPONSE_BINDING, direct_links, id_param, request_of};
 use crate::export::bulk::Level;
 use crate::export::bulk::operation::{self, Download};
 use crate::export::bulk::request::KickOff;
@@ -23,13 +23,6 @@ use crate::protocol::invocation::{
 
 /// The media type of the files.
 const NDJSON: &str = "application/fhir+ndjson";
-
-fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
-    invocation
-        .binding(REQUEST_BINDING)
-        .map(|v| HttpRequestData::from_binding(&v))
-        .unwrap_or_default()
-}
 
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
@@ -77,10 +70,6 @@ fn host_kick_off(req: &HttpRequestData) -> KickOff {
         prefer: req.headers.get("prefer").cloned(),
         body: req.body.clone(),
     }
-}
-
-fn direct_links(state: &AppState, uri: &Uri) -> Links {
-    Links::new(&state.http.public_base, &format!("http://localhost{uri}"))
 }
 
 async fn kick_off_direct(
@@ -163,11 +152,7 @@ pub async fn group_invoke(
     State(state): State<AppState>,
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
-    let id = request_of(&invocation)
-        .params
-        .get("id")
-        .cloned()
-        .unwrap_or_default();
+    let id = id_param(&request_of(&invocation));
     kick_off_invoke(state, Level::Group(id), &invocation).await
 }
 
@@ -187,7 +172,7 @@ pub async fn status_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let req = request_of(&invocation);
-    let id = req.params.get("id").cloned().unwrap_or_default();
+    let id = id_param(&req);
     let links = Links::new(&state.http.public_base, &req.url);
     status_or_cancel(&state, &id, &req.method, &links)
         .await
@@ -245,7 +230,7 @@ pub async fn file_invoke(
     Json(invocation): Json<InvocationRequest>,
 ) -> Response {
     let req = request_of(&invocation);
-    let id = req.params.get("id").cloned().unwrap_or_default();
+    let id = id_param(&req);
     let name = req.params.get("file").cloned().unwrap_or_default();
     let ex = &state.exporter;
     let download = match operation::file(
@@ -286,11 +271,7 @@ pub async fn file_invoke(
 async fn metadata(state: &AppState) -> Reply {
     match state.exporter.capabilities().await {
         Ok(caps) => Reply::new(200, caps.for_loader(&state.http.public_base)),
-        Err(e) => Reply::outcome(
-            503,
-            "transient",
-            &format!("the FHIR server's CapabilityStatement could not be read ({e}); try again"),
-        ),
+        Err(e) => operation::capabilities_unavailable(&e),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::protocol::invocation::{HttpRequestData, InvocationRequest};
 pub const REQUEST_BINDING: &str = "req";
 pub const RESPONSE_BINDING: &str = "res";
 
-fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
+pub(super) fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
     invocation
         .binding(REQUEST_BINDING)
         .map(|v| HttpRequestData::from_binding(&v))
@@ -31,11 +31,11 @@ fn request_of(invocation: &InvocationRequest) -> HttpRequestData {
 }
 
 /// Links for a direct request: under the public base URL, with the request's key.
-fn direct_links(state: &AppState, uri: &Uri) -> Links {
+pub(super) fn direct_links(state: &AppState, uri: &Uri) -> Links {
     Links::new(&state.http.public_base, &format!("http://localhost{uri}"))
 }
 
-fn id_param(req: &HttpRequestData) -> String {
+pub(super) fn id_param(req: &HttpRequestData) -> String {
     req.params.get("id").cloned().unwrap_or_default()
 }
 

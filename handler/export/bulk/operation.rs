@@ -16,10 +16,11 @@ use crate::export::ExportKind;
 use crate::export::Exporter;
 use crate::export::control::{
     Links, Reply, STATUS_HOLD, failed, hold_while_running, load, purge, running_status,
+    stored_manifest,
 };
-use crate::export::finish::MANIFEST_NAME;
 use crate::export::state::JobStatus;
 use crate::fhir::batch_response::operation_outcome;
+use crate::import::references::is_fhir_id;
 
 /// The status path of export `id`, below the public base URL.
 pub fn status_path(id: &str) -> String {
@@ -34,7 +35,7 @@ pub fn file_path(id: &str, name: &str) -> String {
 /// `[base]/$export`, `[base]/Patient/$export`, `[base]/Group/{id}/$export`.
 pub async fn kick_off(ex: &Exporter, level: Level, request: &KickOff, links: &Links) -> Reply {
     if let Level::Group(id) = &level
-        && !valid_fhir_id(id)
+        && !is_fhir_id(id)
     {
         return Reply::outcome(
             404,
@@ -48,16 +49,7 @@ pub async fn kick_off(ex: &Exporter, level: Level, request: &KickOff, links: &Li
     };
     let caps = match ex.capabilities().await {
         Ok(c) => c,
-        Err(e) => {
-            return Reply::outcome(
-                503,
-                "transient",
-                &format!(
-                    "the FHIR server's CapabilityStatement (GET metadata) could not be read ({e}); try again"
-                ),
-            )
-            .header("Retry-After", "10");
-        }
+        Err(e) => return capabilities_unavailable(&e),
     };
     let (definition, listed) = match plan(level, &asked, &caps) {
         Ok(planned) => planned,
@@ -93,6 +85,19 @@ pub async fn kick_off(ex: &Exporter, level: Level, request: &KickOff, links: &Li
     .header("Content-Location", status)
 }
 
+/// 503 when the FHIR server's CapabilityStatement, which a kick-off and `GET metadata` need,
+/// cannot be read.
+pub fn capabilities_unavailable(e: &crate::fhir::FhirError) -> Reply {
+    Reply::outcome(
+        503,
+        "transient",
+        &format!(
+            "the FHIR server's CapabilityStatement (GET metadata) could not be read ({e}); try again"
+        ),
+    )
+    .header("Retry-After", "10")
+}
+
 /// The kick-off URL for the manifest's `request`, without a function key.
 fn request_without_key(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
@@ -109,13 +114,6 @@ fn request_without_key(url: &str) -> String {
         parsed.query_pairs_mut().clear().extend_pairs(kept);
     }
     parsed.to_string()
-}
-
-fn valid_fhir_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// When each running export may be polled again: a client polling sooner than half the
@@ -197,7 +195,7 @@ pub async fn status(ex: &Exporter, id: &str, links: &Links) -> Reply {
     match status {
         JobStatus::Completed | JobStatus::CompletedWithErrors => {
             ex.polls.forget(id);
-            manifest(ex, id, links).await
+            manifest(ex, id, status, links).await
         }
         JobStatus::Failed => {
             ex.polls.forget(id);
@@ -223,27 +221,10 @@ pub async fn status(ex: &Exporter, id: &str, links: &Links) -> Reply {
 
 /// The stored manifest with each file's URL on the loader (the blobs themselves need the
 /// storage key).
-async fn manifest(ex: &Exporter, id: &str, links: &Links) -> Reply {
-    let name = Exporter::blob_name(id, MANIFEST_NAME);
-    let mut body: Value = match ex.blobs.read_all(&ex.settings.container, &name).await {
-        Ok(Some((_, bytes))) => match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                return Reply::outcome(
-                    500,
-                    "exception",
-                    &format!("export {id}'s manifest is not valid JSON ({e})"),
-                );
-            }
-        },
-        Ok(None) => {
-            return Reply::outcome(
-                500,
-                "not-found",
-                &format!("export {id} is complete but its manifest is missing"),
-            );
-        }
-        Err(e) => return Reply::unavailable("export state", e),
+async fn manifest(ex: &Exporter, id: &str, status: JobStatus, links: &Links) -> Reply {
+    let mut body = match stored_manifest(ex, id, status).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
     };
     let marker = format!("/{id}/");
     for list in ["output", "error"] {

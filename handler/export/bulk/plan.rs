@@ -21,6 +21,7 @@ use crate::export::all::{format_instant, parse_instant};
 use crate::export::capability::ServerCapabilities;
 use crate::export::compartment::{criterion, patient_params};
 use crate::export::definition::is_resource_type;
+use crate::import::references::is_fhir_id;
 use crate::protocol::reply::Reply;
 
 /// Parameters of a `_typeFilter` that change what a search returns rather than which
@@ -340,11 +341,7 @@ fn listed_patients(level: &Level, references: &[String]) -> Result<Vec<String>, 
     for r in references {
         let mut parts = r.trim_end_matches('/').rsplit('/');
         let (id, kind) = (parts.next().unwrap_or_default(), parts.next());
-        let valid_id = (1..=64).contains(&id.len())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if kind != Some("Patient") || !valid_id {
+        if kind != Some("Patient") || !is_fhir_id(id) {
             return Err(invalid(format!(
                 "patient {r:?} is not a Patient reference (Patient/<id>)"
             )));
