@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::definition::ExportDefinition;
+use super::definition::{ExportDefinition, Include};
 use super::members::{self, ReadError};
 use super::patients::{batch_ids, dedupe, ids_per_batch, next_link, patient_ids};
 use super::schedule::WorkItem;
@@ -245,48 +245,21 @@ async fn plan(
     }
     let mut all = Vec::new();
     for seq in 0..job.data.gather_seq {
-        if let Some((_, bytes)) = ex
-            .blobs
-            .read_all(&ex.settings.container, &ids_blob(export, seq))
-            .await?
-        {
-            let text = String::from_utf8_lossy(&bytes);
-            all.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
-        }
+        all.extend(read_ids(ex, export, seq).await?);
     }
     let ids = dedupe(all);
-    let max_ids = ids_per_batch(
-        ids.len(),
-        definition.include.len(),
-        ex.settings.ids_per_search,
-        ex.fhir.max_concurrency(),
-    );
-    let batches = batch_ids(
-        &ids,
-        &definition.include,
-        ex.url_overhead(),
-        ex.settings.max_url_length,
-        max_ids,
-    );
+    let includes = &definition.include;
+    let max_ids = ids_per_batch_of(ex, ids.len(), includes.len());
+    let planned = Batched::new(ex, ids, includes, max_ids, 0);
     info!(
         message = "Export patients gathered.",
         export,
-        patients = ids.len(),
-        batches = batches.len()
+        patients = planned.ids.len(),
+        batches = planned.batches.len()
     );
-    job.data.patients = ids.len() as i64;
-    job.data.batches = batches.len() as i64;
-    let includes = &definition.include;
-    let item = |n: usize| {
-        let (batch, include) = (n / includes.len(), n % includes.len());
-        WorkItem {
-            batch: batch as u32,
-            include: include as u32,
-            resource_type: includes[include].resource_type.clone(),
-            search: includes[include].for_ids(&ids[batches[batch].clone()]),
-        }
-    };
-    ex.register_work(export, job, batches.len() * includes.len(), item)
+    job.data.patients = planned.ids.len() as i64;
+    job.data.batches = planned.batches.len() as i64;
+    ex.register_work(export, job, planned.items(), |n| planned.item(n))
         .await
 }
 
@@ -302,49 +275,15 @@ async fn plan_streamed(
     definition: &ExportDefinition,
 ) -> Result<(), ExportError> {
     let includes = &definition.include;
-    let max_ids = ids_per_batch(
-        job.data.ids_found.max(0) as usize,
-        includes.len(),
-        ex.settings.ids_per_search,
-        ex.fhir.max_concurrency(),
-    );
+    let max_ids = ids_per_batch_of(ex, job.data.ids_found.max(0) as usize, includes.len());
     let (mut patients, mut batches_before) = (0usize, 0usize);
     for seq in 0..job.data.gather_seq {
-        let Some((_, bytes)) = ex
-            .blobs
-            .read_all(&ex.settings.container, &ids_blob(export, seq))
-            .await?
-        else {
-            continue;
-        };
-        let ids = dedupe(
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
-        );
-        drop(bytes);
-        let batches = batch_ids(
-            &ids,
-            includes,
-            ex.url_overhead(),
-            ex.settings.max_url_length,
-            max_ids,
-        );
-        let item = |n: usize| {
-            let (batch, include) = (n / includes.len(), n % includes.len());
-            WorkItem {
-                batch: (batches_before + batch) as u32,
-                include: include as u32,
-                resource_type: includes[include].resource_type.clone(),
-                search: includes[include].for_ids(&ids[batches[batch].clone()]),
-            }
-        };
-        ex.register_rows(export, batches.len() * includes.len(), &item, true)
+        let ids = dedupe(read_ids(ex, export, seq).await?);
+        let planned = Batched::new(ex, ids, includes, max_ids, batches_before);
+        ex.register_rows(export, planned.items(), &|n| planned.item(n), true)
             .await?;
-        patients += ids.len();
-        batches_before += batches.len();
+        patients += planned.ids.len();
+        batches_before += planned.batches.len();
     }
     info!(
         message = "Export patients gathered.",
@@ -361,4 +300,79 @@ async fn plan_streamed(
         ex.schedule_ready_types(export).await?;
     }
     Ok(())
+}
+
+/// The ids in ids blob `seq` of an export (none when it is missing).
+async fn read_ids(ex: &Exporter, export: &str, seq: i64) -> Result<Vec<String>, ExportError> {
+    let found = ex
+        .blobs
+        .read_all(&ex.settings.container, &ids_blob(export, seq))
+        .await?;
+    Ok(found
+        .map(|(_, bytes)| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The most ids a search names for a cohort of `patients` (`patients::ids_per_batch`).
+fn ids_per_batch_of(ex: &Exporter, patients: usize, includes: usize) -> usize {
+    ids_per_batch(
+        patients,
+        includes,
+        ex.settings.ids_per_search,
+        ex.fhir.max_concurrency(),
+    )
+}
+
+/// Ids cut into batches, each include searched once per batch: the work items of a plan (or
+/// of one chunk of it, numbered on from `first_batch`).
+struct Batched<'a> {
+    ids: Vec<String>,
+    batches: Vec<std::ops::Range<usize>>,
+    includes: &'a [Include],
+    first_batch: usize,
+}
+
+impl<'a> Batched<'a> {
+    fn new(
+        ex: &Exporter,
+        ids: Vec<String>,
+        includes: &'a [Include],
+        max_ids: usize,
+        first_batch: usize,
+    ) -> Self {
+        let batches = batch_ids(
+            &ids,
+            includes,
+            ex.url_overhead(),
+            ex.settings.max_url_length,
+            max_ids,
+        );
+        Batched {
+            ids,
+            batches,
+            includes,
+            first_batch,
+        }
+    }
+
+    fn items(&self) -> usize {
+        self.batches.len() * self.includes.len()
+    }
+
+    /// The n-th work item: batch `n / includes`, include `n % includes`.
+    fn item(&self, n: usize) -> WorkItem {
+        let (batch, include) = (n / self.includes.len(), n % self.includes.len());
+        WorkItem {
+            batch: (self.first_batch + batch) as u32,
+            include: include as u32,
+            resource_type: self.includes[include].resource_type.clone(),
+            search: self.includes[include].for_ids(&self.ids[self.batches[batch].clone()]),
+        }
+    }
 }
