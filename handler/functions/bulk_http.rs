@@ -244,20 +244,13 @@ pub async fn file_invoke(
         Ok(d) => d,
         Err(reply) => return reply.into_invocation(RESPONSE_BINDING),
     };
+    // Its size is known from the check: one read, no second properties request.
     let bytes = match ex
         .blobs
-        .read_all(&ex.settings.container, &download.blob)
+        .read_range(&ex.settings.container, &download.blob, 0, download.size)
         .await
     {
-        Ok(Some((_, bytes))) => bytes,
-        Ok(None) => {
-            return Reply::outcome(
-                404,
-                "not-found",
-                &format!("export {id} has no file {name:?}"),
-            )
-            .into_invocation(RESPONSE_BINDING);
-        }
+        Ok(bytes) => bytes,
         Err(e) => return Reply::unavailable("export files", e).into_invocation(RESPONSE_BINDING),
     };
     let data = HttpResponseData {
